@@ -1,0 +1,387 @@
+//! The CPU reference backend: plain f32, written to be obviously right first. It is the oracle
+//! every other backend is tested against, and the fallback when no GPU exists. Rayon spreads
+//! the big loops over cores; nothing else is clever.
+
+use rayon::prelude::*;
+
+use crate::backend::{AttentionSpec, Backend};
+use crate::error::{Error, Result};
+use crate::kv::CacheShape;
+use crate::model::config::{Activation, NormKind, Positions, RopePairs};
+
+pub struct CpuBackend;
+
+/// One layer's cache block (see `kv` for the layout).
+pub struct CpuLayerCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub pos: Vec<u32>,
+    pub score: Vec<f32>,
+    pub len: usize,
+}
+
+pub struct CpuCache {
+    pub shape: CacheShape,
+    pub layers: Vec<CpuLayerCache>,
+}
+
+fn check_len(what: &str, buf: &[f32], needed: usize) -> Result<()> {
+    if buf.len() < needed {
+        return Err(Error::Backend {
+            backend: "cpu",
+            reason: format!(
+                "{what} buffer holds {} values, op needs {needed}",
+                buf.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Dot product with eight independent accumulators so the compiler vectorises it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Rotates one head vector in place for position `pos`.
+pub fn apply_rotary(x: &mut [f32], pos: usize, dims: usize, pairs: RopePairs, inv_freq: &[f32]) {
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let angle = pos as f32 * f;
+        let (sin, cos) = angle.sin_cos();
+        let (a, b) = match pairs {
+            RopePairs::Interleaved => (2 * i, 2 * i + 1),
+            RopePairs::Halves => (i, i + dims / 2),
+        };
+        let (xa, xb) = (x[a], x[b]);
+        x[a] = xa * cos - xb * sin;
+        x[b] = xb * cos + xa * sin;
+    }
+}
+
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    let c = (2.0 / std::f32::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Cache = CpuCache;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, data: Vec<f32>) -> Result<Vec<f32>> {
+        Ok(data)
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn download(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        check_len("download", buf, len)?;
+        Ok(buf[..len].to_vec())
+    }
+
+    fn embed(&self, table: &Vec<f32>, ids: &[u32], dim: usize, out: &mut Vec<f32>) -> Result<()> {
+        check_len("embedding output", out, ids.len() * dim)?;
+        let vocab = table.len() / dim;
+        for (row, &id) in out.chunks_exact_mut(dim).zip(ids) {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::InvalidInput(format!(
+                    "token id {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+            row.copy_from_slice(&table[id * dim..(id + 1) * dim]);
+        }
+        Ok(())
+    }
+
+    fn add_rows(
+        &self,
+        x: &mut Vec<f32>,
+        table: &Vec<f32>,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let start = first_row * dim;
+        check_len("position table", table, start + rows * dim)?;
+        check_len("activations", x, rows * dim)?;
+        for (a, b) in x[..rows * dim]
+            .iter_mut()
+            .zip(&table[start..start + rows * dim])
+        {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn norm(
+        &self,
+        kind: NormKind,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("norm input", x, rows * dim)?;
+        check_len("norm output", out, rows * dim)?;
+        for (xr, yr) in x
+            .chunks_exact(dim)
+            .zip(out.chunks_exact_mut(dim))
+            .take(rows)
+        {
+            let mean = match kind {
+                NormKind::LayerNorm => xr.iter().sum::<f32>() / dim as f32,
+                NormKind::RmsNorm => 0.0,
+            };
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for i in 0..dim {
+                yr[i] = (xr[i] - mean) * inv * weight[i] + bias.map_or(0.0, |b| b[i]);
+            }
+        }
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        n_out: usize,
+        n_in: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("linear input", x, rows * n_in)?;
+        check_len("linear weight", w, n_out * n_in)?;
+        check_len("linear output", out, rows * n_out)?;
+        let row_of = |o: usize| &w[o * n_in..(o + 1) * n_in];
+        let bias_of = |o: usize| bias.map_or(0.0, |b| b[o]);
+        const ROW_BLOCK: usize = 8;
+        if rows < 2 * ROW_BLOCK {
+            // Few rows (decode): split the output columns over threads.
+            for r in 0..rows {
+                let xr = &x[r * n_in..(r + 1) * n_in];
+                out[r * n_out..(r + 1) * n_out]
+                    .par_chunks_mut(64)
+                    .enumerate()
+                    .for_each(|(c, chunk)| {
+                        for (j, y) in chunk.iter_mut().enumerate() {
+                            let o = c * 64 + j;
+                            *y = dot(xr, row_of(o)) + bias_of(o);
+                        }
+                    });
+            }
+        } else {
+            // Many rows (prefill): each thread takes a block of rows and streams the weight
+            // once per block, so each weight row is reused ROW_BLOCK times from cache.
+            out[..rows * n_out]
+                .par_chunks_mut(ROW_BLOCK * n_out)
+                .enumerate()
+                .for_each(|(blk, out_blk)| {
+                    let r0 = blk * ROW_BLOCK;
+                    let nr = out_blk.len() / n_out;
+                    for o in 0..n_out {
+                        let wr = row_of(o);
+                        for r in 0..nr {
+                            out_blk[r * n_out + o] =
+                                dot(&x[(r0 + r) * n_in..(r0 + r + 1) * n_in], wr) + bias_of(o);
+                        }
+                    }
+                });
+        }
+        Ok(())
+    }
+
+    fn activation(
+        &self,
+        act: Activation,
+        x: &mut Vec<f32>,
+        rows: usize,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        match act {
+            Activation::GeluErf | Activation::GeluTanh => {
+                check_len("activation", x, rows * width)?;
+                let f = if act == Activation::GeluErf {
+                    gelu_erf
+                } else {
+                    gelu_tanh
+                };
+                x[..rows * width].par_iter_mut().for_each(|v| *v = f(*v));
+            }
+            Activation::SwiGlu => {
+                check_len("swiglu input", x, rows * 2 * width)?;
+                check_len("swiglu output", out, rows * width)?;
+                for (xr, yr) in x
+                    .chunks_exact(2 * width)
+                    .zip(out.chunks_exact_mut(width))
+                    .take(rows)
+                {
+                    let (gate, up) = xr.split_at(width);
+                    for i in 0..width {
+                        yr[i] = silu(gate[i]) * up[i];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<()> {
+        check_len("add", x, len)?;
+        check_len("add", y, len)?;
+        x[..len]
+            .iter_mut()
+            .zip(&y[..len])
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn new_cache(&self, shape: &CacheShape) -> Result<CpuCache> {
+        let slots = shape.kv_heads * shape.capacity;
+        let layer = || CpuLayerCache {
+            k: vec![0.0; slots * shape.head_dim],
+            v: vec![0.0; slots * shape.head_dim],
+            pos: vec![0; slots],
+            score: vec![0.0; slots],
+            len: 0,
+        };
+        Ok(CpuCache {
+            shape: *shape,
+            layers: (0..shape.layers).map(|_| layer()).collect(),
+        })
+    }
+
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &Vec<f32>,
+        rows: usize,
+        first_pos: usize,
+        cache: &mut CpuCache,
+        layer: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (hd, nh, nkv) = (spec.head_dim, spec.heads, spec.kv_heads);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let stride = q_dim + 2 * kv_dim;
+        check_len("qkv", qkv, rows * stride)?;
+        check_len("attention output", out, rows * q_dim)?;
+        let cap = cache.shape.capacity;
+        let c = &mut cache.layers[layer];
+        if c.len + rows > cap {
+            return Err(Error::InvalidInput(format!(
+                "KV cache of {cap} slots cannot take {rows} more tokens after {}",
+                c.len
+            )));
+        }
+
+        // Queries with positions applied; keys rotated before they are cached.
+        let mut q: Vec<f32> = Vec::with_capacity(rows * q_dim);
+        for r in 0..rows {
+            let row = &qkv[r * stride..(r + 1) * stride];
+            let pos = first_pos + r;
+            let mut qr = row[..q_dim].to_vec();
+            for h in 0..nh {
+                rotate(spec.positions, &mut qr[h * hd..(h + 1) * hd], pos);
+            }
+            q.extend_from_slice(&qr);
+            for g in 0..nkv {
+                let slot = g * cap + c.len + r;
+                let k = &mut c.k[slot * hd..(slot + 1) * hd];
+                k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
+                rotate(spec.positions, k, pos);
+                c.v[slot * hd..(slot + 1) * hd]
+                    .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
+                c.pos[slot] = pos as u32;
+            }
+        }
+        c.len += rows;
+
+        let c = &*c;
+        let group = nh / nkv;
+        out[..rows * q_dim]
+            .par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let (r, h) = (i / nh, i % nh);
+                let g = h / group;
+                let q_pos = (first_pos + r) as u32;
+                let qh = &q[i * hd..(i + 1) * hd];
+                let base = g * cap;
+                let logits: Vec<(usize, f32)> = (0..c.len)
+                    .filter(|&s| c.pos[base + s] <= q_pos)
+                    .map(|s| {
+                        let slot = base + s;
+                        let x = dot(qh, &c.k[slot * hd..(slot + 1) * hd]) * spec.scale;
+                        (slot, x + alibi(spec.positions, h, c.pos[slot], q_pos))
+                    })
+                    .collect();
+                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &(_, x)| m.max(x));
+                let weights: Vec<f32> = logits.iter().map(|&(_, x)| (x - max).exp()).collect();
+                let sum: f32 = weights.iter().sum();
+                o.fill(0.0);
+                for (&(slot, _), w) in logits.iter().zip(&weights) {
+                    let p = w / sum;
+                    for (acc, v) in o.iter_mut().zip(&c.v[slot * hd..(slot + 1) * hd]) {
+                        *acc += p * v;
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn cache_len(&self, cache: &CpuCache, layer: usize) -> usize {
+        cache.layers[layer].len
+    }
+}
+
+fn rotate(positions: &Positions, x: &mut [f32], pos: usize) {
+    if let Positions::Rotary {
+        dims,
+        pairs,
+        inv_freq,
+    } = positions
+    {
+        apply_rotary(x, pos, *dims, *pairs, inv_freq);
+    }
+}
+
+/// ALiBi bias from original positions: slope * (key - query), zero for other schemes.
+fn alibi(positions: &Positions, head: usize, key_pos: u32, query_pos: u32) -> f32 {
+    match positions {
+        Positions::Alibi { slopes } => slopes[head] * (key_pos as f32 - query_pos as f32),
+        _ => 0.0,
+    }
+}

@@ -1,0 +1,99 @@
+//! The Backend trait: coarse, fused ops over device-resident buffers. The forward pass in
+//! `engine` is written once against this trait; backends know nothing about architectures or
+//! cache policies beyond the parameters each op receives.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::kv::CacheShape;
+use crate::model::config::{Activation, NormKind, Positions};
+
+/// What the attention op needs to know about the model.
+pub struct AttentionSpec<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub positions: &'a Positions,
+}
+
+pub trait Backend {
+    /// A device buffer of activations or weights.
+    type Buf;
+    /// The KV cache of one sequence, every layer, resident on the device.
+    type Cache;
+
+    /// Human-readable backend and device name, e.g. "cpu (2 threads)".
+    fn name(&self) -> String;
+
+    /// Moves host f32 data to the device (converting to the backend's storage type).
+    fn upload(&self, data: Vec<f32>) -> Result<Self::Buf>;
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
+
+    /// out[r] = table[ids[r]] for `dim`-wide rows.
+    fn embed(&self, table: &Self::Buf, ids: &[u32], dim: usize, out: &mut Self::Buf) -> Result<()>;
+    /// x[r] += table[first_row + r]: learned absolute positions.
+    fn add_rows(
+        &self,
+        x: &mut Self::Buf,
+        table: &Self::Buf,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn norm(
+        &self,
+        kind: NormKind,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// out[rows, n_out] = x[rows, n_in] . w[n_out, n_in]^T (+ bias).
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        n_out: usize,
+        n_in: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// GELU over rows x width in place, or SwiGLU from fused [gate | up] rows of 2*width into
+    /// `out` rows of width.
+    fn activation(
+        &self,
+        act: Activation,
+        x: &mut Self::Buf,
+        rows: usize,
+        width: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// x += y over `len` values.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+
+    fn new_cache(&self, shape: &CacheShape) -> Result<Self::Cache>;
+    /// Attention for `rows` new tokens at positions first_pos.. whose fused [q | k | v] rows are
+    /// in `qkv`: positions are applied, k and v are appended to the layer's cache with their
+    /// original positions, and each row attends causally over the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &Self::Buf,
+        rows: usize,
+        first_pos: usize,
+        cache: &mut Self::Cache,
+        layer: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Tokens currently held by the cache in each layer.
+    fn cache_len(&self, cache: &Self::Cache, layer: usize) -> usize;
+}

@@ -1,0 +1,16 @@
+//! keyformer: run decoder-only language models with a Keyformer-reduced KV cache.
+//!
+//! Load a model with [`Model::load`] on a [`backend`], then [`Model::generate`].
+
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+
+pub use backend::Backend;
+pub use backend::cpu::CpuBackend;
+pub use engine::generate::{GenerateParams, Generation, StopReason};
+pub use engine::sampling::SamplingParams;
+pub use error::{Error, Result};
+pub use model::Model;

@@ -1,0 +1,123 @@
+//! Models: configuration, weight formats, tokenizer and the per-architecture weight layout.
+
+pub mod config;
+pub mod gguf;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use config::ModelConfig;
+use gguf::GgufFile;
+use source::{RandomSource, SafetensorsSource, TensorSource};
+use tokenizer::TextTokenizer;
+use weights::Weights;
+
+/// A loaded model: its description, its weights on a backend, and its tokenizer when it has one.
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    pub weights: Weights<B::Buf>,
+    pub backend: B,
+    pub tokenizer: Option<TextTokenizer>,
+    pub path: PathBuf,
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads a GGUF file, or a Hugging Face folder (config.json, safetensors, tokenizer.json).
+    /// `progress` receives (tensors loaded, tensors in all).
+    pub fn load(
+        path: &Path,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model<B>> {
+        if !path.exists() {
+            return Err(Error::NotFound(path.to_path_buf()));
+        }
+        let gguf_path = if path.is_file() {
+            Some(path.to_path_buf())
+        } else {
+            single_gguf_in(path)?
+        };
+        if let Some(gguf_path) = gguf_path {
+            let file = GgufFile::open(&gguf_path)?;
+            let config = ModelConfig::from_gguf(&file)?;
+            let tokenizer = Some(TextTokenizer::from_gguf(&file)?);
+            let weights = weights::load_weights(&config, &file, true, &backend, progress)?;
+            return Ok(Model {
+                config,
+                weights,
+                backend,
+                tokenizer,
+                path: gguf_path,
+            });
+        }
+        let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+        let source = SafetensorsSource::open_dir(path)?;
+        let tokenizer = if path.join("tokenizer.json").exists() {
+            Some(TextTokenizer::from_hf_dir(path)?)
+        } else {
+            None
+        };
+        let weights = weights::load_weights(
+            &config,
+            &source as &dyn TensorSource,
+            false,
+            &backend,
+            progress,
+        )?;
+        Ok(Model {
+            config,
+            weights,
+            backend,
+            tokenizer,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A model of this config with random weights: real shapes for speed measurements.
+    pub fn random(config: ModelConfig, seed: u64, backend: B) -> Result<Model<B>> {
+        let weights = weights::load_weights(
+            &config,
+            &RandomSource { seed },
+            false,
+            &backend,
+            &mut |_, _| {},
+        )?;
+        Ok(Model {
+            config,
+            weights,
+            backend,
+            tokenizer: None,
+            path: PathBuf::from("<random>"),
+        })
+    }
+
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::Tokenizer(format!("{} has no tokenizer", self.path.display())))
+    }
+}
+
+/// A folder that holds exactly one .gguf file (and no config.json) stands for that file.
+fn single_gguf_in(dir: &Path) -> Result<Option<PathBuf>> {
+    if dir.join("config.json").exists() {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let ggufs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    match ggufs.len() {
+        0 => Err(Error::NotFound(dir.join("config.json"))),
+        1 => Ok(ggufs.into_iter().next()),
+        n => Err(Error::InvalidInput(format!(
+            "{} holds {n} .gguf files: pass one of them",
+            dir.display()
+        ))),
+    }
+}

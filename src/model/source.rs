@@ -1,0 +1,194 @@
+//! Where weights come from: memory-mapped safetensors shards, a GGUF file, or random values for
+//! benchmarking real shapes without real weights. Every source hands out one tensor at a time
+//! as f32, so no second full copy of the model is ever held in host memory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::gguf::GgufFile;
+
+pub trait TensorSource {
+    fn has(&self, name: &str) -> bool;
+    /// The tensor converted to f32, after checking that its shape is `shape`.
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+fn check_shape(name: &str, expected: &[usize], actual: &[usize]) -> Result<()> {
+    if expected != actual {
+        return Err(Error::Shape {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+pub fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(path.to_path_buf()),
+        _ => Error::io(path, e),
+    })?;
+    // SAFETY: the file is opened read-only and the model treats the mapping as immutable; a
+    // concurrent writer to a weights file is outside what this library can defend against.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    header_len: usize,
+    metadata: Metadata,
+}
+
+/// One model.safetensors, or the shards listed in model.safetensors.index.json.
+pub struct SafetensorsSource {
+    shards: Vec<Shard>,
+    shard_of: HashMap<String, usize>,
+}
+
+impl SafetensorsSource {
+    pub fn open_dir(dir: &Path) -> Result<SafetensorsSource> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            shard_files(&index)?
+        } else {
+            return Err(Error::NotFound(single));
+        };
+        let mut shards = Vec::new();
+        let mut shard_of = HashMap::new();
+        for path in files {
+            let mmap = map_file(&path)?;
+            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::malformed(&path, "safetensors", e.to_string()))?;
+            for name in metadata.tensors().keys() {
+                shard_of.insert(name.clone(), shards.len());
+            }
+            shards.push(Shard {
+                path,
+                mmap,
+                header_len,
+                metadata,
+            });
+        }
+        Ok(SafetensorsSource { shards, shard_of })
+    }
+}
+
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::malformed(index, "safetensors index", e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::malformed(index, "safetensors index", "no weight_map object"))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    files.sort();
+    files.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+impl TensorSource for SafetensorsSource {
+    fn has(&self, name: &str) -> bool {
+        self.shard_of.contains_key(name)
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let shard = &self.shards[*self
+            .shard_of
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?];
+        let info = shard
+            .metadata
+            .info(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        check_shape(name, shape, &info.shape)?;
+        // read_metadata has validated that every tensor's offsets lie inside the file.
+        let start = 8 + shard.header_len + info.data_offsets.0;
+        let bytes = &shard.mmap[start..8 + shard.header_len + info.data_offsets.1];
+        let halves =
+            |f: fn([u8; 2]) -> f32| bytes.chunks_exact(2).map(|c| f([c[0], c[1]])).collect();
+        Ok(match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => halves(|b| half::f16::from_le_bytes(b).to_f32()),
+            Dtype::BF16 => halves(|b| half::bf16::from_le_bytes(b).to_f32()),
+            other => {
+                return Err(Error::Unsupported {
+                    path: shard.path.clone(),
+                    what: format!("dtype {other:?} of tensor '{name}' (supported: F32, F16, BF16)"),
+                });
+            }
+        })
+    }
+}
+
+impl TensorSource for GgufFile {
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        check_shape(name, shape, &self.tensor_shape(name)?)?;
+        self.tensor_f32(name)
+    }
+}
+
+/// Random weights at any shape, for measuring speed at real model sizes without the weights.
+/// Norm weights are near one and everything else is small, so activations stay finite.
+pub struct RandomSource {
+    pub seed: u64,
+}
+
+impl TensorSource for RandomSource {
+    fn has(&self, _name: &str) -> bool {
+        true
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let len: usize = shape.iter().product();
+        let mut state = self.seed ^ fnv1a(name.as_bytes());
+        let is_norm_weight = shape.len() == 1 && (name.contains("norm") || name.contains("ln"));
+        let scale = 0.5 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+        Ok((0..len)
+            .map(|_| {
+                let u = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if is_norm_weight {
+                    1.0 + 0.1 * u
+                } else {
+                    scale * u
+                }
+            })
+            .collect())
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

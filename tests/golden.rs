@@ -1,0 +1,79 @@
+//! The CPU backend against Hugging Face transformers: tiny random-weight models of every
+//! architecture, logits from one prefill and from token-by-token decoding through the cache.
+//! Fixtures come from tests/fixtures/make_fixtures.py.
+
+mod common;
+
+use common::{fixture, load_cpu, max_rel_error};
+
+struct Golden {
+    ids: Vec<u32>,
+    prefill: Vec<f32>,
+    stepwise: Vec<f32>,
+}
+
+fn golden(arch: &str) -> Golden {
+    let bytes = std::fs::read(fixture(&format!("tiny-{arch}/golden.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let ids = st
+        .tensor("input_ids")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
+    Golden {
+        ids,
+        prefill: f32s("prefill"),
+        stepwise: f32s("stepwise"),
+    }
+}
+
+fn check(arch: &str) {
+    let model = load_cpu(&fixture(&format!("tiny-{arch}")));
+    let g = golden(arch);
+    assert!(g.ids.len() >= 20);
+
+    let mut s = model.new_session(g.ids.len()).unwrap();
+    let prefill = model.forward(&mut s, &g.ids, true).unwrap();
+    let err = max_rel_error(&prefill, &g.prefill);
+    println!("{arch}: prefill max relative error {err:.2e}");
+    assert!(err <= 1e-4, "{arch} prefill error {err}");
+
+    let mut s = model.new_session(g.ids.len()).unwrap();
+    let mut stepwise = Vec::new();
+    for &id in &g.ids {
+        stepwise.extend(model.forward(&mut s, &[id], false).unwrap());
+    }
+    let err = max_rel_error(&stepwise, &g.stepwise);
+    println!("{arch}: token-by-token max relative error {err:.2e}");
+    assert!(err <= 1e-4, "{arch} stepwise error {err}");
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    check("gpt2");
+}
+
+#[test]
+fn gptj_matches_transformers() {
+    check("gptj");
+}
+
+#[test]
+fn mpt_matches_transformers() {
+    check("mpt");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check("llama");
+}
