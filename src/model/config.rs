@@ -355,7 +355,7 @@ impl ModelConfig {
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be positive")));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::Config(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.heads, self.kv_heads
@@ -366,7 +366,7 @@ impl ModelConfig {
 }
 
 fn divide(hidden: usize, heads: usize) -> Result<usize> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(Error::Config(format!(
             "hidden size {hidden} is not divisible by {heads} heads"
         )));
@@ -385,7 +385,7 @@ fn gelu_kind(name: &str) -> Result<Activation> {
 }
 
 fn rotary(dims: usize, head_dim: usize, theta: f64, pairs: RopePairs) -> Result<Positions> {
-    if dims == 0 || dims > head_dim || dims % 2 != 0 {
+    if dims == 0 || dims > head_dim || !dims.is_multiple_of(2) {
         return Err(Error::Config(format!(
             "rotary dims {dims} must be even and at most head_dim {head_dim}"
         )));
