@@ -10,7 +10,9 @@ pub mod model;
 
 pub use backend::Backend;
 pub use backend::cpu::CpuBackend;
-pub use engine::generate::{GenerateParams, Generation, StopReason};
+pub use engine::generate::{GenerateParams, Generation, Generator, StopReason};
+pub use kv::policy::{Budget, CacheConfig, Policy};
+pub use kv::stats::CacheStats;
 pub use engine::sampling::SamplingParams;
 pub use error::{Error, Result};
 pub use model::Model;

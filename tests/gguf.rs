@@ -512,6 +512,81 @@ fn unsupported_tensor_type_names_tensor_and_type() {
     assert!(err.contains("ggml type 200"), "{err}");
 }
 
+// ---- tokenizer from synthetic GGUF metadata ----------------------------------------------------
+
+/// GPT-2's byte-level alphabet: printable bytes stand for themselves, the rest for U+0100 onwards.
+fn byte_level_alphabet() -> Vec<String> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 0x100;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                char::from(b).to_string()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap().to_string()
+            }
+        })
+        .collect()
+}
+
+fn tiny_tokenizer(model: &str, pre: Option<&str>) -> Result<TextTokenizer, Error> {
+    use GgufValue::{Array, I32, Str, U32};
+    let mut tokens = byte_level_alphabet();
+    // " hi" is stored with a real space: the reader must respell it "Ġhi" to match the merges.
+    tokens.extend(["12", "123", "1234", "Ġh", " hi", "<|ctl|>"].map(String::from));
+    let types: Vec<GgufValue> = (0..tokens.len())
+        .map(|i| I32(if i == tokens.len() - 1 { 3 } else { 1 }))
+        .collect();
+    let merges = ["1 2", "12 3", "Ġ h", "Ġh i", "123 4"];
+    let mut kvs = vec![
+        ("tokenizer.ggml.model", Str(model.into())),
+        (
+            "tokenizer.ggml.tokens",
+            Array(tokens.into_iter().map(Str).collect()),
+        ),
+        ("tokenizer.ggml.token_type", Array(types)),
+        (
+            "tokenizer.ggml.merges",
+            Array(merges.map(|m| Str(m.into())).to_vec()),
+        ),
+        ("tokenizer.ggml.eos_token_id", U32(261)),
+    ];
+    if let Some(pre) = pre {
+        kvs.push(("tokenizer.ggml.pre", Str(pre.into())));
+    }
+    let g = open_bytes(&format!("tok-{model}-{pre:?}"), &build(&kvs, &[])).unwrap();
+    TextTokenizer::from_gguf(&g)
+}
+
+#[test]
+fn gguf_tokenizer_follows_pre_type_and_control_tokens() {
+    // Ids 0..256 are the bytes in order, then the extra tokens.
+    let (t12, t123, t1234, t_hi, ctl) = (256, 257, 258, 260, 261);
+    let tok = tiny_tokenizer("gpt2", None).unwrap();
+    assert_eq!(tok.vocab_size(), 262);
+    assert_eq!(
+        (tok.bos, tok.eos.as_slice(), tok.add_bos),
+        (None, &[261][..], false)
+    );
+    // The GPT-2 regex keeps "1234" whole, so BPE merges it to one token.
+    assert_eq!(tok.encode("1234").unwrap(), [t1234]);
+    assert_eq!(tok.encode(" hi").unwrap(), [t_hi]);
+    assert_eq!(tok.encode("<|ctl|>12").unwrap(), [ctl, t12]);
+    assert_eq!(tok.decode(&[t_hi, ctl, t123]).unwrap(), " hi<|ctl|>123");
+    // "llama-bpe" splits digits in runs of at most three before BPE.
+    let tok = tiny_tokenizer("gpt2", Some("llama-bpe")).unwrap();
+    assert_eq!(tok.encode("1234").unwrap(), [t123, u32::from(b'4')]);
+    // An unknown pre-tokenizer name keeps the GPT-2 regex.
+    let tok = tiny_tokenizer("gpt2", Some("smollm")).unwrap();
+    assert_eq!(tok.encode("1234").unwrap(), [t1234]);
+
+    match tiny_tokenizer("llama", None) {
+        Err(Error::Unsupported { what, .. }) => assert!(what.contains("\"llama\""), "{what}"),
+        other => panic!("expected Unsupported, got {:?}", other.err()),
+    }
+}
+
 // ---- the real SmolLM2 file ----------------------------------------------------------------------
 
 const SMOLLM: &str = concat!(
@@ -675,4 +750,49 @@ fn smollm_chat_template_renders_chatml() {
     assert_eq!(starts[0], 0);
     let last_turn = tok.decode(&ids[starts[2]..]).unwrap();
     assert_eq!(last_turn, "<|im_start|>assistant\n");
+}
+
+#[test]
+fn hf_dir_tokenizer_reads_configs() {
+    let Some((_, gguf_tok)) = smollm() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("keyformer-{}-hfdir", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = TextTokenizer::from_hf_dir(&dir);
+    assert!(matches!(missing, Err(Error::Tokenizer(_))));
+
+    gguf_tok
+        .inner
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
+    let config = r#"{"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>",
+                     "chat_template": "{{ bos_token }}{{ messages[0]['content'] }}{{ eos_token }}"}"#;
+    std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"eos_token_id": [2, 0]}"#,
+    )
+    .unwrap();
+    let tok = TextTokenizer::from_hf_dir(&dir).unwrap();
+    assert_eq!(
+        (tok.bos, tok.eos.as_slice(), tok.add_bos),
+        (Some(1), &[2, 0][..], false)
+    );
+    let text = "<|im_start|>user\nThe capital of France is";
+    assert_eq!(tok.encode(text).unwrap(), gguf_tok.encode(text).unwrap());
+    assert_eq!(
+        tok.apply_chat_template("hi").unwrap(),
+        "<|im_start|>hi<|im_end|>"
+    );
+
+    let config = r#"{"bos_token": "<|im_start|>", "add_bos_token": true}"#;
+    std::fs::write(dir.join("tokenizer_config.json"), config).unwrap();
+    std::fs::remove_file(dir.join("generation_config.json")).unwrap();
+    let tok = TextTokenizer::from_hf_dir(&dir).unwrap();
+    assert_eq!(tok.encode("The").unwrap(), [1, 504]);
+    assert!(tok.eos.is_empty());
+    let err = tok.apply_chat_template("hi").unwrap_err().to_string();
+    assert!(err.contains("no chat template"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

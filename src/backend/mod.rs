@@ -5,7 +5,7 @@
 pub mod cpu;
 
 use crate::error::Result;
-use crate::kv::CacheShape;
+use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, Positions};
 
 /// What the attention op needs to know about the model.
@@ -79,10 +79,15 @@ pub trait Backend {
     /// x += y over `len` values.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
 
+    /// Bytes of one cached K or V value (4 for f32, 2 for f16).
+    fn kv_value_bytes(&self) -> usize;
     fn new_cache(&self, shape: &CacheShape) -> Result<Self::Cache>;
     /// Attention for `rows` new tokens at positions first_pos.. whose fused [q | k | v] rows are
     /// in `qkv`: positions are applied, k and v are appended to the layer's cache with their
-    /// original positions, and each row attends causally over the cache.
+    /// original positions, and each row attends causally over the cache. The layer's block
+    /// grows if the rows do not fit (a prompt longer than the budget, until `evict`). With
+    /// `score`, every row also adds its (noisy) attention probabilities into the slot scores,
+    /// summed over the query heads of each kv head.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -92,8 +97,17 @@ pub trait Backend {
         first_pos: usize,
         cache: &mut Self::Cache,
         layer: usize,
+        score: Option<&StepScore>,
         out: &mut Self::Buf,
     ) -> Result<()>;
-    /// Tokens currently held by the cache in each layer.
+    /// Evicts down to `keep.budget` tokens in every kv head of the layer (lowest scores among
+    /// the tokens that are neither sinks nor recent, earliest first on ties), compacts the
+    /// survivors in position order and gives back memory beyond the cache's capacity.
+    fn evict(&self, cache: &mut Self::Cache, layer: usize, keep: &Keep) -> Result<()>;
+    /// Tokens currently held by the cache in a layer (the same in every kv head).
     fn cache_len(&self, cache: &Self::Cache, layer: usize) -> usize;
+    /// Slots allocated in a layer, per kv head.
+    fn cache_capacity(&self, cache: &Self::Cache, layer: usize) -> usize;
+    /// The original positions held in each kv head of a layer (a readback, not for the loop).
+    fn cache_positions(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<u32>>>;
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use keyformer::{Backend, CpuBackend, GenerateParams, Model, SamplingParams};
+use keyformer::{Backend, Budget, CacheConfig, CpuBackend, GenerateParams, Model, Policy, SamplingParams};
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -62,6 +62,74 @@ struct GenerateArgs {
     stop: Vec<String>,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Write the kept positions per (layer, kv head) as JSON.
+    #[arg(long)]
+    cache_json: Option<PathBuf>,
+    /// Write a PNG heat map of the kept positions (positions across, layer/head down).
+    #[arg(long)]
+    cache_map: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyChoice {
+    /// Keep every token.
+    Full,
+    /// The most recent tokens only.
+    Window,
+    /// StreamingLLM: 4 attention sinks plus the most recent tokens.
+    Streaming,
+    /// Heavy hitters by accumulated attention, plus a recent window.
+    H2o,
+    /// Key tokens by Gumbel-noise attention score at a rising temperature, plus a recent window.
+    Keyformer,
+}
+
+/// The KV-cache policy and its budget.
+#[derive(clap::Args)]
+struct CacheArgs {
+    #[arg(long, value_enum, default_value_t = PolicyChoice::Full)]
+    policy: PolicyChoice,
+    /// Cache budget as a fraction of the prompt length.
+    #[arg(long, default_value_t = 0.5, conflicts_with = "kv_budget")]
+    kv_ratio: f32,
+    /// Cache budget in tokens per layer and head.
+    #[arg(long)]
+    kv_budget: Option<usize>,
+    /// Share of the budget kept as the recent window (h2o, keyformer).
+    #[arg(long, default_value_t = 0.3)]
+    recent_ratio: f32,
+    /// Attention sinks always kept (default: 4 for streaming, 0 otherwise).
+    #[arg(long)]
+    sinks: Option<usize>,
+    /// Score temperature at prefill (keyformer).
+    #[arg(long, default_value_t = 1.0)]
+    tau_init: f32,
+    /// Score temperature at the last decode step (keyformer).
+    #[arg(long, default_value_t = 2.0)]
+    tau_end: f32,
+}
+
+impl CacheArgs {
+    fn config(&self, seed: u64) -> CacheConfig {
+        let policy = match self.policy {
+            PolicyChoice::Full => Policy::Full,
+            PolicyChoice::Window => Policy::Window,
+            PolicyChoice::Streaming => Policy::Streaming,
+            PolicyChoice::H2o => Policy::H2o,
+            PolicyChoice::Keyformer => Policy::Keyformer,
+        };
+        CacheConfig {
+            policy,
+            budget: self.kv_budget.map_or(Budget::Ratio(self.kv_ratio), Budget::Tokens),
+            recent_ratio: self.recent_ratio,
+            sinks: self.sinks,
+            tau_init: self.tau_init,
+            tau_end: self.tau_end,
+            seed,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -125,16 +193,28 @@ fn generate(args: GenerateArgs) -> keyformer::Result<()> {
             top_p: args.top_p,
             seed: args.seed,
         },
+        cache: args.cache.config(args.seed),
         stop_strings: args.stop,
         stop_at_eos: true,
     };
     let mut out = std::io::stdout();
-    let generation = model.generate(&prompt, &params, &mut |_, piece| {
+    let mut generator = model.start(&prompt, &params)?;
+    while let Some((_, piece)) = generator.next_token()? {
         let _ = write!(out, "{piece}");
         let _ = out.flush();
-        true
-    })?;
+    }
     println!();
+    let wants_positions = args.cache_json.is_some() || args.cache_map.is_some();
+    let stats = generator.stats(wants_positions)?;
+    let generation = generator.finish()?;
+    eprintln!("{stats}");
+    if let Some(path) = &args.cache_json {
+        let json = serde_json::to_string(&stats).map_err(|e| keyformer::Error::InvalidInput(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| keyformer::Error::io(path, e))?;
+    }
+    if let Some(path) = &args.cache_map {
+        stats.write_heat_map(path)?;
+    }
     eprintln!(
         "prompt tokens: {}, generated tokens: {}, prefill: {:.1} ms, decode: {:.2} tokens/s, stop: {:?}, backend: {}",
         generation.prompt_tokens,

@@ -1,16 +1,22 @@
-//! The prefill/decode loop: prompt in, tokens out, streamed through a callback.
+//! The prefill/decode loop: prompt in, tokens out one at a time, with the cache's statistics
+//! readable between tokens.
 
 use std::time::Instant;
 
 use crate::backend::Backend;
+use crate::engine::Session;
 use crate::engine::sampling::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
+use crate::kv::policy::CacheConfig;
+use crate::kv::stats::CacheStats;
 use crate::model::Model;
+use crate::model::tokenizer::TextTokenizer;
 
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
+    pub cache: CacheConfig,
     /// Generation stops when the text contains one of these; the text ends before it.
     pub stop_strings: Vec<String>,
     /// Stop at the model's end-of-sequence tokens.
@@ -22,6 +28,7 @@ impl Default for GenerateParams {
         GenerateParams {
             max_new_tokens: 128,
             sampling: SamplingParams::default(),
+            cache: CacheConfig::default(),
             stop_strings: Vec::new(),
             stop_at_eos: true,
         }
@@ -35,6 +42,8 @@ pub enum StopReason {
     StopString,
     /// The per-token callback asked to stop.
     Callback,
+    /// The model's context length was reached.
+    Context,
 }
 
 #[derive(Clone, Debug)]
@@ -45,21 +54,69 @@ pub struct Generation {
     pub stop: StopReason,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// The cache at the end of generation.
+    pub stats: CacheStats,
 }
 
 impl Generation {
     /// Decode speed over the tokens produced after the first one (which prefill yields).
     pub fn decode_tokens_per_s(&self) -> f64 {
         let steps = self.tokens.len().saturating_sub(1);
-        if steps == 0 || self.decode_ms <= 0.0 {
-            0.0
-        } else {
-            steps as f64 / (self.decode_ms / 1000.0)
-        }
+        if steps == 0 || self.decode_ms <= 0.0 { 0.0 } else { steps as f64 / (self.decode_ms / 1000.0) }
     }
 }
 
+/// A generation in progress: call `next_token` until it returns None.
+pub struct Generator<'m, B: Backend> {
+    model: &'m Model<B>,
+    pub session: Session<B>,
+    params: GenerateParams,
+    sampler: Sampler,
+    logits: Vec<f32>,
+    /// The latest token, not yet fed through the model.
+    pending: Option<u32>,
+    tokens: Vec<u32>,
+    text: TextStream,
+    stop: Option<StopReason>,
+    prompt_tokens: usize,
+    prefill_ms: f64,
+    decode_start: Instant,
+}
+
 impl<B: Backend> Model<B> {
+    /// Checks the parameters, plans the cache and runs the prefill.
+    pub fn start(&self, prompt: &[u32], params: &GenerateParams) -> Result<Generator<'_, B>> {
+        params.sampling.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        if prompt.len() > self.config.max_context {
+            return Err(Error::InvalidInput(format!(
+                "the prompt has {} tokens, more than the model's context of {}",
+                prompt.len(),
+                self.config.max_context
+            )));
+        }
+        let plan = params.cache.plan(prompt.len())?;
+        let mut session = self.new_session_for(plan, prompt.len(), params.max_new_tokens)?;
+        let t0 = Instant::now();
+        let logits = self.forward(&mut session, prompt, false)?;
+        Ok(Generator {
+            model: self,
+            session,
+            params: params.clone(),
+            sampler: Sampler::new(params.sampling.clone()),
+            logits,
+            pending: None,
+            tokens: Vec::new(),
+            text: TextStream::default(),
+            stop: None,
+            prompt_tokens: prompt.len(),
+            prefill_ms: t0.elapsed().as_secs_f64() * 1e3,
+            decode_start: Instant::now(),
+        })
+    }
+
     /// Generates from `prompt` token ids. `on_token(id, new_text)` is called for every token
     /// with the text it completes (possibly empty mid-character); returning false stops.
     pub fn generate(
@@ -68,69 +125,78 @@ impl<B: Backend> Model<B> {
         params: &GenerateParams,
         on_token: &mut dyn FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        params.sampling.validate()?;
-        if prompt.is_empty() {
-            return Err(Error::InvalidInput("the prompt is empty".into()));
+        let mut g = self.start(prompt, params)?;
+        while let Some((id, piece)) = g.next_token()? {
+            if !on_token(id, &piece) {
+                g.stop_callback();
+            }
         }
-        let needed = prompt.len() + params.max_new_tokens;
-        if prompt.len() > self.config.max_context {
-            return Err(Error::InvalidInput(format!(
-                "the prompt has {} tokens, more than the model's context of {}",
-                prompt.len(),
-                self.config.max_context
-            )));
+        g.finish()
+    }
+}
+
+impl<B: Backend> Generator<'_, B> {
+    /// The next token and the text it completes, or None once generation has stopped.
+    pub fn next_token(&mut self) -> Result<Option<(u32, String)>> {
+        if self.stop.is_some() {
+            return Ok(None);
         }
-        let capacity = needed.min(self.config.max_context);
-        let mut session = self.new_session(capacity)?;
-        let mut sampler = Sampler::new(params.sampling.clone());
-        let mut text = TextStream::default();
-        let mut tokens = Vec::new();
-        let t0 = Instant::now();
-        let mut logits = self.forward(&mut session, prompt, false)?;
-        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let mut stop = StopReason::MaxTokens;
-        while tokens.len() < params.max_new_tokens {
-            let next = sampler.sample(&logits);
-            if params.stop_at_eos && self.config.eos.contains(&next) {
-                stop = StopReason::Eos;
-                break;
-            }
-            tokens.push(next);
-            let piece = match &self.tokenizer {
-                Some(tok) => text.push(tok, &tokens)?,
-                None => String::new(),
-            };
-            if let Some(cut) = params
-                .stop_strings
-                .iter()
-                .filter_map(|s| text.full.find(s.as_str()))
-                .min()
-            {
-                text.full.truncate(cut);
-                stop = StopReason::StopString;
-                break;
-            }
-            if !on_token(next, &piece) {
-                stop = StopReason::Callback;
-                break;
-            }
-            if tokens.len() == params.max_new_tokens || session.position >= self.config.max_context
-            {
-                break;
-            }
-            logits = self.forward(&mut session, &[next], false)?;
+        if self.tokens.len() >= self.params.max_new_tokens {
+            self.stop = Some(StopReason::MaxTokens);
+            return Ok(None);
         }
-        if let (Some(tok), false) = (&self.tokenizer, stop == StopReason::StopString) {
-            text.full = tok.decode(&tokens)?;
+        if let Some(last) = self.pending.take() {
+            if self.session.position >= self.model.config.max_context {
+                self.stop = Some(StopReason::Context);
+                return Ok(None);
+            }
+            self.logits = self.model.forward(&mut self.session, &[last], false)?;
+        }
+        let next = self.sampler.sample(&self.logits);
+        if self.params.stop_at_eos && self.model.config.eos.contains(&next) {
+            self.stop = Some(StopReason::Eos);
+            return Ok(None);
+        }
+        self.tokens.push(next);
+        self.pending = Some(next);
+        let piece = match &self.model.tokenizer {
+            Some(tok) => self.text.push(tok, &self.tokens)?,
+            None => String::new(),
+        };
+        let stops = &self.params.stop_strings;
+        if let Some(cut) = stops.iter().filter_map(|s| self.text.full.find(s.as_str())).min() {
+            self.text.full.truncate(cut);
+            self.stop = Some(StopReason::StopString);
+            return Ok(None);
+        }
+        Ok(Some((next, piece)))
+    }
+
+    pub fn stop_callback(&mut self) {
+        self.stop = Some(StopReason::Callback);
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn stats(&self, with_positions: bool) -> Result<CacheStats> {
+        self.model.cache_stats(&self.session, with_positions)
+    }
+
+    pub fn finish(mut self) -> Result<Generation> {
+        let stop = self.stop.unwrap_or(StopReason::MaxTokens);
+        if let (Some(tok), false) = (&self.model.tokenizer, stop == StopReason::StopString) {
+            self.text.full = tok.decode(&self.tokens)?;
         }
         Ok(Generation {
-            prompt_tokens: prompt.len(),
-            tokens,
-            text: text.full,
+            prompt_tokens: self.prompt_tokens,
+            stats: self.stats(false)?,
+            tokens: self.tokens,
+            text: self.text.full,
             stop,
-            prefill_ms,
-            decode_ms: t1.elapsed().as_secs_f64() * 1e3,
+            prefill_ms: self.prefill_ms,
+            decode_ms: self.decode_start.elapsed().as_secs_f64() * 1e3,
         })
     }
 }
@@ -142,11 +208,7 @@ struct TextStream {
 }
 
 impl TextStream {
-    fn push(
-        &mut self,
-        tok: &crate::model::tokenizer::TextTokenizer,
-        tokens: &[u32],
-    ) -> Result<String> {
+    fn push(&mut self, tok: &TextTokenizer, tokens: &[u32]) -> Result<String> {
         let decoded = tok.decode(tokens)?;
         // A byte-level token can end inside a character: wait for the rest of it.
         if decoded.ends_with('\u{FFFD}') || !decoded.starts_with(&self.full) {

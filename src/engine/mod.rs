@@ -5,32 +5,79 @@ pub mod sampling;
 
 use crate::backend::{AttentionSpec, Backend};
 use crate::error::{Error, Result};
-use crate::kv::CacheShape;
+use crate::kv::policy::{CachePlan, Policy};
+use crate::kv::stats::{CacheStats, LayerStats};
+use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::Model;
 use crate::model::config::Activation;
 
-/// One sequence: its KV cache and the position of the next token.
+/// One sequence: its KV cache, its cache plan and where it is in generation.
 pub struct Session<B: Backend> {
     pub cache: B::Cache,
     pub shape: CacheShape,
+    pub plan: CachePlan,
     /// Original position of the next token (tokens seen so far, never the cache length).
     pub position: usize,
+    /// Tokens held in every layer and kv head (all hold the same count).
+    pub cached: usize,
+    /// Tokens evicted so far, summed over layers and kv heads.
+    pub evictions: u64,
+    /// Forward calls so far: 0 before prefill, the decode step t after.
+    pub step: usize,
+    /// T, the number of steps tau rises over (max new tokens).
+    pub steps: usize,
 }
 
 impl<B: Backend> Model<B> {
-    /// A session whose cache holds up to `capacity` tokens per layer and head.
+    /// A session with a full cache of `capacity` tokens per layer and head.
     pub fn new_session(&self, capacity: usize) -> Result<Session<B>> {
+        let plan = CachePlan { policy: Policy::Full, budget: None, sinks: 0, recent: 0, scoring: None };
+        self.session_with(plan, capacity, 0)
+    }
+
+    /// A session for a prompt of `prompt_len` tokens followed by up to `max_new` tokens:
+    /// an evicting plan allocates its budget plus the one slot a decode step appends.
+    pub fn new_session_for(&self, plan: CachePlan, prompt_len: usize, max_new: usize) -> Result<Session<B>> {
+        let needed = (prompt_len + max_new).min(self.config.max_context);
+        let capacity = plan.budget.map_or(needed, |k| needed.min(k + 1));
+        self.session_with(plan, capacity, max_new)
+    }
+
+    fn session_with(&self, plan: CachePlan, capacity: usize, steps: usize) -> Result<Session<B>> {
         let c = &self.config;
-        let shape = CacheShape {
-            layers: c.layers,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            capacity,
+        let shape = CacheShape { layers: c.layers, kv_heads: c.kv_heads, head_dim: c.head_dim, capacity };
+        let cache = self.backend.new_cache(&shape)?;
+        Ok(Session { cache, shape, plan, position: 0, cached: 0, evictions: 0, step: 0, steps })
+    }
+
+    /// What the session's cache holds now; `with_positions` reads back every kept position.
+    pub fn cache_stats(&self, s: &Session<B>, with_positions: bool) -> Result<CacheStats> {
+        let b = &self.backend;
+        let layers: Vec<LayerStats> = (0..s.shape.layers)
+            .map(|l| LayerStats { kept: vec![b.cache_len(&s.cache, l); s.shape.kv_heads], capacity: b.cache_capacity(&s.cache, l) })
+            .collect();
+        // K and V bytes of one slot in every kv head of one layer.
+        let slot_bytes = 2 * s.shape.kv_heads * s.shape.head_dim * b.kv_value_bytes();
+        let kv_bytes_held = layers.iter().map(|l| l.capacity * slot_bytes).sum::<usize>();
+        let kv_bytes_full = s.shape.kv_bytes(s.position, b.kv_value_bytes());
+        let positions = if with_positions {
+            Some((0..s.shape.layers).map(|l| b.cache_positions(&s.cache, l)).collect::<Result<Vec<_>>>()?)
+        } else {
+            None
         };
-        Ok(Session {
-            cache: self.backend.new_cache(&shape)?,
-            shape,
-            position: 0,
+        Ok(CacheStats {
+            policy: s.plan.policy,
+            budget: s.plan.budget,
+            sinks: s.plan.sinks,
+            recent: s.plan.recent,
+            tokens_seen: s.position,
+            layers,
+            kv_bytes_held,
+            kv_bytes_full,
+            evictions: s.evictions,
+            compression_ratio: kv_bytes_full as f64 / kv_bytes_held.max(1) as f64,
+            tau: s.plan.scoring.map_or(1.0, |sc| sc.tau(s.step.saturating_sub(1), s.steps)),
+            positions,
         })
     }
 
@@ -74,6 +121,13 @@ impl<B: Backend> Model<B> {
             scale: c.attn_scale,
             positions: &c.positions,
         };
+        let score = s.plan.scoring.map(|sc| StepScore { noise: sc.noise, tau: sc.tau(s.step, s.steps), seed: sc.seed });
+        // Evict after each layer's attention, so a long prompt never sits in every layer at once.
+        let keep = s.plan.budget.filter(|&k| s.cached + rows > k).map(|budget| Keep {
+            budget,
+            sinks: s.plan.sinks,
+            recent: s.plan.recent,
+        });
         for (i, l) in w.layers.iter().enumerate() {
             let an = &l.attn_norm;
             b.norm(
@@ -96,7 +150,10 @@ impl<B: Backend> Model<B> {
                 lin.n_in,
                 &mut qkv,
             )?;
-            b.attention(&spec, &qkv, rows, s.position, &mut s.cache, i, &mut attn)?;
+            b.attention(&spec, &qkv, rows, s.position, &mut s.cache, i, score.as_ref(), &mut attn)?;
+            if let Some(keep) = &keep {
+                b.evict(&mut s.cache, i, keep)?;
+            }
             let lin = &l.attn_out;
             b.linear(
                 &attn,
@@ -153,6 +210,12 @@ impl<B: Backend> Model<B> {
             b.add(&mut x, &proj, rows * h)?;
         }
         s.position += rows;
+        s.step += 1;
+        s.cached += rows;
+        if let Some(keep) = &keep {
+            s.evictions += ((s.cached - keep.budget) * c.layers * c.kv_heads) as u64;
+            s.cached = keep.budget;
+        }
 
         // Only the rows whose logits are wanted go through the final norm and the head.
         let (out_rows, last) = if all_rows {

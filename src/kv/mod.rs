@@ -19,3 +19,24 @@ impl CacheShape {
         2 * self.layers * self.kv_heads * tokens * self.head_dim * bytes_per_value
     }
 }
+
+pub mod noise;
+pub mod policy;
+pub mod stats;
+
+/// This step's score accumulation: S_j += softmax_j((x_j + g_j) / tau), noise g optional.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepScore {
+    pub noise: bool,
+    pub tau: f32,
+    pub seed: u32,
+}
+
+/// What eviction keeps in every (layer, kv head): the first `sinks` tokens, the last `recent`
+/// tokens, and the highest-scoring tokens between them, `budget` tokens in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep {
+    pub budget: usize,
+    pub sinks: usize,
+    pub recent: usize,
+}

@@ -236,37 +236,30 @@ impl GgufFile {
 }
 
 fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    let (_, block_bytes) = dtype.block();
+    let (block_elems, block_bytes) = dtype.block();
+    // Reserve up front: flat_map gives no useful size hint, and embeddings hold millions of values.
+    let mut out = Vec::with_capacity(bytes.len() / block_bytes * block_elems);
     let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     let blocks = bytes.chunks_exact(block_bytes);
     match dtype {
-        DType::F32 => blocks
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        DType::F16 => blocks.map(|b| f16_at(b, 0)).collect(),
-        DType::Bf16 => blocks
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        DType::Q8_0 => blocks
-            .flat_map(|b| {
-                let d = f16_at(b, 0);
-                b[2..].iter().map(move |&q| d * f32::from(q as i8))
-            })
-            .collect(),
+        DType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        DType::F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
+        DType::Bf16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        DType::Q8_0 => out.extend(blocks.flat_map(|b| {
+            let d = f16_at(b, 0);
+            b[2..].iter().map(move |&q| d * f32::from(q as i8))
+        })),
         // Nibble order: the low nibbles of the 16 bytes are elements 0..16, the high ones 16..32.
-        DType::Q4_0 => blocks
-            .flat_map(|b| {
-                let d = f16_at(b, 0);
-                nibbles(&b[2..]).map(move |q| d * (f32::from(q) - 8.0))
-            })
-            .collect(),
-        DType::Q4_1 => blocks
-            .flat_map(|b| {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                nibbles(&b[4..]).map(move |q| d * f32::from(q) + m)
-            })
-            .collect(),
+        DType::Q4_0 => out.extend(blocks.flat_map(|b| {
+            let d = f16_at(b, 0);
+            nibbles(&b[2..]).map(move |q| d * (f32::from(q) - 8.0))
+        })),
+        DType::Q4_1 => out.extend(blocks.flat_map(|b| {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            nibbles(&b[4..]).map(move |q| d * f32::from(q) + m)
+        })),
     }
+    out
 }
 
 fn nibbles(qs: &[u8]) -> impl Iterator<Item = u8> + '_ {

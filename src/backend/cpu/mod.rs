@@ -4,26 +4,16 @@
 
 use rayon::prelude::*;
 
+mod attention;
+
+pub use attention::{CpuCache, CpuLayerCache};
+
 use crate::backend::{AttentionSpec, Backend};
 use crate::error::{Error, Result};
-use crate::kv::CacheShape;
-use crate::model::config::{Activation, NormKind, Positions, RopePairs};
+use crate::kv::{CacheShape, Keep, StepScore};
+use crate::model::config::{Activation, NormKind, RopePairs};
 
 pub struct CpuBackend;
-
-/// One layer's cache block (see `kv` for the layout).
-pub struct CpuLayerCache {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    pub pos: Vec<u32>,
-    pub score: Vec<f32>,
-    pub len: usize,
-}
-
-pub struct CpuCache {
-    pub shape: CacheShape,
-    pub layers: Vec<CpuLayerCache>,
-}
 
 fn check_len(what: &str, buf: &[f32], needed: usize) -> Result<()> {
     if buf.len() < needed {
@@ -268,19 +258,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn kv_value_bytes(&self) -> usize {
+        4
+    }
+
     fn new_cache(&self, shape: &CacheShape) -> Result<CpuCache> {
-        let slots = shape.kv_heads * shape.capacity;
-        let layer = || CpuLayerCache {
-            k: vec![0.0; slots * shape.head_dim],
-            v: vec![0.0; slots * shape.head_dim],
-            pos: vec![0; slots],
-            score: vec![0.0; slots],
-            len: 0,
-        };
-        Ok(CpuCache {
-            shape: *shape,
-            layers: (0..shape.layers).map(|_| layer()).collect(),
-        })
+        let layer = || CpuLayerCache::new(shape.kv_heads, shape.head_dim, shape.capacity);
+        Ok(CpuCache { shape: *shape, layers: (0..shape.layers).map(|_| layer()).collect() })
     }
 
     fn attention(
@@ -291,97 +275,28 @@ impl Backend for CpuBackend {
         first_pos: usize,
         cache: &mut CpuCache,
         layer: usize,
+        score: Option<&StepScore>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let (hd, nh, nkv) = (spec.head_dim, spec.heads, spec.kv_heads);
-        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
-        let stride = q_dim + 2 * kv_dim;
-        check_len("qkv", qkv, rows * stride)?;
-        check_len("attention output", out, rows * q_dim)?;
-        let cap = cache.shape.capacity;
-        let c = &mut cache.layers[layer];
-        if c.len + rows > cap {
-            return Err(Error::InvalidInput(format!(
-                "KV cache of {cap} slots cannot take {rows} more tokens after {}",
-                c.len
-            )));
-        }
+        attention::attention(spec, qkv, rows, first_pos, cache, layer, score, out)
+    }
 
-        // Queries with positions applied; keys rotated before they are cached.
-        let mut q: Vec<f32> = Vec::with_capacity(rows * q_dim);
-        for r in 0..rows {
-            let row = &qkv[r * stride..(r + 1) * stride];
-            let pos = first_pos + r;
-            let mut qr = row[..q_dim].to_vec();
-            for h in 0..nh {
-                rotate(spec.positions, &mut qr[h * hd..(h + 1) * hd], pos);
-            }
-            q.extend_from_slice(&qr);
-            for g in 0..nkv {
-                let slot = g * cap + c.len + r;
-                let k = &mut c.k[slot * hd..(slot + 1) * hd];
-                k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
-                rotate(spec.positions, k, pos);
-                c.v[slot * hd..(slot + 1) * hd]
-                    .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
-                c.pos[slot] = pos as u32;
-            }
-        }
-        c.len += rows;
-
-        let c = &*c;
-        let group = nh / nkv;
-        out[..rows * q_dim]
-            .par_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let (r, h) = (i / nh, i % nh);
-                let g = h / group;
-                let q_pos = (first_pos + r) as u32;
-                let qh = &q[i * hd..(i + 1) * hd];
-                let base = g * cap;
-                let logits: Vec<(usize, f32)> = (0..c.len)
-                    .filter(|&s| c.pos[base + s] <= q_pos)
-                    .map(|s| {
-                        let slot = base + s;
-                        let x = dot(qh, &c.k[slot * hd..(slot + 1) * hd]) * spec.scale;
-                        (slot, x + alibi(spec.positions, h, c.pos[slot], q_pos))
-                    })
-                    .collect();
-                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &(_, x)| m.max(x));
-                let weights: Vec<f32> = logits.iter().map(|&(_, x)| (x - max).exp()).collect();
-                let sum: f32 = weights.iter().sum();
-                o.fill(0.0);
-                for (&(slot, _), w) in logits.iter().zip(&weights) {
-                    let p = w / sum;
-                    for (acc, v) in o.iter_mut().zip(&c.v[slot * hd..(slot + 1) * hd]) {
-                        *acc += p * v;
-                    }
-                }
-            });
-        Ok(())
+    fn evict(&self, cache: &mut CpuCache, layer: usize, keep: &Keep) -> Result<()> {
+        attention::evict(cache, layer, keep)
     }
 
     fn cache_len(&self, cache: &CpuCache, layer: usize) -> usize {
         cache.layers[layer].len
     }
-}
 
-fn rotate(positions: &Positions, x: &mut [f32], pos: usize) {
-    if let Positions::Rotary {
-        dims,
-        pairs,
-        inv_freq,
-    } = positions
-    {
-        apply_rotary(x, pos, *dims, *pairs, inv_freq);
+    fn cache_capacity(&self, cache: &CpuCache, layer: usize) -> usize {
+        cache.layers[layer].capacity
     }
-}
 
-/// ALiBi bias from original positions: slope * (key - query), zero for other schemes.
-fn alibi(positions: &Positions, head: usize, key_pos: u32, query_pos: u32) -> f32 {
-    match positions {
-        Positions::Alibi { slopes } => slopes[head] * (key_pos as f32 - query_pos as f32),
-        _ => 0.0,
+    fn cache_positions(&self, cache: &CpuCache, layer: usize) -> Result<Vec<Vec<u32>>> {
+        let c = &cache.layers[layer];
+        Ok((0..cache.shape.kv_heads)
+            .map(|g| c.pos[g * c.capacity..g * c.capacity + c.len].to_vec())
+            .collect())
     }
 }
