@@ -2,22 +2,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{fixture, load_cpu, smollm2_path};
+use common::{fixture, load_cpu, rewrite_tensors, scratch_copy, smollm2_path};
 use keyformer::{CpuBackend, Error, GenerateParams, Model};
-
-/// A fresh copy of a tiny fixture model that a test may damage.
-fn scratch_copy(name: &str, test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
 
 fn load(path: &Path) -> Result<Model<CpuBackend>, Error> {
     Model::load(path, CpuBackend, &mut |_, _| {})
@@ -25,7 +13,8 @@ fn load(path: &Path) -> Result<Model<CpuBackend>, Error> {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut json);
     std::fs::write(path, json.to_string()).unwrap();
 }
@@ -45,7 +34,16 @@ fn truncated_safetensors() {
     for cut in [0, 4, 8, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&file, &bytes[..cut]).unwrap();
         let err = load(&dir).err().unwrap();
-        assert!(matches!(err, Error::Malformed { format: "safetensors", .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(
+                err,
+                Error::Malformed {
+                    format: "safetensors",
+                    ..
+                }
+            ),
+            "cut at {cut}: {err}"
+        );
     }
 }
 
@@ -59,35 +57,6 @@ fn safetensors_header_longer_than_file() {
     std::fs::write(&file, &bytes).unwrap();
     let err = load(&dir).err().unwrap();
     assert!(matches!(err, Error::Malformed { .. }), "{err}");
-}
-
-/// Rewrites a safetensors file with `edit` applied to its tensors (name -> (shape, f32 data)).
-fn rewrite_tensors(file: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
-    let bytes = std::fs::read(file).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F16, "the gpt2 fixture is stored in f16");
-            let data = view
-                .data()
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect();
-            (name, view.shape().to_vec(), data)
-        })
-        .collect();
-    edit(&mut tensors);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
-        .iter()
-        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, file).unwrap();
 }
 
 #[test]
@@ -113,7 +82,10 @@ fn tensor_offsets_out_of_bounds() {
 fn wrong_tensor_shape() {
     let dir = scratch_copy("tiny-gpt2", "wrong_tensor_shape");
     rewrite_tensors(&dir.join("model.safetensors"), |t| {
-        let ln = t.iter_mut().find(|(n, ..)| n == "transformer.h.1.ln_2.weight").unwrap();
+        let ln = t
+            .iter_mut()
+            .find(|(n, ..)| n == "transformer.h.1.ln_2.weight")
+            .unwrap();
         ln.1 = vec![ln.1[0] - 1];
         ln.2.pop();
     });
@@ -127,9 +99,14 @@ fn wrong_tensor_shape() {
 #[test]
 fn missing_tensor() {
     let dir = scratch_copy("tiny-gpt2", "missing_tensor");
-    rewrite_tensors(&dir.join("model.safetensors"), |t| t.retain(|(n, ..)| n != "transformer.h.0.attn.c_proj.bias"));
+    rewrite_tensors(&dir.join("model.safetensors"), |t| {
+        t.retain(|(n, ..)| n != "transformer.h.0.attn.c_proj.bias")
+    });
     let err = load(&dir).err().unwrap();
-    assert!(matches!(&err, Error::MissingTensor(n) if n == "transformer.h.0.attn.c_proj.bias"), "{err}");
+    assert!(
+        matches!(&err, Error::MissingTensor(n) if n == "transformer.h.0.attn.c_proj.bias"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -137,7 +114,10 @@ fn unknown_architecture() {
     let dir = scratch_copy("tiny-gpt2", "unknown_architecture");
     edit_config(&dir, |c| c["model_type"] = "falcon".into());
     let err = load(&dir).err().unwrap();
-    assert!(matches!(&err, Error::UnknownArchitecture(a) if a == "falcon"), "{err}");
+    assert!(
+        matches!(&err, Error::UnknownArchitecture(a) if a == "falcon"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,12 +126,17 @@ fn config_with_inconsistent_sizes() {
     edit_config(&dir, |c| c["n_head"] = 5.into());
     let err = load(&dir).err().unwrap();
     assert!(matches!(err, Error::Config(_)), "{err}");
-    assert!(err.to_string().contains("not divisible by 5 heads"), "{err}");
+    assert!(
+        err.to_string().contains("not divisible by 5 heads"),
+        "{err}"
+    );
 }
 
 #[test]
 fn truncated_gguf_model() {
-    let Some(path) = smollm2_path("truncated_gguf_model") else { return };
+    let Some(path) = smollm2_path("truncated_gguf_model") else {
+        return;
+    };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("truncated_gguf_model");
     std::fs::create_dir_all(&dir).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -159,40 +144,70 @@ fn truncated_gguf_model() {
         let file = dir.join("cut.gguf");
         std::fs::write(&file, &bytes[..cut]).unwrap();
         let err = load(&file).err().unwrap();
-        assert!(matches!(err, Error::Malformed { format: "GGUF", .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, Error::Malformed { format: "GGUF", .. }),
+            "cut at {cut}: {err}"
+        );
     }
 }
 
 #[test]
 fn empty_prompt() {
     let model = load_cpu(&fixture("tiny-llama"));
-    let err = model.generate(&[], &GenerateParams::default(), &mut |_, _| true).err().unwrap();
-    assert!(matches!(err, Error::InvalidInput(ref m) if m.contains("empty")), "{err}");
+    let err = model
+        .generate(&[], &GenerateParams::default(), &mut |_, _| true)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.contains("empty")),
+        "{err}"
+    );
 }
 
 #[test]
 fn prompt_longer_than_context() {
     let model = load_cpu(&fixture("tiny-llama"));
     let prompt = vec![3u32; model.config.max_context + 1];
-    let err = model.generate(&prompt, &GenerateParams::default(), &mut |_, _| true).err().unwrap();
-    assert!(matches!(err, Error::InvalidInput(ref m) if m.contains("context")), "{err}");
+    let err = model
+        .generate(&prompt, &GenerateParams::default(), &mut |_, _| true)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.contains("context")),
+        "{err}"
+    );
 }
 
 #[test]
 fn token_id_outside_vocabulary() {
     let model = load_cpu(&fixture("tiny-mpt"));
-    let err = model.generate(&[1, 5000], &GenerateParams::default(), &mut |_, _| true).err().unwrap();
-    assert!(matches!(err, Error::InvalidInput(ref m) if m.contains("5000")), "{err}");
+    let err = model
+        .generate(&[1, 5000], &GenerateParams::default(), &mut |_, _| true)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.contains("5000")),
+        "{err}"
+    );
 }
 
 #[test]
 fn cli_error_is_one_line_and_nonzero_exit() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyformer"))
-        .args(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"])
+        .args([
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "hi",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: model path does not exist"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: model path does not exist"),
+        "{stderr}"
+    );
 }

@@ -4,7 +4,9 @@
 use keyformer::kv::noise::{gumbel, noise_hash};
 
 /// (seed, layer, head, query position, key position) -> (hash, Gumbel variate).
-const KNOWN: [((u32, u32, u32, u32, u32), u32, f64); 9] = [
+type Case = ((u32, u32, u32, u32, u32), u32, f64);
+
+const KNOWN: [Case; 9] = [
     ((0, 0, 0, 0, 0), 0x6a345465, 0.12804729213362268),
     ((1, 0, 0, 0, 0), 0xb4d9d797, 1.0569783451902102),
     ((0, 1, 0, 0, 0), 0xad26cb83, 0.9390214680235528),
@@ -12,16 +14,32 @@ const KNOWN: [((u32, u32, u32, u32, u32), u32, f64); 9] = [
     ((0, 0, 0, 1, 0), 0x0f93e8ae, -1.0293810946474173),
     ((0, 0, 0, 0, 1), 0x97478f57, 0.6423626168670302),
     ((42, 3, 7, 1500, 1234), 0x78d643df, 0.28670230763705495),
-    ((0xdeadbeef, 29, 8, 8191, 17), 0xc4a69cad, 1.3327621333953426),
-    ((u32::MAX, u32::MAX, u32::MAX, u32::MAX, u32::MAX), 0x6e9da64f, 0.17540833504227182),
+    (
+        (0xdeadbeef, 29, 8, 8191, 17),
+        0xc4a69cad,
+        1.3327621333953426,
+    ),
+    (
+        (u32::MAX, u32::MAX, u32::MAX, u32::MAX, u32::MAX),
+        0x6e9da64f,
+        0.17540833504227182,
+    ),
 ];
 
 #[test]
 fn hash_known_answers() {
     for ((s, l, h, q, k), want_hash, want_gumbel) in KNOWN {
-        assert_eq!(noise_hash(s, l, h, q, k), want_hash, "hash of {:?}", (s, l, h, q, k));
+        assert_eq!(
+            noise_hash(s, l, h, q, k),
+            want_hash,
+            "hash of {:?}",
+            (s, l, h, q, k)
+        );
         let g = gumbel(s, l, h, q, k) as f64;
-        assert!((g - want_gumbel).abs() <= 1e-6 * want_gumbel.abs().max(1.0), "gumbel {g} vs {want_gumbel}");
+        assert!(
+            (g - want_gumbel).abs() <= 1e-6 * want_gumbel.abs().max(1.0),
+            "gumbel {g} vs {want_gumbel}"
+        );
     }
 }
 
@@ -39,5 +57,8 @@ fn gumbel_moments() {
     let var = sum_sq / n as f64 - mean * mean;
     println!("mean {mean:.5} variance {var:.5}");
     assert!((mean - 0.5772).abs() <= 0.01, "mean {mean}");
-    assert!((var - std::f64::consts::PI.powi(2) / 6.0).abs() <= 0.02, "variance {var}");
+    assert!(
+        (var - std::f64::consts::PI.powi(2) / 6.0).abs() <= 0.02,
+        "variance {var}"
+    );
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use keyformer::{Backend, Budget, CacheConfig, CpuBackend, GenerateParams, Model, Policy, SamplingParams};
+use keyformer::{
+    Backend, Budget, CacheConfig, CpuBackend, GenerateParams, Model, Policy, SamplingParams,
+};
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -122,7 +124,9 @@ impl CacheArgs {
         };
         CacheConfig {
             policy,
-            budget: self.kv_budget.map_or(Budget::Ratio(self.kv_ratio), Budget::Tokens),
+            budget: self
+                .kv_budget
+                .map_or(Budget::Ratio(self.kv_ratio), Budget::Tokens),
             recent_ratio: self.recent_ratio,
             sinks: self.sinks,
             tau_init: self.tau_init,
@@ -209,7 +213,8 @@ fn generate(args: GenerateArgs) -> keyformer::Result<()> {
     let generation = generator.finish()?;
     eprintln!("{stats}");
     if let Some(path) = &args.cache_json {
-        let json = serde_json::to_string(&stats).map_err(|e| keyformer::Error::InvalidInput(e.to_string()))?;
+        let json = serde_json::to_string(&stats)
+            .map_err(|e| keyformer::Error::InvalidInput(e.to_string()))?;
         std::fs::write(path, json).map_err(|e| keyformer::Error::io(path, e))?;
     }
     if let Some(path) = &args.cache_map {

@@ -62,7 +62,11 @@ impl Generation {
     /// Decode speed over the tokens produced after the first one (which prefill yields).
     pub fn decode_tokens_per_s(&self) -> f64 {
         let steps = self.tokens.len().saturating_sub(1);
-        if steps == 0 || self.decode_ms <= 0.0 { 0.0 } else { steps as f64 / (self.decode_ms / 1000.0) }
+        if steps == 0 || self.decode_ms <= 0.0 {
+            0.0
+        } else {
+            steps as f64 / (self.decode_ms / 1000.0)
+        }
     }
 }
 
@@ -164,7 +168,11 @@ impl<B: Backend> Generator<'_, B> {
             None => String::new(),
         };
         let stops = &self.params.stop_strings;
-        if let Some(cut) = stops.iter().filter_map(|s| self.text.full.find(s.as_str())).min() {
+        if let Some(cut) = stops
+            .iter()
+            .filter_map(|s| self.text.full.find(s.as_str()))
+            .min()
+        {
             self.text.full.truncate(cut);
             self.stop = Some(StopReason::StopString);
             return Ok(None);

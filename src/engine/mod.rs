@@ -31,13 +31,24 @@ pub struct Session<B: Backend> {
 impl<B: Backend> Model<B> {
     /// A session with a full cache of `capacity` tokens per layer and head.
     pub fn new_session(&self, capacity: usize) -> Result<Session<B>> {
-        let plan = CachePlan { policy: Policy::Full, budget: None, sinks: 0, recent: 0, scoring: None };
+        let plan = CachePlan {
+            policy: Policy::Full,
+            budget: None,
+            sinks: 0,
+            recent: 0,
+            scoring: None,
+        };
         self.session_with(plan, capacity, 0)
     }
 
     /// A session for a prompt of `prompt_len` tokens followed by up to `max_new` tokens:
     /// an evicting plan allocates its budget plus the one slot a decode step appends.
-    pub fn new_session_for(&self, plan: CachePlan, prompt_len: usize, max_new: usize) -> Result<Session<B>> {
+    pub fn new_session_for(
+        &self,
+        plan: CachePlan,
+        prompt_len: usize,
+        max_new: usize,
+    ) -> Result<Session<B>> {
         let needed = (prompt_len + max_new).min(self.config.max_context);
         let capacity = plan.budget.map_or(needed, |k| needed.min(k + 1));
         self.session_with(plan, capacity, max_new)
@@ -45,23 +56,47 @@ impl<B: Backend> Model<B> {
 
     fn session_with(&self, plan: CachePlan, capacity: usize, steps: usize) -> Result<Session<B>> {
         let c = &self.config;
-        let shape = CacheShape { layers: c.layers, kv_heads: c.kv_heads, head_dim: c.head_dim, capacity };
+        let shape = CacheShape {
+            layers: c.layers,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            capacity,
+        };
         let cache = self.backend.new_cache(&shape)?;
-        Ok(Session { cache, shape, plan, position: 0, cached: 0, evictions: 0, step: 0, steps })
+        Ok(Session {
+            cache,
+            shape,
+            plan,
+            position: 0,
+            cached: 0,
+            evictions: 0,
+            step: 0,
+            steps,
+        })
     }
 
     /// What the session's cache holds now; `with_positions` reads back every kept position.
     pub fn cache_stats(&self, s: &Session<B>, with_positions: bool) -> Result<CacheStats> {
         let b = &self.backend;
         let layers: Vec<LayerStats> = (0..s.shape.layers)
-            .map(|l| LayerStats { kept: vec![b.cache_len(&s.cache, l); s.shape.kv_heads], capacity: b.cache_capacity(&s.cache, l) })
+            .map(|l| LayerStats {
+                kept: vec![b.cache_len(&s.cache, l); s.shape.kv_heads],
+                capacity: b.cache_capacity(&s.cache, l),
+            })
             .collect();
         // K and V bytes of one slot in every kv head of one layer.
         let slot_bytes = 2 * s.shape.kv_heads * s.shape.head_dim * b.kv_value_bytes();
-        let kv_bytes_held = layers.iter().map(|l| l.capacity * slot_bytes).sum::<usize>();
+        let kv_bytes_held = layers
+            .iter()
+            .map(|l| l.capacity * slot_bytes)
+            .sum::<usize>();
         let kv_bytes_full = s.shape.kv_bytes(s.position, b.kv_value_bytes());
         let positions = if with_positions {
-            Some((0..s.shape.layers).map(|l| b.cache_positions(&s.cache, l)).collect::<Result<Vec<_>>>()?)
+            Some(
+                (0..s.shape.layers)
+                    .map(|l| b.cache_positions(&s.cache, l))
+                    .collect::<Result<Vec<_>>>()?,
+            )
         } else {
             None
         };
@@ -76,7 +111,10 @@ impl<B: Backend> Model<B> {
             kv_bytes_full,
             evictions: s.evictions,
             compression_ratio: kv_bytes_full as f64 / kv_bytes_held.max(1) as f64,
-            tau: s.plan.scoring.map_or(1.0, |sc| sc.tau(s.step.saturating_sub(1), s.steps)),
+            tau: s
+                .plan
+                .scoring
+                .map_or(1.0, |sc| sc.tau(s.step.saturating_sub(1), s.steps)),
             positions,
         })
     }
@@ -121,13 +159,21 @@ impl<B: Backend> Model<B> {
             scale: c.attn_scale,
             positions: &c.positions,
         };
-        let score = s.plan.scoring.map(|sc| StepScore { noise: sc.noise, tau: sc.tau(s.step, s.steps), seed: sc.seed });
-        // Evict after each layer's attention, so a long prompt never sits in every layer at once.
-        let keep = s.plan.budget.filter(|&k| s.cached + rows > k).map(|budget| Keep {
-            budget,
-            sinks: s.plan.sinks,
-            recent: s.plan.recent,
+        let score = s.plan.scoring.map(|sc| StepScore {
+            noise: sc.noise,
+            tau: sc.tau(s.step, s.steps),
+            seed: sc.seed,
         });
+        // Evict after each layer's attention, so a long prompt never sits in every layer at once.
+        let keep = s
+            .plan
+            .budget
+            .filter(|&k| s.cached + rows > k)
+            .map(|budget| Keep {
+                budget,
+                sinks: s.plan.sinks,
+                recent: s.plan.recent,
+            });
         for (i, l) in w.layers.iter().enumerate() {
             let an = &l.attn_norm;
             b.norm(
@@ -150,7 +196,16 @@ impl<B: Backend> Model<B> {
                 lin.n_in,
                 &mut qkv,
             )?;
-            b.attention(&spec, &qkv, rows, s.position, &mut s.cache, i, score.as_ref(), &mut attn)?;
+            b.attention(
+                &spec,
+                &qkv,
+                rows,
+                s.position,
+                &mut s.cache,
+                i,
+                score.as_ref(),
+                &mut attn,
+            )?;
             if let Some(keep) = &keep {
                 b.evict(&mut s.cache, i, keep)?;
             }

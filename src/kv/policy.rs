@@ -13,13 +13,23 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [Policy::Full, Policy::Window, Policy::Streaming, Policy::H2o, Policy::Keyformer];
+    pub const ALL: [Policy; 5] = [
+        Policy::Full,
+        Policy::Window,
+        Policy::Streaming,
+        Policy::H2o,
+        Policy::Keyformer,
+    ];
 
     pub fn parse(name: &str) -> Result<Policy> {
         Policy::ALL
             .into_iter()
             .find(|p| p.name() == name)
-            .ok_or_else(|| Error::InvalidInput(format!("unknown policy '{name}' (full, window, streaming, h2o, keyformer)")))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown policy '{name}' (full, window, streaming, h2o, keyformer)"
+                ))
+            })
     }
 
     pub fn name(self) -> &'static str {
@@ -121,10 +131,20 @@ impl CacheConfig {
             return bad(format!("kv ratio {r} must be in (0, 1]"));
         }
         if !(0.0..1.0).contains(&self.recent_ratio) {
-            return bad(format!("recent ratio {} must be in [0, 1)", self.recent_ratio));
+            return bad(format!(
+                "recent ratio {} must be in [0, 1)",
+                self.recent_ratio
+            ));
         }
-        if !(self.tau_init > 0.0 && self.tau_end > 0.0 && self.tau_init.is_finite() && self.tau_end.is_finite()) {
-            return bad(format!("tau must be positive (got {} -> {})", self.tau_init, self.tau_end));
+        if !(self.tau_init > 0.0
+            && self.tau_end > 0.0
+            && self.tau_init.is_finite()
+            && self.tau_end.is_finite())
+        {
+            return bad(format!(
+                "tau must be positive (got {} -> {})",
+                self.tau_init, self.tau_end
+            ));
         }
         Ok(())
     }
@@ -158,7 +178,13 @@ impl CacheConfig {
     pub fn plan(&self, prompt_len: usize) -> Result<CachePlan> {
         self.validate()?;
         if self.policy == Policy::Full {
-            return Ok(CachePlan { policy: Policy::Full, budget: None, sinks: 0, recent: 0, scoring: None });
+            return Ok(CachePlan {
+                policy: Policy::Full,
+                budget: None,
+                sinks: 0,
+                recent: 0,
+                scoring: None,
+            });
         }
         let min = self.min_budget();
         let k = match self.budget {
@@ -174,11 +200,27 @@ impl CacheConfig {
         let (sinks, recent) = self.split(k);
         let seed = crate::kv::noise::fold_seed(self.seed);
         let scoring = match self.policy {
-            Policy::H2o => Some(Scoring { noise: false, tau_init: 1.0, tau_end: 1.0, seed }),
-            Policy::Keyformer => Some(Scoring { noise: true, tau_init: self.tau_init, tau_end: self.tau_end, seed }),
+            Policy::H2o => Some(Scoring {
+                noise: false,
+                tau_init: 1.0,
+                tau_end: 1.0,
+                seed,
+            }),
+            Policy::Keyformer => Some(Scoring {
+                noise: true,
+                tau_init: self.tau_init,
+                tau_end: self.tau_end,
+                seed,
+            }),
             _ => None,
         };
-        Ok(CachePlan { policy: self.policy, budget: Some(k), sinks, recent, scoring })
+        Ok(CachePlan {
+            policy: self.policy,
+            budget: Some(k),
+            sinks,
+            recent,
+            scoring,
+        })
     }
 }
 
@@ -187,19 +229,30 @@ mod tests {
     use super::*;
 
     fn config(policy: Policy, budget: Budget) -> CacheConfig {
-        CacheConfig { policy, budget, ..Default::default() }
+        CacheConfig {
+            policy,
+            budget,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn keyformer_plan_follows_the_table() {
-        let p = config(Policy::Keyformer, Budget::Ratio(0.5)).plan(1000).unwrap();
-        assert_eq!((p.budget, p.sinks, p.recent, p.key_slots()), (Some(500), 0, 150, 350));
+        let p = config(Policy::Keyformer, Budget::Ratio(0.5))
+            .plan(1000)
+            .unwrap();
+        assert_eq!(
+            (p.budget, p.sinks, p.recent, p.key_slots()),
+            (Some(500), 0, 150, 350)
+        );
         assert!(p.scoring.unwrap().noise);
     }
 
     #[test]
     fn streaming_keeps_four_sinks_and_a_window() {
-        let p = config(Policy::Streaming, Budget::Tokens(64)).plan(1000).unwrap();
+        let p = config(Policy::Streaming, Budget::Tokens(64))
+            .plan(1000)
+            .unwrap();
         assert_eq!((p.sinks, p.recent, p.key_slots()), (4, 60, 0));
         assert!(p.scoring.is_none());
     }
@@ -213,19 +266,27 @@ mod tests {
 
     #[test]
     fn tau_rises_linearly() {
-        let p = config(Policy::Keyformer, Budget::Tokens(64)).plan(100).unwrap();
+        let p = config(Policy::Keyformer, Budget::Tokens(64))
+            .plan(100)
+            .unwrap();
         let s = p.scoring.unwrap();
         assert_eq!((s.tau(0, 4), s.tau(2, 4), s.tau(4, 4)), (1.0, 1.5, 2.0));
     }
 
     #[test]
     fn too_small_budget_names_the_minimum() {
-        let c = CacheConfig { sinks: Some(4), ..config(Policy::Keyformer, Budget::Tokens(5)) };
+        let c = CacheConfig {
+            sinks: Some(4),
+            ..config(Policy::Keyformer, Budget::Tokens(5))
+        };
         // k = 5: w = floor(1.5) = 1, 4 + 1 + 1 = 6 > 5. k = 6: w = 1, fits.
         let err = c.plan(100).unwrap_err().to_string();
         assert!(err.contains("minimum is 6"), "{err}");
         // A ratio is raised to the minimum instead.
-        let c = CacheConfig { budget: Budget::Ratio(0.01), ..c };
+        let c = CacheConfig {
+            budget: Budget::Ratio(0.01),
+            ..c
+        };
         assert_eq!(c.plan(100).unwrap().budget, Some(6));
     }
 }

@@ -46,7 +46,12 @@ impl std::fmt::Display for CacheStats {
     /// A one-line summary for the command line.
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-        let kept = self.layers.first().and_then(|l| l.kept.first()).copied().unwrap_or(0);
+        let kept = self
+            .layers
+            .first()
+            .and_then(|l| l.kept.first())
+            .copied()
+            .unwrap_or(0);
         write!(
             f,
             "cache: {} policy, {} of {} tokens kept per head (budget {}, sinks {}, recent {}), {:.2} MiB held vs {:.2} MiB full ({:.2}x), {} evictions, tau {:.3}",
@@ -70,7 +75,9 @@ impl CacheStats {
     /// (layer, kv head), bright where the token is still cached. Needs `positions`.
     pub fn write_heat_map(&self, path: &std::path::Path) -> crate::error::Result<()> {
         let positions = self.positions.as_ref().ok_or_else(|| {
-            crate::error::Error::InvalidInput("cache statistics were taken without positions".into())
+            crate::error::Error::InvalidInput(
+                "cache statistics were taken without positions".into(),
+            )
         })?;
         let heads: Vec<&Vec<u32>> = positions.iter().flatten().collect();
         let columns = self.tokens_seen.max(1);
@@ -96,11 +103,16 @@ impl CacheStats {
         }
         let io = |e: std::io::Error| crate::error::Error::io(path, e);
         let file = std::fs::File::create(path).map_err(io)?;
-        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+        let mut encoder =
+            png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let to_io = |e: png::EncodingError| io(std::io::Error::other(e));
-        encoder.write_header().map_err(to_io)?.write_image_data(&pixels).map_err(to_io)?;
+        encoder
+            .write_header()
+            .map_err(to_io)?
+            .write_image_data(&pixels)
+            .map_err(to_io)?;
         Ok(())
     }
 }

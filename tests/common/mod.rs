@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::path::{Path, PathBuf};
 
 use keyformer::{CpuBackend, Model};
@@ -39,4 +41,93 @@ pub fn max_rel_error(actual: &[f32], reference: &[f32]) -> f32 {
         .zip(reference)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     diff / scale
+}
+
+/// A fresh copy of a tiny fixture model that a test may damage.
+pub fn scratch_copy(name: &str, test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Rewrites a safetensors file with `edit` applied to its tensors (name -> (shape, f32 data)).
+pub fn rewrite_tensors(file: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(
+                view.dtype(),
+                safetensors::Dtype::F16,
+                "the gpt2 fixture is stored in f16"
+            );
+            let data = view
+                .data()
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect();
+            (name, view.shape().to_vec(), data)
+        })
+        .collect();
+    edit(&mut tensors);
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, file).unwrap();
+}
+
+/// A tiny fixture whose context is raised to `context` tokens, for long generations. GPT-2's
+/// learned position table is extended with random rows.
+pub fn long_context_fixture(arch: &str, context: usize, test: &str) -> PathBuf {
+    let dir = scratch_copy(&format!("tiny-{arch}"), &format!("{test}-{arch}"));
+    let key = match arch {
+        "gpt2" | "gptj" => "n_positions",
+        "mpt" => "max_seq_len",
+        _ => "max_position_embeddings",
+    };
+    let path = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let old = json[key].as_u64().unwrap() as usize;
+    json[key] = context.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    if arch == "gpt2" {
+        rewrite_tensors(&dir.join("model.safetensors"), |t| {
+            let wpe = t
+                .iter_mut()
+                .find(|(n, ..)| n == "transformer.wpe.weight")
+                .unwrap();
+            let dim = wpe.1[1];
+            let mut state = 1u64;
+            for i in 0..(context - old) * dim {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                wpe.2.push(
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.3
+                        + (i % 3) as f32 * 0.01,
+                );
+            }
+            wpe.1[0] = context;
+        });
+    }
+    dir
 }

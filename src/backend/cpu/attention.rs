@@ -55,7 +55,12 @@ impl CpuLayerCache {
 }
 
 fn rotate(positions: &Positions, x: &mut [f32], pos: usize) {
-    if let Positions::Rotary { dims, pairs, inv_freq } = positions {
+    if let Positions::Rotary {
+        dims,
+        pairs,
+        inv_freq,
+    } = positions
+    {
         apply_rotary(x, pos, *dims, *pairs, inv_freq);
     }
 }
@@ -91,7 +96,9 @@ pub fn attention(
     check_len("qkv", qkv, rows * stride)?;
     check_len("attention output", out, rows * q_dim)?;
     if layer >= cache.layers.len() {
-        return Err(Error::InvalidInput(format!("layer {layer} is outside the cache")));
+        return Err(Error::InvalidInput(format!(
+            "layer {layer} is outside the cache"
+        )));
     }
     let c = &mut cache.layers[layer];
     if c.len + rows > c.capacity {
@@ -100,19 +107,29 @@ pub fn attention(
     let cap = c.capacity;
 
     // Queries with positions applied; keys rotated before they are cached.
-    let mut q = qkv.chunks_exact(stride).take(rows).flat_map(|r| &r[..q_dim]).copied().collect::<Vec<f32>>();
+    let mut q = qkv
+        .chunks_exact(stride)
+        .take(rows)
+        .flat_map(|r| &r[..q_dim])
+        .copied()
+        .collect::<Vec<f32>>();
     for r in 0..rows {
         let row = &qkv[r * stride..(r + 1) * stride];
         let pos = first_pos + r;
         for h in 0..nh {
-            rotate(spec.positions, &mut q[(r * nh + h) * hd..(r * nh + h + 1) * hd], pos);
+            rotate(
+                spec.positions,
+                &mut q[(r * nh + h) * hd..(r * nh + h + 1) * hd],
+                pos,
+            );
         }
         for g in 0..nkv {
             let slot = g * cap + c.len + r;
             let k = &mut c.k[slot * hd..(slot + 1) * hd];
             k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
             rotate(spec.positions, k, pos);
-            c.v[slot * hd..(slot + 1) * hd].copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
+            c.v[slot * hd..(slot + 1) * hd]
+                .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
             c.pos[slot] = pos as u32;
             c.score[slot] = 0.0;
         }
@@ -125,16 +142,19 @@ pub fn attention(
         .into_par_iter()
         .map(|h| {
             let base = (h / group) * cap;
-            let mut res = HeadResult { out: vec![0.0; rows * hd], score: vec![0.0; c.len] };
+            let mut res = HeadResult {
+                out: vec![0.0; rows * hd],
+                score: vec![0.0; c.len],
+            };
             let mut x = vec![0f32; c.len];
             for r in 0..rows {
                 let q_pos = (first_pos + r) as u32;
                 let qh = &q[(r * nh + h) * hd..(r * nh + h + 1) * hd];
                 // Causal: the prompt's later tokens are already cached during prefill.
                 let n = (0..c.len).take_while(|&s| c.pos[base + s] <= q_pos).count();
-                for s in 0..n {
+                for (s, xs) in x[..n].iter_mut().enumerate() {
                     let slot = base + s;
-                    x[s] = dot(qh, &c.k[slot * hd..(slot + 1) * hd]) * spec.scale
+                    *xs = dot(qh, &c.k[slot * hd..(slot + 1) * hd]) * spec.scale
                         + alibi(spec.positions, h, c.pos[slot], q_pos);
                 }
                 let probs = softmax(&x[..n], |_, v| v);
@@ -147,7 +167,11 @@ pub fn attention(
                 }
                 if let Some(sc) = step_score {
                     let noisy = |s: usize, v: f32| {
-                        let g = if sc.noise { gumbel(sc.seed, layer as u32, h as u32, q_pos, c.pos[base + s]) } else { 0.0 };
+                        let g = if sc.noise {
+                            gumbel(sc.seed, layer as u32, h as u32, q_pos, c.pos[base + s])
+                        } else {
+                            0.0
+                        };
                         (v + g) / sc.tau
                     };
                     for (acc, p) in res.score.iter_mut().zip(softmax(&x[..n], noisy)) {
@@ -161,7 +185,8 @@ pub fn attention(
 
     for (h, res) in per_head.iter().enumerate() {
         for r in 0..rows {
-            out[(r * nh + h) * hd..(r * nh + h + 1) * hd].copy_from_slice(&res.out[r * hd..(r + 1) * hd]);
+            out[(r * nh + h) * hd..(r * nh + h + 1) * hd]
+                .copy_from_slice(&res.out[r * hd..(r + 1) * hd]);
         }
     }
     if step_score.is_some() {
@@ -203,22 +228,22 @@ pub fn evict(cache: &mut CpuCache, layer: usize, keep: &Keep) -> Result<()> {
             let base = g * c.capacity;
             let mut order: Vec<usize> = candidates.clone().collect();
             // Lowest score first; the earlier token first among equal scores.
-            order.sort_by(|&a, &b| c.score[base + a].total_cmp(&c.score[base + b]).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| {
+                c.score[base + a]
+                    .total_cmp(&c.score[base + b])
+                    .then(a.cmp(&b))
+            });
             let mut evicted = vec![false; c.len];
             for &s in &order[..evict_count] {
                 evicted[s] = true;
             }
-            let mut dst = 0;
-            for src in 0..c.len {
-                if evicted[src] {
-                    continue;
-                }
+            let survivors = (0..c.len).filter(|&s| !evicted[s]);
+            for (dst, src) in survivors.enumerate() {
                 let (from, to) = (base + src, base + dst);
                 c.k.copy_within(from * hd..(from + 1) * hd, to * hd);
                 c.v.copy_within(from * hd..(from + 1) * hd, to * hd);
                 c.pos[to] = c.pos[from];
                 c.score[to] = c.score[from];
-                dst += 1;
             }
         }
         c.len = keep.budget;

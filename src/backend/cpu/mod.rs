@@ -264,7 +264,10 @@ impl Backend for CpuBackend {
 
     fn new_cache(&self, shape: &CacheShape) -> Result<CpuCache> {
         let layer = || CpuLayerCache::new(shape.kv_heads, shape.head_dim, shape.capacity);
-        Ok(CpuCache { shape: *shape, layers: (0..shape.layers).map(|_| layer()).collect() })
+        Ok(CpuCache {
+            shape: *shape,
+            layers: (0..shape.layers).map(|_| layer()).collect(),
+        })
     }
 
     fn attention(
