@@ -5,6 +5,9 @@
 use rayon::prelude::*;
 
 mod attention;
+mod matmul;
+
+pub use matmul::dot;
 
 pub use attention::{CpuCache, CpuLayerCache};
 
@@ -26,24 +29,6 @@ fn check_len(what: &str, buf: &[f32], needed: usize) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Dot product with eight independent accumulators so the compiler vectorises it.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotates one head vector in place for position `pos`.
@@ -174,41 +159,7 @@ impl Backend for CpuBackend {
         check_len("linear input", x, rows * n_in)?;
         check_len("linear weight", w, n_out * n_in)?;
         check_len("linear output", out, rows * n_out)?;
-        let row_of = |o: usize| &w[o * n_in..(o + 1) * n_in];
-        let bias_of = |o: usize| bias.map_or(0.0, |b| b[o]);
-        const ROW_BLOCK: usize = 8;
-        if rows < 2 * ROW_BLOCK {
-            // Few rows (decode): split the output columns over threads.
-            for r in 0..rows {
-                let xr = &x[r * n_in..(r + 1) * n_in];
-                out[r * n_out..(r + 1) * n_out]
-                    .par_chunks_mut(64)
-                    .enumerate()
-                    .for_each(|(c, chunk)| {
-                        for (j, y) in chunk.iter_mut().enumerate() {
-                            let o = c * 64 + j;
-                            *y = dot(xr, row_of(o)) + bias_of(o);
-                        }
-                    });
-            }
-        } else {
-            // Many rows (prefill): each thread takes a block of rows and streams the weight
-            // once per block, so each weight row is reused ROW_BLOCK times from cache.
-            out[..rows * n_out]
-                .par_chunks_mut(ROW_BLOCK * n_out)
-                .enumerate()
-                .for_each(|(blk, out_blk)| {
-                    let r0 = blk * ROW_BLOCK;
-                    let nr = out_blk.len() / n_out;
-                    for o in 0..n_out {
-                        let wr = row_of(o);
-                        for r in 0..nr {
-                            out_blk[r * n_out + o] =
-                                dot(&x[(r0 + r) * n_in..(r0 + r + 1) * n_in], wr) + bias_of(o);
-                        }
-                    }
-                });
-        }
+        matmul::matmul(x, rows, w, bias.map(|b| b.as_slice()), n_out, n_in, out);
         Ok(())
     }
 
