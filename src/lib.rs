@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod kv;
 pub mod model;
 

@@ -13,14 +13,14 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The SmolLM2 GGUF, fetched by scripts/fetch-smollm2.sh; None (and a printed SKIP) if absent.
+/// The SmolLM2 GGUF, fetched by scripts/fetch.sh; None (and a printed SKIP) if absent.
 pub fn smollm2_path(test: &str) -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if path.exists() {
         Some(path)
     } else {
         println!(
-            "SKIP {test}: {} not found (run scripts/fetch-smollm2.sh)",
+            "SKIP {test}: {} not found (run scripts/fetch.sh)",
             path.display()
         );
         None

@@ -9,7 +9,15 @@ use rayon::prelude::*;
 /// Weight rows per block: 64 rows of up to a few thousand floats stay in L2.
 const BLOCK: usize = 64;
 
-pub fn matmul(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize, out: &mut [f32]) {
+pub fn matmul(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    n_out: usize,
+    n_in: usize,
+    out: &mut [f32],
+) {
     let x_row = |r: usize| &x[r * n_in..(r + 1) * n_in];
     let w_row = |o: usize| &w[o * n_in..(o + 1) * n_in];
     // Each block's results as [rows][block width], gathered into `out` afterwards.
@@ -26,14 +34,19 @@ pub fn matmul(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, n_out: us
                 while o < o1 {
                     let cs = (o1 - o).min(2);
                     if rs == 4 && cs == 2 {
-                        let d = kernel_4x2([x_row(r), x_row(r + 1), x_row(r + 2), x_row(r + 3)], [w_row(o), w_row(o + 1)]);
+                        let d = kernel_4x2(
+                            [x_row(r), x_row(r + 1), x_row(r + 2), x_row(r + 3)],
+                            [w_row(o), w_row(o + 1)],
+                        );
                         for (i, row) in d.iter().enumerate() {
-                            tile[(r + i) * width + o - o0..(r + i) * width + o - o0 + 2].copy_from_slice(row);
+                            tile[(r + i) * width + o - o0..(r + i) * width + o - o0 + 2]
+                                .copy_from_slice(row);
                         }
                     } else {
                         for i in 0..rs {
                             for j in 0..cs {
-                                tile[(r + i) * width + o - o0 + j] = dot(x_row(r + i), w_row(o + j));
+                                tile[(r + i) * width + o - o0 + j] =
+                                    dot(x_row(r + i), w_row(o + j));
                             }
                         }
                     }
@@ -52,7 +65,8 @@ pub fn matmul(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, n_out: us
     for (o0, tile) in blocks {
         let width = tile.len() / rows.max(1);
         for r in 0..rows {
-            out[r * n_out + o0..r * n_out + o0 + width].copy_from_slice(&tile[r * width..(r + 1) * width]);
+            out[r * n_out + o0..r * n_out + o0 + width]
+                .copy_from_slice(&tile[r * width..(r + 1) * width]);
         }
     }
 }
@@ -85,7 +99,12 @@ fn has_avx2_fma() -> bool {
 fn portable_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in a8.zip(b8) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -113,16 +132,33 @@ mod avx2 {
         // SAFETY: every load reads 8 floats at i with i + 8 <= n (16 for the pair).
         unsafe {
             while i + 16 <= n {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), s1);
+                s0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    s0,
+                );
+                s1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                    s1,
+                );
                 i += 16;
             }
             if i + 8 <= n {
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
+                s0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    s0,
+                );
                 i += 8;
             }
         }
-        hsum(_mm256_add_ps(s0, s1)) + a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum::<f32>()
+        hsum(_mm256_add_ps(s0, s1))
+            + a[i..n]
+                .iter()
+                .zip(&b[i..n])
+                .map(|(x, y)| x * y)
+                .sum::<f32>()
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -146,7 +182,12 @@ mod avx2 {
         let mut out = [[0f32; 2]; 4];
         for r in 0..4 {
             for c in 0..2 {
-                out[r][c] = hsum(acc[r][c]) + x[r][i..n].iter().zip(&w[c][i..n]).map(|(a, b)| a * b).sum::<f32>();
+                out[r][c] = hsum(acc[r][c])
+                    + x[r][i..n]
+                        .iter()
+                        .zip(&w[c][i..n])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
             }
         }
         out
@@ -160,15 +201,25 @@ mod tests {
     #[test]
     fn matches_a_plain_loop_on_odd_shapes() {
         let (rows, n_out, n_in) = (7, 131, 37);
-        let x: Vec<f32> = (0..rows * n_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        let w: Vec<f32> = (0..n_out * n_in).map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0).collect();
+        let x: Vec<f32> = (0..rows * n_in)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let w: Vec<f32> = (0..n_out * n_in)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
+            .collect();
         let b: Vec<f32> = (0..n_out).map(|i| i as f32 / 10.0).collect();
         let mut out = vec![0.0; rows * n_out];
         matmul(&x, rows, &w, Some(&b), n_out, n_in, &mut out);
         for r in 0..rows {
             for o in 0..n_out {
-                let want: f64 = (0..n_in).map(|i| x[r * n_in + i] as f64 * w[o * n_in + i] as f64).sum::<f64>() + b[o] as f64;
-                assert!((out[r * n_out + o] as f64 - want).abs() < 1e-4 * want.abs().max(1.0), "{r},{o}");
+                let want: f64 = (0..n_in)
+                    .map(|i| x[r * n_in + i] as f64 * w[o * n_in + i] as f64)
+                    .sum::<f64>()
+                    + b[o] as f64;
+                assert!(
+                    (out[r * n_out + o] as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{r},{o}"
+                );
             }
         }
     }

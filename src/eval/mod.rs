@@ -1,0 +1,4 @@
+//! Measuring what a reduced cache preserves: ROUGE and the aclsum documents.
+
+pub mod aclsum;
+pub mod rouge;
