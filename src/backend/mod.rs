@@ -4,6 +4,7 @@
 
 pub mod cpu;
 
+use crate::engine::sampling::Sampler;
 use crate::error::Result;
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, Positions};
@@ -18,7 +19,9 @@ pub struct AttentionSpec<'a> {
 }
 
 pub trait Backend {
-    /// A device buffer of activations or weights.
+    /// Weights as the backend stores them (f32 on the CPU; f16, bf16 or f32 on a GPU).
+    type Weight;
+    /// A device buffer of f32 activations or logits.
     type Buf;
     /// The KV cache of one sequence, every layer, resident on the device.
     type Cache;
@@ -26,29 +29,46 @@ pub trait Backend {
     /// Human-readable backend and device name, e.g. "cpu (2 threads)".
     fn name(&self) -> String;
 
-    /// Moves host f32 data to the device (converting to the backend's storage type).
-    fn upload(&self, data: Vec<f32>) -> Result<Self::Buf>;
+    /// Moves host f32 weights to the device in the backend's storage type.
+    fn upload_weight(&self, data: Vec<f32>) -> Result<Self::Weight>;
+    /// Moves host f32 values into a new activation buffer.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
 
     /// out[r] = table[ids[r]] for `dim`-wide rows.
-    fn embed(&self, table: &Self::Buf, ids: &[u32], dim: usize, out: &mut Self::Buf) -> Result<()>;
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        ids: &[u32],
+        dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// x[r] += table[first_row + r]: learned absolute positions.
-    fn add_rows(
+    fn add_positions(
         &self,
         x: &mut Self::Buf,
-        table: &Self::Buf,
+        table: &Self::Weight,
         first_row: usize,
         rows: usize,
         dim: usize,
+    ) -> Result<()>;
+    /// out[r] = src[first_row + r] for `rows` rows of `dim`.
+    fn copy_rows(
+        &self,
+        src: &Self::Buf,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+        out: &mut Self::Buf,
     ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn norm(
         &self,
         kind: NormKind,
         x: &Self::Buf,
-        weight: &Self::Buf,
-        bias: Option<&Self::Buf>,
+        weight: &Self::Weight,
+        bias: Option<&Self::Weight>,
         eps: f32,
         rows: usize,
         dim: usize,
@@ -60,8 +80,8 @@ pub trait Backend {
         &self,
         x: &Self::Buf,
         rows: usize,
-        w: &Self::Buf,
-        bias: Option<&Self::Buf>,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
         n_out: usize,
         n_in: usize,
         out: &mut Self::Buf,
@@ -78,6 +98,11 @@ pub trait Backend {
     ) -> Result<()>;
     /// x += y over `len` values.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// The next token from one row of logits. The default reads the logits back and samples
+    /// on the host; GPU backends sample on the device and return only the id.
+    fn sample(&self, logits: &Self::Buf, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
+        Ok(sampler.sample(&self.download(logits, vocab)?))
+    }
 
     /// Bytes of one cached K or V value (4 for f32, 2 for f16).
     fn kv_value_bytes(&self) -> usize;
@@ -110,4 +135,6 @@ pub trait Backend {
     fn cache_capacity(&self, cache: &Self::Cache, layer: usize) -> usize;
     /// The original positions held in each kv head of a layer (a readback, not for the loop).
     fn cache_positions(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<u32>>>;
+    /// The accumulated scores of each kv head of a layer, in slot order (a readback).
+    fn cache_scores(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<f32>>>;
 }

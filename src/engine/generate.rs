@@ -76,7 +76,7 @@ pub struct Generator<'m, B: Backend> {
     pub session: Session<B>,
     params: GenerateParams,
     sampler: Sampler,
-    logits: Vec<f32>,
+    logits: B::Buf,
     /// The latest token, not yet fed through the model.
     pending: Option<u32>,
     tokens: Vec<u32>,
@@ -104,7 +104,7 @@ impl<B: Backend> Model<B> {
         let plan = params.cache.plan(prompt.len())?;
         let mut session = self.new_session_for(plan, prompt.len(), params.max_new_tokens)?;
         let t0 = Instant::now();
-        let logits = self.forward(&mut session, prompt, false)?;
+        let logits = self.forward_logits(&mut session, prompt, false)?;
         Ok(Generator {
             model: self,
             session,
@@ -154,9 +154,15 @@ impl<B: Backend> Generator<'_, B> {
                 self.stop = Some(StopReason::Context);
                 return Ok(None);
             }
-            self.logits = self.model.forward(&mut self.session, &[last], false)?;
+            self.logits = self
+                .model
+                .forward_logits(&mut self.session, &[last], false)?;
         }
-        let next = self.sampler.sample(&self.logits);
+        let next = self.model.backend.sample(
+            &self.logits,
+            self.model.config.vocab_size,
+            &mut self.sampler,
+        )?;
         if self.params.stop_at_eos && self.model.config.eos.contains(&next) {
             self.stop = Some(StopReason::Eos);
             return Ok(None);

@@ -119,9 +119,22 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// Runs `tokens` through the model at the session's next positions and returns logits:
-    /// of every row when `all_rows`, otherwise of the last row only.
+    /// Runs `tokens` through the model at the session's next positions and returns logits on
+    /// the host: of every row when `all_rows`, otherwise of the last row only.
     pub fn forward(&self, s: &mut Session<B>, tokens: &[u32], all_rows: bool) -> Result<Vec<f32>> {
+        let rows = if all_rows { tokens.len() } else { 1 };
+        let logits = self.forward_logits(s, tokens, all_rows)?;
+        self.backend
+            .download(&logits, rows * self.config.vocab_size)
+    }
+
+    /// As `forward`, leaving the logits on the device.
+    pub fn forward_logits(
+        &self,
+        s: &mut Session<B>,
+        tokens: &[u32],
+        all_rows: bool,
+    ) -> Result<B::Buf> {
         let (c, w, b) = (&self.config, &self.weights, &self.backend);
         let rows = tokens.len();
         if rows == 0 {
@@ -150,7 +163,7 @@ impl<B: Backend> Model<B> {
 
         b.embed(&w.embed, tokens, h, &mut x)?;
         if let Some(table) = &w.pos_embed {
-            b.add_rows(&mut x, table, s.position, rows, h)?;
+            b.add_positions(&mut x, table, s.position, rows, h)?;
         }
         let spec = AttentionSpec {
             heads: c.heads,
@@ -303,14 +316,13 @@ impl<B: Backend> Model<B> {
             )?,
             None => b.linear(&normed, out_rows, &w.embed, None, v, h, &mut logits)?,
         }
-        b.download(&logits, out_rows * v)
+        Ok(logits)
     }
 
     fn last_row(&self, x: &B::Buf, rows: usize) -> Result<B::Buf> {
         let h = self.config.hidden;
-        // Adding row rows-1 onto zeros copies it with an op every backend already has.
         let mut last = self.backend.zeros(h)?;
-        self.backend.add_rows(&mut last, x, rows - 1, 1, h)?;
+        self.backend.copy_rows(x, rows - 1, 1, h, &mut last)?;
         Ok(last)
     }
 }

@@ -19,7 +19,7 @@ use weights::Weights;
 /// A loaded model: its description, its weights on a backend, and its tokenizer when it has one.
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
-    pub weights: Weights<B::Buf>,
+    pub weights: Weights<B::Weight>,
     pub backend: B,
     pub tokenizer: Option<TextTokenizer>,
     pub path: PathBuf,

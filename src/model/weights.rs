@@ -63,12 +63,12 @@ impl<B: Backend> Loader<'_, B> {
         Ok(data)
     }
 
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<B::Buf> {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<B::Weight> {
         let data = self.host(name, shape)?;
-        self.backend.upload(data)
+        self.backend.upload_weight(data)
     }
 
-    fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<B::Buf>> {
+    fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<B::Weight>> {
         if self.src.has(name) {
             self.tensor(name, shape).map(Some)
         } else {
@@ -76,7 +76,7 @@ impl<B: Backend> Loader<'_, B> {
         }
     }
 
-    fn norm(&mut self, prefix: &str, dim: usize) -> Result<Norm<B::Buf>> {
+    fn norm(&mut self, prefix: &str, dim: usize) -> Result<Norm<B::Weight>> {
         let weight = self.tensor(&format!("{prefix}.weight"), &[dim])?;
         let bias = match self.cfg.norm {
             NormKind::LayerNorm => self.optional(&format!("{prefix}.bias"), &[dim])?,
@@ -92,7 +92,7 @@ impl<B: Backend> Loader<'_, B> {
         n_out: usize,
         n_in: usize,
         bias: bool,
-    ) -> Result<Linear<B::Buf>> {
+    ) -> Result<Linear<B::Weight>> {
         let weight = self.tensor(&format!("{prefix}.weight"), &[n_out, n_in])?;
         let bias = if bias {
             Some(self.tensor(&format!("{prefix}.bias"), &[n_out])?)
@@ -108,7 +108,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// GPT-2's Conv1D stores [n_in, n_out]: transpose to the common layout.
-    fn conv1d(&mut self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear<B::Buf>> {
+    fn conv1d(&mut self, prefix: &str, n_out: usize, n_in: usize) -> Result<Linear<B::Weight>> {
         let w = self.host(&format!("{prefix}.weight"), &[n_in, n_out])?;
         let mut t = vec![0.0; w.len()];
         for i in 0..n_in {
@@ -116,7 +116,7 @@ impl<B: Backend> Loader<'_, B> {
                 t[o * n_in + i] = w[i * n_out + o];
             }
         }
-        let weight = self.backend.upload(t)?;
+        let weight = self.backend.upload_weight(t)?;
         let bias = Some(self.tensor(&format!("{prefix}.bias"), &[n_out])?);
         Ok(Linear {
             weight,
@@ -132,7 +132,7 @@ impl<B: Backend> Loader<'_, B> {
         parts: &[(&str, usize)],
         n_in: usize,
         bias: bool,
-    ) -> Result<Linear<B::Buf>> {
+    ) -> Result<Linear<B::Weight>> {
         let mut w = Vec::new();
         let mut b = Vec::new();
         for (name, n) in parts {
@@ -143,19 +143,19 @@ impl<B: Backend> Loader<'_, B> {
         }
         let n_out = parts.iter().map(|p| p.1).sum();
         let bias = if bias {
-            Some(self.backend.upload(b)?)
+            Some(self.backend.upload_weight(b)?)
         } else {
             None
         };
         Ok(Linear {
-            weight: self.backend.upload(w)?,
+            weight: self.backend.upload_weight(w)?,
             bias,
             n_out,
             n_in,
         })
     }
 
-    fn layer(&mut self, i: usize) -> Result<Layer<B::Buf>> {
+    fn layer(&mut self, i: usize) -> Result<Layer<B::Weight>> {
         let c = self.cfg;
         let (h, f, q, kv) = (c.hidden, c.ffn_hidden, c.q_dim(), c.kv_dim());
         let names = Names::layer(c.arch, self.gguf, i);
@@ -263,7 +263,7 @@ pub fn load_weights<B: Backend>(
     gguf: bool,
     backend: &B,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Weights<B::Buf>> {
+) -> Result<Weights<B::Weight>> {
     let mut l = Loader {
         cfg,
         src,

@@ -60,6 +60,7 @@ fn silu(x: f32) -> f32 {
 }
 
 impl Backend for CpuBackend {
+    type Weight = Vec<f32>;
     type Buf = Vec<f32>;
     type Cache = CpuCache;
 
@@ -67,8 +68,12 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn upload(&self, data: Vec<f32>) -> Result<Vec<f32>> {
+    fn upload_weight(&self, data: Vec<f32>) -> Result<Vec<f32>> {
         Ok(data)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -95,7 +100,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add_rows(
+    fn add_positions(
         &self,
         x: &mut Vec<f32>,
         table: &Vec<f32>,
@@ -112,6 +117,21 @@ impl Backend for CpuBackend {
         {
             *a += b;
         }
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Vec<f32>,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let start = first_row * dim;
+        check_len("copy source", src, start + rows * dim)?;
+        check_len("copy destination", out, rows * dim)?;
+        out[..rows * dim].copy_from_slice(&src[start..start + rows * dim]);
         Ok(())
     }
 
@@ -245,6 +265,13 @@ impl Backend for CpuBackend {
 
     fn cache_capacity(&self, cache: &CpuCache, layer: usize) -> usize {
         cache.layers[layer].capacity
+    }
+
+    fn cache_scores(&self, cache: &CpuCache, layer: usize) -> Result<Vec<Vec<f32>>> {
+        let c = &cache.layers[layer];
+        Ok((0..cache.shape.kv_heads)
+            .map(|g| c.score[g * c.capacity..g * c.capacity + c.len].to_vec())
+            .collect())
     }
 
     fn cache_positions(&self, cache: &CpuCache, layer: usize) -> Result<Vec<Vec<u32>>> {

@@ -1,0 +1,436 @@
+//! The cross-backend op table: every op on several shapes, run on a backend and on the CPU
+//! oracle from the same seeded random inputs, compared by relative error; cached positions and
+//! kept-token sets compared exactly except where two candidates' scores are near-ties.
+
+use keyformer::backend::{AttentionSpec, Backend};
+use keyformer::engine::sampling::{Sampler, SamplingParams};
+use keyformer::kv::{CacheShape, Keep, StepScore};
+use keyformer::model::config::{Activation, NormKind, Positions, RopePairs};
+use keyformer::{CpuBackend, Result};
+
+/// Seeded uniform values in [-scale, scale).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_error(actual: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(actual.len(), reference.len());
+    let scale = reference
+        .iter()
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    actual
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+/// Relative score gap under which two eviction candidates count as tied.
+pub const NEAR_TIE: f32 = 1e-3;
+
+/// One op's result: its name, the relative error against the CPU, the tolerance.
+pub struct Row {
+    pub op: String,
+    pub error: f32,
+}
+
+/// Runs every op on `b` and on the CPU, returns the table and panics on the first op over
+/// `tolerance` (after printing the table so far).
+pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
+    println!(
+        "op table on {} (seed {seed}, tolerance {tolerance:e})",
+        b.name()
+    );
+    let cpu = CpuBackend;
+    let mut rng = Rng(seed);
+    let mut rows = Vec::new();
+    let mut record = |op: String, error: f32| {
+        println!("  {op:<60} {error:.2e}");
+        assert!(
+            error <= tolerance,
+            "{op}: relative error {error:e} over {tolerance:e}"
+        );
+        rows.push(Row { op, error });
+    };
+
+    for (vocab, dim, n) in [(37, 70, 5), (1000, 256, 1)] {
+        let table = rng.values(vocab * dim, 1.0);
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+        let (got, want) = (embed(b, &table, &ids, dim), embed(&cpu, &table, &ids, dim));
+        record(
+            format!("embed vocab {vocab} dim {dim} rows {n}"),
+            rel_error(&got, &want),
+        );
+        let x = rng.values(n * dim, 1.0);
+        let got = add_positions(b, &x, &table, 2, n, dim).unwrap();
+        let want = add_positions(&cpu, &x, &table, 2, n, dim).unwrap();
+        record(
+            format!("add_positions dim {dim} rows {n}"),
+            rel_error(&got, &want),
+        );
+    }
+
+    for (kind, bias) in [
+        (NormKind::LayerNorm, true),
+        (NormKind::LayerNorm, false),
+        (NormKind::RmsNorm, false),
+    ] {
+        for (rows, dim) in [(1, 70), (5, 576), (3, 4096)] {
+            let x = rng.values(rows * dim, 3.0);
+            let w = rng.values(dim, 1.0);
+            let bv = bias.then(|| rng.values(dim, 1.0));
+            let got = norm(b, kind, &x, &w, bv.as_deref(), rows, dim).unwrap();
+            let want = norm(&cpu, kind, &x, &w, bv.as_deref(), rows, dim).unwrap();
+            record(
+                format!("norm {kind:?} bias {bias} rows {rows} dim {dim}"),
+                rel_error(&got, &want),
+            );
+        }
+    }
+
+    for (rows, n_out, n_in) in [
+        (1, 37, 70),
+        (1, 1000, 256),
+        (7, 130, 96),
+        (33, 67, 200),
+        (64, 128, 64),
+    ] {
+        for bias in [false, true] {
+            let x = rng.values(rows * n_in, 1.0);
+            let w = rng.values(n_out * n_in, 0.2);
+            let bv = bias.then(|| rng.values(n_out, 1.0));
+            let got = linear(b, &x, rows, &w, bv.as_deref(), n_out, n_in).unwrap();
+            let want = linear(&cpu, &x, rows, &w, bv.as_deref(), n_out, n_in).unwrap();
+            record(
+                format!("linear rows {rows} out {n_out} in {n_in} bias {bias}"),
+                rel_error(&got, &want),
+            );
+        }
+    }
+
+    for act in [
+        Activation::GeluErf,
+        Activation::GeluTanh,
+        Activation::SwiGlu,
+    ] {
+        let (rows, width) = (3, 77);
+        let x = rng.values(rows * 2 * width, 4.0);
+        let got = activation(b, act, &x, rows, width).unwrap();
+        let want = activation(&cpu, act, &x, rows, width).unwrap();
+        record(
+            format!("activation {act:?} rows {rows} width {width}"),
+            rel_error(&got, &want),
+        );
+    }
+
+    let x = rng.values(300, 1.0);
+    let y = rng.values(300, 1.0);
+    record(
+        "add 300".into(),
+        rel_error(&add(b, &x, &y).unwrap(), &add(&cpu, &x, &y).unwrap()),
+    );
+
+    let logits = rng.values(1000, 5.0);
+    let greedy = SamplingParams::default();
+    let got = b
+        .sample(
+            &b.upload(&logits).unwrap(),
+            1000,
+            &mut Sampler::new(greedy.clone()),
+        )
+        .unwrap();
+    let want = cpu
+        .sample(&logits, 1000, &mut Sampler::new(greedy))
+        .unwrap();
+    record(
+        "sample argmax vocab 1000".into(),
+        if got == want { 0.0 } else { 1.0 },
+    );
+
+    let rope = |dims: usize, pairs| Positions::Rotary {
+        dims,
+        pairs,
+        inv_freq: (0..dims / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32))
+            .collect(),
+    };
+    let cases = [
+        ("learned", 3, 3, 64, Positions::Learned),
+        ("rope halves gqa", 9, 3, 64, rope(64, RopePairs::Halves)),
+        (
+            "rope interleaved partial",
+            4,
+            4,
+            256,
+            rope(64, RopePairs::Interleaved),
+        ),
+        (
+            "alibi",
+            5,
+            5,
+            128,
+            Positions::Alibi {
+                slopes: vec![0.5, 0.25, 0.125, 0.0625, 0.03125],
+            },
+        ),
+    ];
+    for (name, heads, kv_heads, hd, positions) in cases {
+        for score in [
+            None,
+            Some(StepScore {
+                noise: false,
+                tau: 1.0,
+                seed: 0,
+            }),
+            Some(StepScore {
+                noise: true,
+                tau: 1.4,
+                seed: 9,
+            }),
+        ] {
+            let spec = AttentionSpec {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                positions: &positions,
+            };
+            let label = format!(
+                "attention {name} heads {heads}/{kv_heads} dim {hd} score {:?}",
+                score.map(|s| (s.noise, s.tau))
+            );
+            let errors = attention_and_evict(b, &spec, score.as_ref(), &mut rng).unwrap();
+            for (what, error) in errors {
+                record(format!("{label} {what}"), error);
+            }
+        }
+    }
+    rows
+}
+
+fn embed<B: Backend>(b: &B, table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
+    let t = b.upload_weight(table.to_vec()).unwrap();
+    let mut out = b.zeros(ids.len() * dim).unwrap();
+    b.embed(&t, ids, dim, &mut out).unwrap();
+    b.download(&out, ids.len() * dim).unwrap()
+}
+
+fn add_positions<B: Backend>(
+    b: &B,
+    x: &[f32],
+    table: &[f32],
+    first: usize,
+    rows: usize,
+    dim: usize,
+) -> Result<Vec<f32>> {
+    let mut xb = b.upload(x)?;
+    b.add_positions(&mut xb, &b.upload_weight(table.to_vec())?, first, rows, dim)?;
+    let mut last = b.zeros(dim)?;
+    b.copy_rows(&xb, rows - 1, 1, dim, &mut last)?;
+    let mut out = b.download(&xb, rows * dim)?;
+    out.extend(b.download(&last, dim)?);
+    Ok(out)
+}
+
+fn norm<B: Backend>(
+    b: &B,
+    kind: NormKind,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    dim: usize,
+) -> Result<Vec<f32>> {
+    let bias = bias.map(|v| b.upload_weight(v.to_vec())).transpose()?;
+    let mut out = b.zeros(rows * dim)?;
+    b.norm(
+        kind,
+        &b.upload(x)?,
+        &b.upload_weight(w.to_vec())?,
+        bias.as_ref(),
+        1e-5,
+        rows,
+        dim,
+        &mut out,
+    )?;
+    b.download(&out, rows * dim)
+}
+
+fn linear<B: Backend>(
+    b: &B,
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    n_out: usize,
+    n_in: usize,
+) -> Result<Vec<f32>> {
+    let bias = bias.map(|v| b.upload_weight(v.to_vec())).transpose()?;
+    let mut out = b.zeros(rows * n_out)?;
+    b.linear(
+        &b.upload(x)?,
+        rows,
+        &b.upload_weight(w.to_vec())?,
+        bias.as_ref(),
+        n_out,
+        n_in,
+        &mut out,
+    )?;
+    b.download(&out, rows * n_out)
+}
+
+fn activation<B: Backend>(
+    b: &B,
+    act: Activation,
+    x: &[f32],
+    rows: usize,
+    width: usize,
+) -> Result<Vec<f32>> {
+    let mut xb = b.upload(x)?;
+    let mut out = b.zeros(rows * width)?;
+    b.activation(act, &mut xb, rows, width, &mut out)?;
+    match act {
+        Activation::SwiGlu => b.download(&out, rows * width),
+        _ => b.download(&xb, rows * width),
+    }
+}
+
+fn add<B: Backend>(b: &B, x: &[f32], y: &[f32]) -> Result<Vec<f32>> {
+    let mut xb = b.upload(x)?;
+    b.add(&mut xb, &b.upload(y)?, x.len())?;
+    b.download(&xb, x.len())
+}
+
+/// What one backend's cache holds after a sequence of steps.
+struct Trace {
+    outputs: Vec<f32>,
+    scores: Vec<f32>,
+    positions: Vec<Vec<Vec<u32>>>,
+    /// Scores at each eviction, per kv head, before it: for near-tie checks.
+    scores_before_evict: Vec<Vec<Vec<f32>>>,
+    positions_before_evict: Vec<Vec<Vec<u32>>>,
+}
+
+/// Prefill 45 tokens, evict to 20, then 12 decode steps each followed by an eviction.
+fn trace<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    score: Option<&StepScore>,
+    inputs: &[Vec<f32>],
+) -> Result<Trace> {
+    let keep = Keep {
+        budget: 20,
+        sinks: 2,
+        recent: 6,
+    };
+    let shape = CacheShape {
+        layers: 2,
+        kv_heads: spec.kv_heads,
+        head_dim: spec.head_dim,
+        capacity: keep.budget + 1,
+    };
+    let mut cache = b.new_cache(&shape)?;
+    let q_dim = spec.heads * spec.head_dim;
+    let mut t = Trace {
+        outputs: vec![],
+        scores: vec![],
+        positions: vec![],
+        scores_before_evict: vec![],
+        positions_before_evict: vec![],
+    };
+    let mut pos = 0;
+    for input in inputs {
+        let rows = input.len() / (q_dim + 2 * spec.kv_heads * spec.head_dim);
+        let mut out = b.zeros(rows * q_dim)?;
+        // Layer 1 of the cache, so layer indices reach the noise hash.
+        b.attention(
+            spec,
+            &b.upload(input)?,
+            rows,
+            pos,
+            &mut cache,
+            1,
+            score,
+            &mut out,
+        )?;
+        pos += rows;
+        t.outputs.extend(b.download(&out, rows * q_dim)?);
+        if score.is_some() {
+            t.scores_before_evict.push(b.cache_scores(&cache, 1)?);
+        }
+        t.positions_before_evict.push(b.cache_positions(&cache, 1)?);
+        b.evict(&mut cache, 1, &keep)?;
+        t.positions.push(b.cache_positions(&cache, 1)?);
+    }
+    if score.is_some() {
+        t.scores = b.cache_scores(&cache, 1)?.concat();
+    }
+    Ok(t)
+}
+
+fn attention_and_evict<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    score: Option<&StepScore>,
+    rng: &mut Rng,
+) -> Result<Vec<(&'static str, f32)>> {
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let mut inputs = vec![rng.values(45 * width, 1.5)];
+    inputs.extend((0..12).map(|_| rng.values(width, 1.5)));
+    let got = trace(b, spec, score, &inputs)?;
+    let want = trace(&CpuBackend, spec, score, &inputs)?;
+    let mut errors = vec![("output", rel_error(&got.outputs, &want.outputs))];
+    if score.is_some() {
+        // Kept sets may differ only where the CPU saw two candidates within NEAR_TIE.
+        for (step, (g, w)) in got.positions.iter().zip(&want.positions).enumerate() {
+            for (head, (gh, wh)) in g.iter().zip(w).enumerate() {
+                if gh != wh {
+                    let scores = &want.scores_before_evict[step][head];
+                    let before = &want.positions_before_evict[step][head];
+                    let differing: Vec<f32> = before
+                        .iter()
+                        .zip(scores)
+                        .filter(|(p, _)| gh.contains(p) != wh.contains(p))
+                        .map(|(_, s)| *s)
+                        .collect();
+                    let spread = differing.iter().fold(0f32, |m, s| m.max(*s))
+                        - differing.iter().fold(f32::MAX, |m, s| m.min(*s));
+                    let scale = differing.iter().fold(0f32, |m, s| m.max(s.abs()));
+                    assert!(
+                        spread <= NEAR_TIE * scale,
+                        "step {step} head {head}: kept sets differ beyond a near-tie: {gh:?} vs {wh:?}"
+                    );
+                    println!(
+                        "  (near-tie at step {step} head {head}: kept sets differ within {NEAR_TIE})"
+                    );
+                    return Ok(errors);
+                }
+            }
+        }
+        errors.push(("scores", rel_error(&got.scores, &want.scores)));
+    } else {
+        errors.push((
+            "kept sets",
+            if got.positions == want.positions {
+                0.0
+            } else {
+                1.0
+            },
+        ));
+    }
+    Ok(errors)
+}
