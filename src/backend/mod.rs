@@ -3,6 +3,7 @@
 //! cache policies beyond the parameters each op receives.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::engine::sampling::Sampler;
 use crate::error::Result;

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use keyformer::{
-    Backend, Budget, CacheConfig, CpuBackend, GenerateParams, Model, Policy, SamplingParams,
-};
+use keyformer::backend::cuda::CudaDtype;
+use keyformer::engine::select::{AnyModel, BackendChoice, BackendOptions};
+use keyformer::{Backend, Budget, CacheConfig, GenerateParams, Policy, SamplingParams, with_model};
+
+#[path = "keyformer/bench.rs"]
+mod bench;
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -27,13 +30,54 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming tokens as they come.
     Generate(GenerateArgs),
+    /// Measure prefill and decode speed on a model of any shape with random weights.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum BackendChoice {
-    /// The best backend present (CPU until the GPU backends land).
+enum BackendArg {
+    /// CUDA if a GPU and its libraries are present, otherwise the CPU.
     Auto,
     Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F16,
+    Bf16,
+    F32,
+}
+
+/// Where the model runs.
+#[derive(clap::Args)]
+struct BackendArgs {
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// GPU index.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Weight and KV-cache storage on the GPU (the CPU computes in f32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F16)]
+    dtype: DtypeArg,
+}
+
+impl BackendArgs {
+    fn options(&self) -> BackendOptions {
+        BackendOptions {
+            backend: match self.backend {
+                BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::Cpu => BackendChoice::Cpu,
+                BackendArg::Cuda => BackendChoice::Cuda,
+            },
+            device: self.device,
+            dtype: match self.dtype {
+                DtypeArg::F16 => CudaDtype::F16,
+                DtypeArg::Bf16 => CudaDtype::Bf16,
+                DtypeArg::F32 => CudaDtype::F32,
+            },
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -62,8 +106,8 @@ struct GenerateArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    backend: BackendChoice,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[command(flatten)]
     cache: CacheArgs,
     /// Write the kept positions per (layer, kv head) as JSON.
@@ -140,6 +184,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,11 +212,23 @@ fn progress_printer() -> impl FnMut(usize, usize) {
 }
 
 fn generate(args: GenerateArgs) -> keyformer::Result<()> {
-    let backend = match args.backend {
-        BackendChoice::Auto | BackendChoice::Cpu => CpuBackend,
-    };
     let t0 = Instant::now();
-    let model = Model::load(&args.model, backend, &mut progress_printer())?;
+    let (model, note) = AnyModel::load(
+        &args.model,
+        &args.backend.options(),
+        &mut progress_printer(),
+    )?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    with_model!(&model, m => run_generation(m, &args, t0))
+}
+
+fn run_generation<B: Backend>(
+    model: &keyformer::Model<B>,
+    args: &GenerateArgs,
+    t0: Instant,
+) -> keyformer::Result<()> {
     eprintln!(
         "loaded {} ({}) in {:.1} s",
         args.model.display(),
@@ -198,7 +255,7 @@ fn generate(args: GenerateArgs) -> keyformer::Result<()> {
             seed: args.seed,
         },
         cache: args.cache.config(args.seed),
-        stop_strings: args.stop,
+        stop_strings: args.stop.clone(),
         stop_at_eos: true,
     };
     let mut out = std::io::stdout();

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod sampling;
+pub mod select;
 
 use crate::backend::{AttentionSpec, Backend};
 use crate::error::{Error, Result};

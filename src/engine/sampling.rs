@@ -65,6 +65,11 @@ impl Sampler {
         Sampler { params, state }
     }
 
+    /// Whether this sampler always takes the most likely token.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0 || self.params.top_k == 1
+    }
+
     /// A uniform value in [0, 1) from the seeded generator.
     fn uniform(&mut self) -> f64 {
         (splitmix64(&mut self.state) >> 11) as f64 / (1u64 << 53) as f64

@@ -81,7 +81,10 @@ impl<B: Backend> Model<B> {
     pub fn random(config: ModelConfig, seed: u64, backend: B) -> Result<Model<B>> {
         let weights = weights::load_weights(
             &config,
-            &RandomSource { seed },
+            &RandomSource {
+                seed,
+                arch: config.arch,
+            },
             false,
             &backend,
             &mut |_, _| {},

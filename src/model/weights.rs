@@ -37,6 +37,9 @@ pub struct Weights<T> {
     pub final_norm: Norm<T>,
     /// None when the output projection is tied to the embedding.
     pub lm_head: Option<Linear<T>>,
+    /// Weight values in all, and those of the embedding table (which decoding reads one row of).
+    pub values: usize,
+    pub embed_values: usize,
 }
 
 /// Tensor names of one architecture's checkpoint format.
@@ -52,6 +55,7 @@ struct Loader<'a, B: Backend> {
     gguf: bool,
     loaded: usize,
     total: usize,
+    values: usize,
     progress: &'a mut dyn FnMut(usize, usize),
 }
 
@@ -59,6 +63,7 @@ impl<B: Backend> Loader<'_, B> {
     fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let data = self.src.load(name, shape)?;
         self.loaded += 1;
+        self.values += data.len();
         (self.progress)(self.loaded, self.total);
         Ok(data)
     }
@@ -271,6 +276,7 @@ pub fn load_weights<B: Backend>(
         gguf,
         loaded: 0,
         total: tensor_count(cfg),
+        values: 0,
         progress,
     };
     let (v, h) = (cfg.vocab_size, cfg.hidden);
@@ -304,5 +310,7 @@ pub fn load_weights<B: Backend>(
         layers,
         final_norm,
         lm_head,
+        values: l.values,
+        embed_values: v * h,
     })
 }

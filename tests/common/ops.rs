@@ -369,17 +369,36 @@ fn trace<B: Backend>(
         )?;
         pos += rows;
         t.outputs.extend(b.download(&out, rows * q_dim)?);
-        if score.is_some() {
-            t.scores_before_evict.push(b.cache_scores(&cache, 1)?);
-        }
-        t.positions_before_evict.push(b.cache_positions(&cache, 1)?);
+        let (positions, scores) = sorted_slots(b, &cache, score.is_some())?;
+        t.positions_before_evict.push(positions);
+        t.scores_before_evict.push(scores);
         b.evict(&mut cache, 1, &keep)?;
-        t.positions.push(b.cache_positions(&cache, 1)?);
+        t.positions.push(sorted_slots(b, &cache, false)?.0);
     }
     if score.is_some() {
-        t.scores = b.cache_scores(&cache, 1)?.concat();
+        t.scores = sorted_slots(b, &cache, true)?.1.concat();
     }
     Ok(t)
+}
+
+/// Positions and scores of each kv head in position order (GPU backends keep slots unordered).
+type Slots = (Vec<Vec<u32>>, Vec<Vec<f32>>);
+
+fn sorted_slots<B: Backend>(b: &B, cache: &B::Cache, with_scores: bool) -> Result<Slots> {
+    let positions = b.cache_positions(cache, 1)?;
+    let scores = if with_scores {
+        b.cache_scores(cache, 1)?
+    } else {
+        positions.iter().map(|p| vec![0.0; p.len()]).collect()
+    };
+    let mut out = (Vec::new(), Vec::new());
+    for (p, s) in positions.iter().zip(&scores) {
+        let mut pairs: Vec<(u32, f32)> = p.iter().copied().zip(s.iter().copied()).collect();
+        pairs.sort_by_key(|x| x.0);
+        out.0.push(pairs.iter().map(|x| x.0).collect());
+        out.1.push(pairs.iter().map(|x| x.1).collect());
+    }
+    Ok(out)
 }
 
 fn attention_and_evict<B: Backend>(

@@ -1,0 +1,92 @@
+// Eviction on the device. A token is a candidate when it is neither a sink (position < sinks)
+// nor in the recent window (position >= seen - recent); the lowest (score, position) go first.
+
+__device__ __forceinline__ bool candidate(u32 p, u32 sinks, u32 window_start) {
+    return p >= sinks && p < window_start;
+}
+
+__device__ __forceinline__ bool before(float sa, u32 pa, float sb, u32 pb) {
+    return sa < sb || (sa == sb && pa < pb);
+}
+
+// One eviction per kv head (a decode step): find the minimum candidate and move the last slot
+// into its place. Grid kv_heads, 256 threads (a power of two).
+extern "C" __global__ void evict_one(wt* k, wt* v, u32* pos, float* score, u32 capacity, u32 len,
+                                     u32 hd, u32 sinks, u32 window_start) {
+    __shared__ float best_s[256];
+    __shared__ u32 best_p[256];
+    __shared__ u32 best_j[256];
+    size_t base = (size_t)blockIdx.x * capacity;
+    float bs = 0.0f;
+    u32 bp = 0xffffffffu, bj = 0xffffffffu;
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
+        u32 p = pos[base + j];
+        float s = score[base + j];
+        if (candidate(p, sinks, window_start) && (bj == 0xffffffffu || before(s, p, bs, bp))) {
+            bs = s; bp = p; bj = j;
+        }
+    }
+    best_s[threadIdx.x] = bs; best_p[threadIdx.x] = bp; best_j[threadIdx.x] = bj;
+    __syncthreads();
+    for (u32 stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) {
+            u32 o = threadIdx.x + stride;
+            bool other_better = best_j[o] != 0xffffffffu &&
+                (best_j[threadIdx.x] == 0xffffffffu || before(best_s[o], best_p[o], best_s[threadIdx.x], best_p[threadIdx.x]));
+            if (other_better) {
+                best_s[threadIdx.x] = best_s[o]; best_p[threadIdx.x] = best_p[o]; best_j[threadIdx.x] = best_j[o];
+            }
+        }
+        __syncthreads();
+    }
+    u32 victim = best_j[0], last = len - 1;
+    if (victim == 0xffffffffu || victim == last) return;
+    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
+        k[(base + victim) * hd + d] = k[(base + last) * hd + d];
+        v[(base + victim) * hd + d] = v[(base + last) * hd + d];
+    }
+    if (threadIdx.x == 0) { pos[base + victim] = pos[base + last]; score[base + victim] = score[base + last]; }
+}
+
+// Many evictions (after a prefill): keep[g][j] = 0 for the evict_count lowest candidates, found
+// by rank. Grid (kv_heads, ceil(len / 256)).
+extern "C" __global__ void evict_rank(const u32* pos, const float* score, u32* keep, u32 capacity, u32 len,
+                                      u32 sinks, u32 window_start, u32 evict_count) {
+    u32 g = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= len) return;
+    size_t base = (size_t)g * capacity;
+    u32 p = pos[base + j];
+    float s = score[base + j];
+    u32 rank = 0;
+    if (candidate(p, sinks, window_start)) {
+        for (u32 t = 0; t < len; t++) {
+            u32 pt = pos[base + t];
+            if (candidate(pt, sinks, window_start) && before(score[base + t], pt, s, p)) rank++;
+        }
+    }
+    keep[(size_t)g * len + j] = !candidate(p, sinks, window_start) || rank >= evict_count;
+}
+
+// Destination slot of every kept slot, in slot order (one thread per kv head: prefill only).
+extern "C" __global__ void compact_index(const u32* keep, u32* dest, u32 len) {
+    const u32* kg = keep + (size_t)blockIdx.x * len;
+    u32* dg = dest + (size_t)blockIdx.x * len;
+    u32 n = 0;
+    for (u32 j = 0; j < len; j++) dg[j] = kg[j] ? n++ : 0xffffffffu;
+}
+
+// Copies the slots `dest` maps (every slot to itself when dest is null) into a new block.
+// Grid (len, kv_heads).
+extern "C" __global__ void compact_copy(const u32* dest, u32 len, const wt* k, const wt* v, const u32* pos,
+                                        const float* score, u32 capacity, wt* nk, wt* nv, u32* npos,
+                                        float* nscore, u32 new_capacity, u32 hd) {
+    u32 j = blockIdx.x, g = blockIdx.y;
+    u32 to = dest ? dest[(size_t)g * len + j] : j;
+    if (to == 0xffffffffu) return;
+    size_t from = (size_t)g * capacity + j, dst = (size_t)g * new_capacity + to;
+    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
+        nk[dst * hd + d] = k[from * hd + d];
+        nv[dst * hd + d] = v[from * hd + d];
+    }
+    if (threadIdx.x == 0) { npos[dst] = pos[from]; nscore[dst] = score[from]; }
+}

@@ -1,0 +1,513 @@
+//! The CUDA KV cache, attention (custom kernels for decode, cuBLAS tiles for prefill) with fused
+//! score accumulation, and eviction on the device.
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::CudaSlice;
+
+use super::kernels::Arg;
+use super::{CudaBackend, cuda_err};
+use crate::backend::{AttentionSpec, Backend};
+use crate::error::{Error, Result};
+use crate::kv::{CacheShape, Keep, StepScore};
+use crate::model::config::{Positions, RopePairs};
+
+/// Key slots per block of the split decode attention (CHUNK in kernels/attention.cu).
+const CHUNK: usize = 256;
+/// Upper bound on the prefill logits tile, in bytes.
+const TILE_BYTES: usize = 512 << 20;
+
+/// One layer's block; slots are unordered on the GPU, positions say which token each holds.
+pub struct CudaLayer {
+    pub k: CudaSlice<u8>,
+    pub v: CudaSlice<u8>,
+    pub pos: CudaSlice<u32>,
+    pub score: CudaSlice<f32>,
+    pub len: usize,
+    pub capacity: usize,
+    /// Tokens the sequence has seen (the next token's position).
+    seen: usize,
+}
+
+pub struct CudaCache {
+    pub shape: CacheShape,
+    pub layers: Vec<CudaLayer>,
+    /// The model's rotary inverse frequencies or ALiBi slopes, uploaded on first use.
+    position_table: Option<CudaSlice<f32>>,
+}
+
+fn new_layer(b: &CudaBackend, shape: &CacheShape, capacity: usize) -> Result<CudaLayer> {
+    let slots = shape.kv_heads * capacity;
+    Ok(CudaLayer {
+        k: b.wt_alloc(slots * shape.head_dim)?,
+        v: b.wt_alloc(slots * shape.head_dim)?,
+        pos: b.alloc(slots)?,
+        score: b.alloc(slots)?,
+        len: 0,
+        capacity,
+        seen: 0,
+    })
+}
+
+pub fn new_cache(b: &CudaBackend, shape: &CacheShape) -> Result<CudaCache> {
+    let layers = (0..shape.layers)
+        .map(|_| new_layer(b, shape, shape.capacity))
+        .collect::<Result<_>>()?;
+    Ok(CudaCache {
+        shape: *shape,
+        layers,
+        position_table: None,
+    })
+}
+
+/// Moves a layer into a block of `capacity` slots, keeping the slots `dest` maps (all slots, in
+/// place, when None) and ending with `new_len` tokens.
+fn rebuild(
+    b: &CudaBackend,
+    shape: &CacheShape,
+    l: &mut CudaLayer,
+    capacity: usize,
+    dest: Option<&CudaSlice<u32>>,
+    new_len: usize,
+) -> Result<()> {
+    let mut next = new_layer(b, shape, capacity)?;
+    if l.len > 0 {
+        let args = [
+            Arg::P(dest.map_or(0, |d| b.ptr(d))),
+            Arg::U(l.len as u32),
+            Arg::P(b.ptr(&l.k)),
+            Arg::P(b.ptr(&l.v)),
+            Arg::P(b.ptr(&l.pos)),
+            Arg::P(b.ptr(&l.score)),
+            Arg::U(l.capacity as u32),
+            Arg::P(b.ptr(&next.k)),
+            Arg::P(b.ptr(&next.v)),
+            Arg::P(b.ptr(&next.pos)),
+            Arg::P(b.ptr(&next.score)),
+            Arg::U(capacity as u32),
+            Arg::U(shape.head_dim as u32),
+        ];
+        b.launch(
+            &b.k.compact_copy,
+            (l.len as u32, shape.kv_heads as u32),
+            128,
+            &args,
+        )?;
+    }
+    next.len = new_len;
+    next.seen = l.seen;
+    *l = next;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    b: &CudaBackend,
+    spec: &AttentionSpec,
+    qkv: &CudaSlice<f32>,
+    rows: usize,
+    first_pos: usize,
+    cache: &mut CudaCache,
+    layer: usize,
+    score: Option<&StepScore>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
+    super::check("qkv", qkv.len(), rows * (heads + 2 * kv_heads) * hd)?;
+    super::check("attention output", out.len(), rows * heads * hd)?;
+    if layer >= cache.layers.len() {
+        return Err(Error::InvalidInput(format!(
+            "layer {layer} is outside the cache"
+        )));
+    }
+    if cache.position_table.is_none() {
+        let table = match spec.positions {
+            Positions::Rotary { inv_freq, .. } => inv_freq.clone(),
+            Positions::Alibi { slopes } => slopes.clone(),
+            Positions::Learned => vec![0.0],
+        };
+        cache.position_table = Some(b.upload(&table)?);
+    }
+    let table = b.ptr(cache.position_table.as_ref().expect("uploaded above"));
+    let (rope_dims, rope_halves) = match spec.positions {
+        Positions::Rotary { dims, pairs, .. } => {
+            (*dims as u32, (*pairs == RopePairs::Halves) as u32)
+        }
+        _ => (0, 0),
+    };
+    let slopes = if matches!(spec.positions, Positions::Alibi { .. }) {
+        table
+    } else {
+        0
+    };
+    let shape = cache.shape;
+    let l = &mut cache.layers[layer];
+    if l.len + rows > l.capacity {
+        let len = l.len;
+        rebuild(b, &shape, l, len + rows, None, len)?;
+    }
+    let q = b.wt_alloc(rows * heads * hd)?;
+    let args = [
+        Arg::P(b.ptr(qkv)),
+        Arg::U(heads as u32),
+        Arg::U(kv_heads as u32),
+        Arg::U(hd as u32),
+        Arg::U(first_pos as u32),
+        Arg::U(rope_dims),
+        Arg::U(rope_halves),
+        Arg::P(table),
+        Arg::P(b.ptr(&q)),
+        Arg::P(b.ptr(&l.k)),
+        Arg::P(b.ptr(&l.v)),
+        Arg::P(b.ptr(&l.pos)),
+        Arg::P(b.ptr(&l.score)),
+        Arg::U(l.capacity as u32),
+        Arg::U(l.len as u32),
+    ];
+    b.launch(
+        &b.k.attn_append,
+        (rows as u32, (heads + kv_heads) as u32),
+        128,
+        &args,
+    )?;
+    l.len += rows;
+    l.seen = first_pos + rows;
+    let step = Step {
+        heads,
+        kv_heads,
+        hd,
+        scale: spec.scale,
+        slopes,
+        score,
+        layer: layer as u32,
+    };
+    if rows == 1 {
+        decode(b, &step, &q, l, first_pos, out)
+    } else {
+        prefill(b, &step, &q, l, rows, first_pos, out)
+    }
+}
+
+struct Step<'a> {
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    scale: f32,
+    slopes: u64,
+    score: Option<&'a StepScore>,
+    layer: u32,
+}
+
+impl Step<'_> {
+    fn score_args(&self) -> [Arg; 4] {
+        let s = self.score.copied().unwrap_or(StepScore {
+            noise: false,
+            tau: 1.0,
+            seed: 0,
+        });
+        [
+            Arg::U(s.noise as u32),
+            Arg::F(s.tau),
+            Arg::U(s.seed),
+            Arg::U(self.layer),
+        ]
+    }
+}
+
+fn decode(
+    b: &CudaBackend,
+    s: &Step,
+    q: &CudaSlice<u8>,
+    l: &CudaLayer,
+    qpos: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (len, chunks) = (l.len, l.len.div_ceil(CHUNK));
+    let logits = b.alloc::<f32>(s.heads * len)?;
+    let part_m = b.alloc::<f32>(s.heads * chunks)?;
+    let part_s = b.alloc::<f32>(s.heads * chunks)?;
+    let part_o = b.alloc::<f32>(s.heads * chunks * s.hd)?;
+    let lse = b.alloc::<f32>(s.heads)?;
+    let args = [
+        Arg::P(b.ptr(q)),
+        Arg::P(b.ptr(&l.k)),
+        Arg::P(b.ptr(&l.v)),
+        Arg::P(b.ptr(&l.pos)),
+        Arg::U(l.capacity as u32),
+        Arg::U(len as u32),
+        Arg::U(s.heads as u32),
+        Arg::U(s.kv_heads as u32),
+        Arg::U(s.hd as u32),
+        Arg::U(qpos as u32),
+        Arg::F(s.scale),
+        Arg::P(s.slopes),
+        Arg::P(b.ptr(&logits)),
+        Arg::P(b.ptr(&part_m)),
+        Arg::P(b.ptr(&part_s)),
+        Arg::P(b.ptr(&part_o)),
+    ];
+    b.launch(
+        &b.k.attn_decode_partial,
+        (s.heads as u32, chunks as u32),
+        128,
+        &args,
+    )?;
+    let [noise, tau, seed, layer] = s.score_args();
+    let args = [
+        Arg::P(b.ptr(&part_m)),
+        Arg::P(b.ptr(&part_s)),
+        Arg::P(b.ptr(&part_o)),
+        Arg::U(chunks as u32),
+        Arg::U(s.hd as u32),
+        Arg::P(b.ptr(out)),
+        Arg::P(b.ptr(&logits)),
+        Arg::P(b.ptr(&l.pos)),
+        Arg::U(l.capacity as u32),
+        Arg::U(len as u32),
+        Arg::U(s.heads as u32),
+        Arg::U(s.kv_heads as u32),
+        Arg::U(qpos as u32),
+        Arg::U(s.score.is_some() as u32),
+        noise,
+        tau,
+        seed,
+        layer,
+        Arg::P(b.ptr(&lse)),
+    ];
+    b.launch(&b.k.attn_decode_combine, (s.heads as u32, 1), 256, &args)?;
+    if s.score.is_none() {
+        return Ok(());
+    }
+    let [noise, tau, seed, layer] = s.score_args();
+    let args = [
+        Arg::P(b.ptr(&logits)),
+        Arg::P(b.ptr(&lse)),
+        Arg::P(b.ptr(&l.pos)),
+        Arg::P(b.ptr(&l.score)),
+        Arg::U(l.capacity as u32),
+        Arg::U(len as u32),
+        Arg::U(s.heads as u32),
+        Arg::U(s.kv_heads as u32),
+        Arg::U(qpos as u32),
+        noise,
+        tau,
+        seed,
+        layer,
+    ];
+    b.launch(
+        &b.k.attn_decode_scores,
+        (s.kv_heads as u32, len.div_ceil(256) as u32),
+        256,
+        &args,
+    )
+}
+
+/// C_i = op(A_i) op(B_i) for every head i through cuBLAS, from per-head device pointers.
+#[allow(clippy::too_many_arguments)]
+fn batched_gemm(
+    b: &CudaBackend,
+    ta: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[u64],
+    lda: usize,
+    bp: &[u64],
+    ldb: usize,
+    c: &[u64],
+    ldc: usize,
+) -> Result<()> {
+    let (ad, bd, cd) = (
+        b.stream.clone_htod(a).map_err(cuda_err)?,
+        b.stream.clone_htod(bp).map_err(cuda_err)?,
+        b.stream.clone_htod(c).map_err(cuda_err)?,
+    );
+    let op = |t| {
+        if t {
+            cublasOperation_t::CUBLAS_OP_T
+        } else {
+            cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let ty = b.dtype.blas_type();
+    // SAFETY: the pointer arrays hold a.len() live device pointers to matrices of these shapes.
+    let status = unsafe {
+        cudarc::cublas::sys::cublasGemmBatchedEx(
+            *b.blas.handle(),
+            op(ta),
+            cublasOperation_t::CUBLAS_OP_N,
+            m as i32,
+            n as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            b.ptr(&ad) as *const *const _,
+            ty,
+            lda as i32,
+            b.ptr(&bd) as *const *const _,
+            ty,
+            ldb as i32,
+            &beta as *const f32 as *const _,
+            b.ptr(&cd) as *const *mut _,
+            cudaDataType::CUDA_R_32F,
+            ldc as i32,
+            a.len() as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    status.result().map_err(cuda_err)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prefill(
+    b: &CudaBackend,
+    s: &Step,
+    q: &CudaSlice<u8>,
+    l: &CudaLayer,
+    rows: usize,
+    first_pos: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (heads, hd, len) = (s.heads, s.hd, l.len);
+    let group = heads / s.kv_heads;
+    let wb = b.dtype.bytes() as u64;
+    // Query rows per tile, so the heads x tile x len logits stay within TILE_BYTES.
+    let tile = (TILE_BYTES / (heads * len * 4)).clamp(1, rows);
+    let logits = b.alloc::<f32>(heads * tile * len)?;
+    let probs = b.wt_alloc(heads * tile * len)?;
+    let (kp, vp, qp, lp, pp, op) = (
+        b.ptr(&l.k),
+        b.ptr(&l.v),
+        b.ptr(q),
+        b.ptr(&logits),
+        b.ptr(&probs),
+        b.ptr(out),
+    );
+    let kv_head = |h: usize| ((h / group) * l.capacity * hd) as u64 * wb;
+    for t0 in (0..rows).step_by(tile) {
+        let tr = tile.min(rows - t0);
+        let q_at = |h: usize| qp + ((t0 * heads + h) * hd) as u64 * wb;
+        let s_at = |h: usize| lp + (h * tr * len * 4) as u64;
+        // S_h^T (len x tr) = K_g (hd x len)^T . Q_h (hd x tr), all column-major.
+        let (a, bq, c): (Vec<u64>, Vec<u64>, Vec<u64>) = (
+            (0..heads).map(|h| kp + kv_head(h)).collect(),
+            (0..heads).map(q_at).collect(),
+            (0..heads).map(s_at).collect(),
+        );
+        batched_gemm(b, true, len, tr, hd, &a, hd, &bq, heads * hd, &c, len)?;
+        let [noise, tau, seed, layer] = s.score_args();
+        let args = [
+            Arg::P(lp),
+            Arg::P(pp),
+            Arg::P(b.ptr(&l.pos)),
+            Arg::U(l.capacity as u32),
+            Arg::U(len as u32),
+            Arg::U(heads as u32),
+            Arg::U(s.kv_heads as u32),
+            Arg::U(tr as u32),
+            Arg::U((first_pos + t0) as u32),
+            Arg::F(s.scale),
+            Arg::P(s.slopes),
+            Arg::U(s.score.is_some() as u32),
+            noise,
+            tau,
+            seed,
+            layer,
+        ];
+        b.launch(
+            &b.k.attn_prefill_softmax,
+            (heads as u32, tr as u32),
+            256,
+            &args,
+        )?;
+        // O_h^T (hd x tr) = V_g (hd x len) . P_h (len x tr), written into out's rows.
+        let a: Vec<u64> = (0..heads).map(|h| vp + kv_head(h)).collect();
+        let bp: Vec<u64> = (0..heads)
+            .map(|h| pp + (h * tr * len) as u64 * wb)
+            .collect();
+        let c: Vec<u64> = (0..heads)
+            .map(|h| op + ((t0 * heads + h) * hd * 4) as u64)
+            .collect();
+        batched_gemm(b, false, hd, tr, len, &a, hd, &bp, len, &c, heads * hd)?;
+        if s.score.is_some() {
+            let args = [
+                Arg::P(lp),
+                Arg::P(b.ptr(&l.score)),
+                Arg::U(l.capacity as u32),
+                Arg::U(len as u32),
+                Arg::U(heads as u32),
+                Arg::U(s.kv_heads as u32),
+                Arg::U(tr as u32),
+            ];
+            b.launch(
+                &b.k.attn_prefill_columns,
+                (s.kv_heads as u32, len.div_ceil(256) as u32),
+                256,
+                &args,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn evict(b: &CudaBackend, cache: &mut CudaCache, layer: usize, keep: &Keep) -> Result<()> {
+    let shape = cache.shape;
+    let l = &mut cache.layers[layer];
+    if l.len > keep.budget {
+        if keep.sinks + keep.recent > keep.budget {
+            return Err(Error::InvalidInput(format!(
+                "eviction keeps {} sinks and {} recent tokens, more than a budget of {}",
+                keep.sinks, keep.recent, keep.budget
+            )));
+        }
+        let window_start = l.seen.saturating_sub(keep.recent) as u32;
+        let evict_count = l.len - keep.budget;
+        if evict_count == 1 && l.capacity <= shape.capacity {
+            let args = [
+                Arg::P(b.ptr(&l.k)),
+                Arg::P(b.ptr(&l.v)),
+                Arg::P(b.ptr(&l.pos)),
+                Arg::P(b.ptr(&l.score)),
+                Arg::U(l.capacity as u32),
+                Arg::U(l.len as u32),
+                Arg::U(shape.head_dim as u32),
+                Arg::U(keep.sinks as u32),
+                Arg::U(window_start),
+            ];
+            b.launch(&b.k.evict_one, (shape.kv_heads as u32, 1), 256, &args)?;
+            l.len -= 1;
+        } else {
+            let n = shape.kv_heads * l.len;
+            let (flags, dest) = (b.alloc::<u32>(n)?, b.alloc::<u32>(n)?);
+            let args = [
+                Arg::P(b.ptr(&l.pos)),
+                Arg::P(b.ptr(&l.score)),
+                Arg::P(b.ptr(&flags)),
+                Arg::U(l.capacity as u32),
+                Arg::U(l.len as u32),
+                Arg::U(keep.sinks as u32),
+                Arg::U(window_start),
+                Arg::U(evict_count as u32),
+            ];
+            b.launch(
+                &b.k.evict_rank,
+                (shape.kv_heads as u32, l.len.div_ceil(256) as u32),
+                256,
+                &args,
+            )?;
+            let args = [
+                Arg::P(b.ptr(&flags)),
+                Arg::P(b.ptr(&dest)),
+                Arg::U(l.len as u32),
+            ];
+            b.launch(&b.k.compact_index, (shape.kv_heads as u32, 1), 1, &args)?;
+            let capacity = shape.capacity.max(keep.budget);
+            rebuild(b, &shape, l, capacity, Some(&dest), keep.budget)?;
+        }
+    }
+    if l.capacity > shape.capacity && l.len <= shape.capacity {
+        let len = l.len;
+        rebuild(b, &shape, l, shape.capacity, None, len)?;
+    }
+    Ok(())
+}

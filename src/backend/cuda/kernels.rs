@@ -1,0 +1,140 @@
+//! The CUDA sources, compiled once per backend by NVRTC for the device's architecture with the
+//! chosen storage type, and the launch helper.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+
+use super::{CudaDtype, cuda_err};
+use crate::error::{Error, Result};
+
+pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// Every kernel file, by name, in kernels/.
+pub const SOURCES: [(&str, &str); 7] = [
+    ("embed.cu", include_str!("../../../kernels/embed.cu")),
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
+    (
+        "activation.cu",
+        include_str!("../../../kernels/activation.cu"),
+    ),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
+    ("evict.cu", include_str!("../../../kernels/evict.cu")),
+    ("sample.cu", include_str!("../../../kernels/sample.cu")),
+];
+
+/// Compiles one kernel file to PTX for `arch` (e.g. "sm_90"); errors carry NVRTC's log.
+pub fn compile(
+    name: &str,
+    source: &str,
+    arch: &str,
+    dtype: CudaDtype,
+) -> Result<cudarc::nvrtc::Ptx> {
+    let define = match dtype {
+        CudaDtype::F16 => "W_F16",
+        CudaDtype::Bf16 => "W_BF16",
+        CudaDtype::F32 => "W_F32",
+    };
+    let full = format!("#define {define}\n{COMMON}\n{source}");
+    let options = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}")],
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(full, options).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::Backend {
+            backend: "cuda",
+            reason: format!("NVRTC failed on kernels/{name}:\n{}", log.to_string_lossy()),
+        },
+        other => cuda_err(other),
+    })
+}
+
+pub struct Kernels {
+    pub embed: CudaFunction,
+    pub add_positions: CudaFunction,
+    pub norm: CudaFunction,
+    pub gemv: CudaFunction,
+    pub to_wt: CudaFunction,
+    pub add_bias: CudaFunction,
+    pub gelu: CudaFunction,
+    pub swiglu: CudaFunction,
+    pub add: CudaFunction,
+    pub attn_append: CudaFunction,
+    pub attn_prefill_softmax: CudaFunction,
+    pub attn_prefill_columns: CudaFunction,
+    pub attn_decode_partial: CudaFunction,
+    pub attn_decode_combine: CudaFunction,
+    pub attn_decode_scores: CudaFunction,
+    pub evict_one: CudaFunction,
+    pub evict_rank: CudaFunction,
+    pub compact_index: CudaFunction,
+    pub compact_copy: CudaFunction,
+    pub argmax: CudaFunction,
+}
+
+impl Kernels {
+    pub fn compile(ctx: &Arc<CudaContext>, arch: &str, dtype: CudaDtype) -> Result<Kernels> {
+        let mut modules = Vec::new();
+        for (name, source) in SOURCES {
+            modules.push(
+                ctx.load_module(compile(name, source, arch, dtype)?)
+                    .map_err(cuda_err)?,
+            );
+        }
+        let f = |file: usize, name: &str| modules[file].load_function(name).map_err(cuda_err);
+        Ok(Kernels {
+            embed: f(0, "embed")?,
+            add_positions: f(0, "add_positions")?,
+            norm: f(1, "norm_rows")?,
+            gemv: f(2, "gemv")?,
+            to_wt: f(2, "to_wt")?,
+            add_bias: f(2, "add_bias")?,
+            gelu: f(3, "gelu")?,
+            swiglu: f(3, "swiglu")?,
+            add: f(3, "add")?,
+            attn_append: f(4, "attn_append")?,
+            attn_prefill_softmax: f(4, "attn_prefill_softmax")?,
+            attn_prefill_columns: f(4, "attn_prefill_columns")?,
+            attn_decode_partial: f(4, "attn_decode_partial")?,
+            attn_decode_combine: f(4, "attn_decode_combine")?,
+            attn_decode_scores: f(4, "attn_decode_scores")?,
+            evict_one: f(5, "evict_one")?,
+            evict_rank: f(5, "evict_rank")?,
+            compact_index: f(5, "compact_index")?,
+            compact_copy: f(5, "compact_copy")?,
+            argmax: f(6, "argmax")?,
+        })
+    }
+}
+
+/// A kernel argument: a u32, a device pointer (0 for null) or an f32.
+pub enum Arg {
+    U(u32),
+    P(u64),
+    F(f32),
+}
+
+pub fn launch(
+    stream: &Arc<CudaStream>,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    args: &[Arg],
+) -> Result<()> {
+    let mut builder = stream.launch_builder(f);
+    for a in args {
+        match a {
+            Arg::U(v) => builder.arg(v),
+            Arg::P(v) => builder.arg(v),
+            Arg::F(v) => builder.arg(v),
+        };
+    }
+    // SAFETY: every kernel's parameter list is the argument list its caller passes, and the
+    // pointers are live device buffers large enough for the launch (checked by the callers).
+    unsafe { builder.launch(cfg) }.map(|_| ()).map_err(cuda_err)
+}

@@ -1,0 +1,572 @@
+//! The CUDA backend: cudarc with the CUDA libraries loaded at run time, kernels from kernels/*.cu
+//! compiled by NVRTC for the device at load, cuBLAS for the large matrix products. Weights and
+//! the KV cache are stored as f16, bf16 or f32; activations, accumulation and scores are f32.
+
+mod attention;
+pub mod kernels;
+
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+
+pub use attention::{CudaCache, CudaLayer};
+use kernels::{Arg, Kernels};
+
+use crate::backend::{AttentionSpec, Backend};
+use crate::engine::sampling::Sampler;
+use crate::error::{Error, Result};
+use crate::kv::{CacheShape, Keep, StepScore};
+use crate::model::config::{Activation, NormKind};
+
+/// How weights and the KV cache are stored on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaDtype {
+    F16,
+    Bf16,
+    /// Full precision, for checking against the CPU backend.
+    F32,
+}
+
+impl CudaDtype {
+    pub fn parse(name: &str) -> Result<CudaDtype> {
+        match name {
+            "f16" => Ok(CudaDtype::F16),
+            "bf16" => Ok(CudaDtype::Bf16),
+            "f32" => Ok(CudaDtype::F32),
+            other => Err(Error::InvalidInput(format!(
+                "unknown dtype '{other}' (f16, bf16, f32)"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaDtype::F16 => "f16",
+            CudaDtype::Bf16 => "bf16",
+            CudaDtype::F32 => "f32",
+        }
+    }
+
+    fn bytes(self) -> usize {
+        if self == CudaDtype::F32 { 4 } else { 2 }
+    }
+
+    fn blas_type(self) -> cudaDataType {
+        match self {
+            CudaDtype::F16 => cudaDataType::CUDA_R_16F,
+            CudaDtype::Bf16 => cudaDataType::CUDA_R_16BF,
+            CudaDtype::F32 => cudaDataType::CUDA_R_32F,
+        }
+    }
+
+    /// Host f32 values as the device stores them.
+    fn encode(self, data: &[f32]) -> Vec<u8> {
+        match self {
+            CudaDtype::F32 => bytemuck::cast_slice(data).to_vec(),
+            CudaDtype::F16 => data
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            CudaDtype::Bf16 => data
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+pub fn cuda_err(e: impl std::fmt::Debug) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        reason: format!("{e:?}"),
+    }
+}
+
+/// Weights in the storage type, as raw bytes.
+pub struct CudaWeight {
+    data: CudaSlice<u8>,
+}
+
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    dtype: CudaDtype,
+    k: Kernels,
+    device_name: String,
+    /// One u32 on the device for the sampled token.
+    token: CudaSlice<u32>,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Without a CUDA driver this is an ordinary error, never a panic.
+    pub fn new(ordinal: usize, dtype: CudaDtype) -> Result<CudaBackend> {
+        // SAFETY: the probes only try to open the shared libraries.
+        let present = unsafe {
+            [
+                (
+                    "the CUDA driver (libcuda)",
+                    cudarc::driver::sys::is_culib_present(),
+                ),
+                ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present()),
+                (
+                    "cuBLAS (libcublas)",
+                    cudarc::cublas::sys::is_culib_present(),
+                ),
+            ]
+        };
+        if let Some((name, _)) = present.iter().find(|(_, ok)| !ok) {
+            return Err(Error::Backend {
+                backend: "cuda",
+                reason: format!("CUDA not available: {name} not found"),
+            });
+        }
+        // cudarc panics on some missing symbols; keep any such panic inside this call.
+        let opened = std::panic::catch_unwind(|| -> Result<_> {
+            let count = CudaContext::device_count().map_err(cuda_err)?;
+            if ordinal >= count as usize {
+                return Err(Error::Backend {
+                    backend: "cuda",
+                    reason: format!("CUDA device {ordinal} requested, {count} present"),
+                });
+            }
+            let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
+            // One stream only: cudarc's cross-stream event tracking would cost every launch.
+            // SAFETY: every buffer of this backend is used on its one stream.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx.new_stream().map_err(cuda_err)?;
+            let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
+            let k = Kernels::compile(&ctx, &format!("sm_{major}{minor}"), dtype)?;
+            let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
+            let token = stream.alloc_zeros::<u32>(1).map_err(cuda_err)?;
+            let device_name = format!("{} (sm_{major}{minor})", ctx.name().map_err(cuda_err)?);
+            Ok(CudaBackend {
+                stream,
+                blas,
+                dtype,
+                k,
+                device_name,
+                token,
+            })
+        });
+        opened.unwrap_or_else(|_| {
+            Err(Error::Backend {
+                backend: "cuda",
+                reason: "CUDA not available".into(),
+            })
+        })
+    }
+
+    pub fn dtype(&self) -> CudaDtype {
+        self.dtype
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    fn launch(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        grid: (u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        kernels::launch(
+            &self.stream,
+            f,
+            LaunchConfig {
+                grid_dim: (grid.0, grid.1, 1),
+                block_dim: (block, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            args,
+        )
+    }
+
+    fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(len.max(1)).map_err(cuda_err)
+    }
+
+    fn wt_alloc(&self, len: usize) -> Result<CudaSlice<u8>> {
+        self.alloc::<u8>(len * self.dtype.bytes())
+    }
+
+    /// C[m x n] (column-major, ldc) = op(A) op(B) through cuBLAS with f32 results.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (u64, usize),
+        b: (u64, usize, cudaDataType),
+        c: (u64, usize),
+    ) -> Result<()> {
+        let op = |t| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the pointers are live device buffers of the sizes the shapes imply.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(ta),
+                op(tb),
+                m as i32,
+                n as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                a.0 as *const _,
+                self.dtype.blas_type(),
+                a.1 as i32,
+                b.0 as *const _,
+                b.2,
+                b.1 as i32,
+                &beta as *const f32 as *const _,
+                c.0 as *mut _,
+                cudaDataType::CUDA_R_32F,
+                c.1 as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(cuda_err)
+    }
+
+    /// Activations converted to the storage type, for cuBLAS products with the weights.
+    fn to_storage(&self, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<u8>> {
+        let out = self.wt_alloc(n)?;
+        self.launch(
+            &self.k.to_wt,
+            (n.div_ceil(256) as u32, 1),
+            256,
+            &[
+                Arg::P(self.ptr(x)),
+                Arg::P(self.ptr(&out)),
+                Arg::U(n as u32),
+            ],
+        )?;
+        Ok(out)
+    }
+}
+
+fn blocks(n: usize) -> (u32, u32) {
+    (n.div_ceil(256) as u32, 1)
+}
+
+fn check(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::Backend {
+            backend: "cuda",
+            reason: format!("{what} buffer holds {have} values, op needs {need}"),
+        });
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    type Weight = CudaWeight;
+    type Buf = CudaSlice<f32>;
+    type Cache = CudaCache;
+
+    fn name(&self) -> String {
+        format!("cuda ({}, {})", self.device_name, self.dtype.name())
+    }
+
+    fn upload_weight(&self, data: Vec<f32>) -> Result<CudaWeight> {
+        let bytes = self.dtype.encode(&data);
+        Ok(CudaWeight {
+            data: self.stream.clone_htod(&bytes).map_err(cuda_err)?,
+        })
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(data).map_err(cuda_err)
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.alloc(len)
+    }
+
+    fn download(&self, buf: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
+        check("download", buf.len(), len)?;
+        let mut all = self.stream.clone_dtoh(buf).map_err(cuda_err)?;
+        all.truncate(len);
+        Ok(all)
+    }
+
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        ids: &[u32],
+        dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check("embedding output", out.len(), ids.len() * dim)?;
+        let vocab = table.data.len() / self.dtype.bytes() / dim;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let ids_dev = self.stream.clone_htod(ids).map_err(cuda_err)?;
+        let args = [
+            Arg::P(self.ptr(&table.data)),
+            Arg::P(self.ptr(&ids_dev)),
+            Arg::P(self.ptr(out)),
+            Arg::U(ids.len() as u32),
+            Arg::U(dim as u32),
+        ];
+        self.launch(&self.k.embed, (ids.len() as u32, 1), 256, &args)
+    }
+
+    fn add_positions(
+        &self,
+        x: &mut CudaSlice<f32>,
+        table: &CudaWeight,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        check(
+            "position table",
+            table.data.len() / self.dtype.bytes(),
+            (first_row + rows) * dim,
+        )?;
+        check("activations", x.len(), rows * dim)?;
+        let args = [
+            Arg::P(self.ptr(x)),
+            Arg::P(self.ptr(&table.data)),
+            Arg::U(first_row as u32),
+            Arg::U(dim as u32),
+        ];
+        self.launch(&self.k.add_positions, (rows as u32, 1), 256, &args)
+    }
+
+    fn copy_rows(
+        &self,
+        src: &CudaSlice<f32>,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check("copy source", src.len(), (first_row + rows) * dim)?;
+        check("copy destination", out.len(), rows * dim)?;
+        let view = src.slice(first_row * dim..(first_row + rows) * dim);
+        self.stream
+            .memcpy_dtod(&view, &mut out.slice_mut(..rows * dim))
+            .map_err(cuda_err)
+    }
+
+    fn norm(
+        &self,
+        kind: NormKind,
+        x: &CudaSlice<f32>,
+        weight: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check("norm input", x.len(), rows * dim)?;
+        check("norm output", out.len(), rows * dim)?;
+        let args = [
+            Arg::P(self.ptr(x)),
+            Arg::P(self.ptr(&weight.data)),
+            Arg::P(bias.map_or(0, |b| self.ptr(&b.data))),
+            Arg::P(self.ptr(out)),
+            Arg::U(dim as u32),
+            Arg::F(eps),
+            Arg::U((kind == NormKind::RmsNorm) as u32),
+            Arg::U(bias.is_some() as u32),
+        ];
+        self.launch(&self.k.norm, (rows as u32, 1), 256, &args)
+    }
+
+    fn linear(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        n_out: usize,
+        n_in: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check("linear input", x.len(), rows * n_in)?;
+        check(
+            "linear weight",
+            w.data.len() / self.dtype.bytes(),
+            n_out * n_in,
+        )?;
+        check("linear output", out.len(), rows * n_out)?;
+        let bias_ptr = bias.map_or(0, |b| self.ptr(&b.data));
+        if rows <= 4 {
+            let args = [
+                Arg::P(self.ptr(x)),
+                Arg::P(self.ptr(&w.data)),
+                Arg::P(bias_ptr),
+                Arg::P(self.ptr(out)),
+                Arg::U(rows as u32),
+                Arg::U(n_out as u32),
+                Arg::U(n_in as u32),
+                Arg::U(bias.is_some() as u32),
+            ];
+            return self.launch(&self.k.gemv, (n_out.div_ceil(8) as u32, 1), 256, &args);
+        }
+        // Row-major out[rows][n_out] is column-major out^T = W (n_out x n_in, stored as W^T) . x^T.
+        let xs;
+        let (xp, xt) = if self.dtype == CudaDtype::F32 {
+            (self.ptr(x), cudaDataType::CUDA_R_32F)
+        } else {
+            xs = self.to_storage(x, rows * n_in)?;
+            (self.ptr(&xs), self.dtype.blas_type())
+        };
+        self.gemm(
+            true,
+            false,
+            n_out,
+            rows,
+            n_in,
+            (self.ptr(&w.data), n_in),
+            (xp, n_in, xt),
+            (self.ptr(out), n_out),
+        )?;
+        if bias.is_some() {
+            let args = [
+                Arg::P(self.ptr(out)),
+                Arg::P(bias_ptr),
+                Arg::U(rows as u32),
+                Arg::U(n_out as u32),
+            ];
+            self.launch(&self.k.add_bias, blocks(rows * n_out), 256, &args)?;
+        }
+        Ok(())
+    }
+
+    fn activation(
+        &self,
+        act: Activation,
+        x: &mut CudaSlice<f32>,
+        rows: usize,
+        width: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = rows * width;
+        match act {
+            Activation::GeluErf | Activation::GeluTanh => {
+                check("activation", x.len(), n)?;
+                let args = [
+                    Arg::P(self.ptr(x)),
+                    Arg::U(n as u32),
+                    Arg::U((act == Activation::GeluTanh) as u32),
+                ];
+                self.launch(&self.k.gelu, blocks(n), 256, &args)
+            }
+            Activation::SwiGlu => {
+                check("swiglu input", x.len(), 2 * n)?;
+                check("swiglu output", out.len(), n)?;
+                let args = [
+                    Arg::P(self.ptr(x)),
+                    Arg::P(self.ptr(out)),
+                    Arg::U(rows as u32),
+                    Arg::U(width as u32),
+                ];
+                self.launch(&self.k.swiglu, blocks(n), 256, &args)
+            }
+        }
+    }
+
+    fn add(&self, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, len: usize) -> Result<()> {
+        check("add", x.len().min(y.len()), len)?;
+        self.launch(
+            &self.k.add,
+            blocks(len),
+            256,
+            &[Arg::P(self.ptr(x)), Arg::P(self.ptr(y)), Arg::U(len as u32)],
+        )
+    }
+
+    fn sample(&self, logits: &CudaSlice<f32>, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
+        if !sampler.is_greedy() {
+            // Temperature sampling reads the row back and uses the host sampler.
+            return Ok(sampler.sample(&self.download(logits, vocab)?));
+        }
+        check("logits", logits.len(), vocab)?;
+        let args = [
+            Arg::P(self.ptr(logits)),
+            Arg::U(vocab as u32),
+            Arg::P(self.ptr(&self.token)),
+        ];
+        self.launch(&self.k.argmax, (1, 1), 1024, &args)?;
+        let id = self.stream.clone_dtoh(&self.token).map_err(cuda_err)?;
+        Ok(id[0])
+    }
+
+    fn kv_value_bytes(&self) -> usize {
+        self.dtype.bytes()
+    }
+
+    fn new_cache(&self, shape: &CacheShape) -> Result<CudaCache> {
+        attention::new_cache(self, shape)
+    }
+
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &CudaSlice<f32>,
+        rows: usize,
+        first_pos: usize,
+        cache: &mut CudaCache,
+        layer: usize,
+        score: Option<&StepScore>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        attention::attention(self, spec, qkv, rows, first_pos, cache, layer, score, out)
+    }
+
+    fn evict(&self, cache: &mut CudaCache, layer: usize, keep: &Keep) -> Result<()> {
+        attention::evict(self, cache, layer, keep)
+    }
+
+    fn cache_len(&self, cache: &CudaCache, layer: usize) -> usize {
+        cache.layers[layer].len
+    }
+
+    fn cache_capacity(&self, cache: &CudaCache, layer: usize) -> usize {
+        cache.layers[layer].capacity
+    }
+
+    fn cache_positions(&self, cache: &CudaCache, layer: usize) -> Result<Vec<Vec<u32>>> {
+        let l = &cache.layers[layer];
+        let all = self.stream.clone_dtoh(&l.pos).map_err(cuda_err)?;
+        Ok(all
+            .chunks(l.capacity)
+            .take(cache.shape.kv_heads)
+            .map(|c| c[..l.len].to_vec())
+            .collect())
+    }
+
+    fn cache_scores(&self, cache: &CudaCache, layer: usize) -> Result<Vec<Vec<f32>>> {
+        let l = &cache.layers[layer];
+        let all = self.stream.clone_dtoh(&l.score).map_err(cuda_err)?;
+        Ok(all
+            .chunks(l.capacity)
+            .take(cache.shape.kv_heads)
+            .map(|c| c[..l.len].to_vec())
+            .collect())
+    }
+}

@@ -1,0 +1,265 @@
+//! The wgpu device and its one pending command encoder. Ops record their dispatches and copies
+//! into the encoder; it is submitted only when the host needs data back, so a whole forward
+//! pass goes to the GPU as one submission.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, mpsc};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+pub(super) fn backend_error(reason: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "wgpu",
+        reason: reason.into(),
+    }
+}
+
+/// A compute pipeline and its bind group layout (derived from the shader).
+pub(super) struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Most workgroups one grid dimension may hold.
+const MAX_GROUPS_PER_DIM: u32 = 65535;
+
+pub(super) struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pending: RefCell<Option<wgpu::CommandEncoder>>,
+    /// The first error the device reported since the last check: wgpu reports validation and
+    /// out-of-memory errors to a callback (which panics by default) rather than to the caller.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+/// Picks the adapter at `index` in wgpu's list, or the high-performance one by default.
+pub(super) fn adapter(index: Option<usize>) -> Result<wgpu::Adapter> {
+    if wgpu::Instance::enabled_backend_features().is_empty() {
+        return Err(backend_error(
+            "no GPU adapter found: this build has no wgpu backend for the platform",
+        ));
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    match index {
+        Some(i) => {
+            let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            if i >= adapters.len() {
+                return Err(backend_error(format!(
+                    "no GPU adapter found at index {i} ({} adapters)",
+                    adapters.len()
+                )));
+            }
+            Ok(adapters.swap_remove(i))
+        }
+        None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .map_err(|e| backend_error(format!("no GPU adapter found ({e})"))),
+    }
+}
+
+impl Gpu {
+    /// Opens a device with `features` and the adapter's own limits (large models need more
+    /// than the portable defaults).
+    pub fn open(adapter: &wgpu::Adapter, features: wgpu::Features) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("keyformer"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| backend_error(format!("opening {}: {e}", info.name)))?;
+        let error = Arc::new(Mutex::new(None));
+        let sink = Arc::clone(&error);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut first = sink.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| e.to_string());
+        }));
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pending: RefCell::new(None),
+            error,
+        })
+    }
+
+    /// Returns (and clears) an error the device reported since the last check.
+    pub fn check(&self) -> Result<()> {
+        let mut first = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match first.take() {
+            Some(e) => Err(backend_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
+        let max = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bytes > max {
+            return Err(backend_error(format!(
+                "{what} needs {bytes} bytes, more than the {max} one buffer may hold on {}",
+                self.info.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// A zeroed storage buffer (wgpu zero-initialises new buffers) of at least `bytes`.
+    pub fn buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        self.check_size(bytes, what)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            // Bindings must be non-empty and a multiple of 4 bytes.
+            size: bytes.next_multiple_of(4).max(4),
+            usage: storage_usage(),
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `contents`.
+    pub fn buffer_with(&self, contents: &[u8], what: &str) -> Result<wgpu::Buffer> {
+        self.check_size(contents.len() as u64, what)?;
+        let padded;
+        let contents = if contents.is_empty() || contents.len() % 4 != 0 {
+            padded = [contents, &[0; 4][..4 - contents.len() % 4]].concat();
+            &padded[..]
+        } else {
+            contents
+        };
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents,
+                usage: storage_usage(),
+            }))
+    }
+
+    fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut pending = self.pending.borrow_mut();
+        let encoder = pending.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+        });
+        f(encoder)
+    }
+
+    /// Records `kernel` over `groups` workgroups with `params` (u32 words, f32 as bits) at
+    /// binding 0 and `buffers` at their bindings.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: usize,
+    ) -> Result<()> {
+        if groups == 0 {
+            return Ok(());
+        }
+        let (x, y) = grid(groups)?;
+        // Uniform buffers are read in 16-byte rows.
+        let mut words = params.to_vec();
+        words.resize(params.len().next_multiple_of(4).max(4), 0);
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(buffers.iter().map(|&(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: b.as_entire_binding(),
+        }));
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        self.record(|encoder| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        });
+        Ok(())
+    }
+
+    /// Records a copy of `bytes` (a multiple of 4) between buffers.
+    pub fn copy(&self, src: &wgpu::Buffer, src_at: u64, dst: &wgpu::Buffer, dst_at: u64, bytes: u64) {
+        if bytes > 0 {
+            self.record(|encoder| encoder.copy_buffer_to_buffer(src, src_at, dst, dst_at, bytes));
+        }
+    }
+
+    /// Submits everything recorded so far.
+    pub fn submit(&self) {
+        if let Some(encoder) = self.pending.borrow_mut().take() {
+            self.queue.submit([encoder.finish()]);
+        }
+    }
+
+    /// Runs everything recorded and reads `bytes` of `src` from `offset` back to the host.
+    pub fn read(&self, src: &wgpu::Buffer, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let size = bytes.next_multiple_of(4).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(src, offset, &staging, 0, bytes.next_multiple_of(4));
+        self.submit();
+        let (tx, rx) = mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            // The receiver waits below; a failed send only means it gave up.
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_error(format!("waiting for the GPU: {e}")))?;
+        self.check()?;
+        rx.recv()
+            .map_err(|_| backend_error("the readback was dropped"))?
+            .map_err(|e| backend_error(format!("reading back: {e}")))?;
+        let data = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| backend_error(format!("reading back: {e}")))?[..bytes as usize]
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+}
+
+fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+/// Lays `groups` workgroups out on an x-by-y grid; kernels recover the linear number.
+fn grid(groups: usize) -> Result<(u32, u32)> {
+    let x = groups.min(MAX_GROUPS_PER_DIM as usize);
+    let y = groups.div_ceil(x);
+    if y > MAX_GROUPS_PER_DIM as usize {
+        return Err(backend_error(format!(
+            "{groups} workgroups are more than one dispatch can hold"
+        )));
+    }
+    Ok((x as u32, y as u32))
+}

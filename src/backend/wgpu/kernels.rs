@@ -1,0 +1,117 @@
+//! WGSL sources (shaders/*.wgsl, embedded) and the compute pipelines built from them once, when
+//! the backend opens. Each source is specialised by a small prelude: the weight and KV storage
+//! types, and tree or subgroup reductions.
+
+use std::borrow::Cow;
+
+use super::device::{Gpu, Kernel};
+use crate::error::Result;
+
+const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/reduce_subgroup.wgsl");
+const NOISE: &str = include_str!("../../../shaders/noise.wgsl");
+const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
+const ADD: &str = include_str!("../../../shaders/add.wgsl");
+const NORM: &str = include_str!("../../../shaders/norm.wgsl");
+const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+const ACTIVATION: &str = include_str!("../../../shaders/activation.wgsl");
+const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+const EVICT: &str = include_str!("../../../shaders/evict.wgsl");
+const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
+
+/// How the shaders are specialised.
+#[derive(Clone, Copy)]
+pub(super) struct Variant {
+    /// Weights (and so the KV cache) stored as f16 rather than f32.
+    pub f16: bool,
+    pub subgroups: bool,
+}
+
+pub(super) struct Kernels {
+    pub embed: Kernel,
+    /// x += y with y in the weight type (learned positions) and with y f32 (residuals).
+    pub add_weight: Kernel,
+    pub add: Kernel,
+    pub norm: Kernel,
+    pub matmul: Kernel,
+    pub gemv: Kernel,
+    pub gelu_erf: Kernel,
+    pub gelu_tanh: Kernel,
+    pub swiglu: Kernel,
+    pub attention_prepare: Kernel,
+    pub attention: Kernel,
+    pub attention_score: Kernel,
+    pub evict_rank: Kernel,
+    pub evict_scan: Kernel,
+    pub evict_move_kv: Kernel,
+    pub evict_move_slots: Kernel,
+    pub argmax: Kernel,
+}
+
+impl Kernels {
+    pub fn build(gpu: &Gpu, v: Variant) -> Result<Kernels> {
+        let wt = if v.f16 { "f16" } else { "f32" };
+        let module = |name: &str, weight: &str, parts: &[&str]| {
+            let mut src = String::new();
+            if weight == "f16" {
+                src.push_str("enable f16;\n");
+            }
+            // The KV cache is stored in the weights' type.
+            src.push_str(&format!("alias wt = {weight};\nalias kt = {weight};\n"));
+            src.push_str(COMMON);
+            src.push_str(if v.subgroups { REDUCE_SUBGROUP } else { REDUCE });
+            parts.iter().for_each(|p| src.push_str(p));
+            gpu.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Owned(src)),
+                })
+        };
+        let kernel = |module: &wgpu::ShaderModule, entry: &str| {
+            let pipeline = gpu
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+            let layout = pipeline.get_bind_group_layout(0);
+            Kernel { pipeline, layout }
+        };
+        let embed = module("embed", wt, &[EMBED]);
+        let add_weight = module("add", wt, &[ADD]);
+        let add = module("add f32", "f32", &[ADD]);
+        let norm = module("norm", wt, &[NORM]);
+        let matmul = module("matmul", wt, &[MATMUL]);
+        let activation = module("activation", wt, &[ACTIVATION]);
+        let attention = module("attention", wt, &[NOISE, ATTENTION]);
+        let evict = module("evict", wt, &[EVICT]);
+        let sample = module("sample", wt, &[SAMPLE]);
+        let kernels = Kernels {
+            embed: kernel(&embed, "embed"),
+            add_weight: kernel(&add_weight, "add"),
+            add: kernel(&add, "add"),
+            norm: kernel(&norm, "norm"),
+            matmul: kernel(&matmul, "matmul"),
+            gemv: kernel(&matmul, "gemv"),
+            gelu_erf: kernel(&activation, "gelu_erf"),
+            gelu_tanh: kernel(&activation, "gelu_tanh"),
+            swiglu: kernel(&activation, "swiglu"),
+            attention_prepare: kernel(&attention, "attention_prepare"),
+            attention: kernel(&attention, "attention"),
+            attention_score: kernel(&attention, "attention_score"),
+            evict_rank: kernel(&evict, "evict_rank"),
+            evict_scan: kernel(&evict, "evict_scan"),
+            evict_move_kv: kernel(&evict, "evict_move_kv"),
+            evict_move_slots: kernel(&evict, "evict_move_slots"),
+            argmax: kernel(&sample, "argmax"),
+        };
+        // Shader and pipeline errors arrive through the device's error callback.
+        gpu.check()?;
+        Ok(kernels)
+    }
+}

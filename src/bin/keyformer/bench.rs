@@ -1,0 +1,117 @@
+//! `keyformer bench`: prefill and decode speed at any model shape, with random weights built
+//! from a config.json, for any backend, policy and budget.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use keyformer::engine::select::AnyModel;
+use keyformer::model::config::ModelConfig;
+use keyformer::{Backend, Model, Result, with_model};
+
+use super::{BackendArgs, CacheArgs};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A Hugging Face config.json of any supported architecture.
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, default_value_t = 2048)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Seed of the random weights, prompt and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let mut config = ModelConfig::from_hf_json(&args.config)?;
+    config.max_context = config
+        .max_context
+        .max(args.prompt_tokens + args.gen_tokens + 1);
+    let t0 = Instant::now();
+    let (model, note) = AnyModel::random(config, args.seed, &args.backend.options())?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    eprintln!(
+        "built random weights in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    with_model!(&model, m => measure(m, &args))
+}
+
+fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs) -> Result<()> {
+    let c = &model.config;
+    let mut state = args.seed;
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|_| (keyformer::model::source::splitmix64(&mut state) % c.vocab_size as u64) as u32)
+        .collect();
+    let cache = args.cache.config(args.seed);
+    let run = |prompt: &[u32], steps: usize| -> Result<(f64, f64, usize, keyformer::CacheStats)> {
+        let plan = cache.plan(prompt.len())?;
+        let mut s = model.new_session_for(plan, prompt.len(), steps)?;
+        let mut sampler = keyformer::engine::sampling::Sampler::new(Default::default());
+        let t0 = Instant::now();
+        let logits = model.forward_logits(&mut s, prompt, false)?;
+        let mut token = model.backend.sample(&logits, c.vocab_size, &mut sampler)?;
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut cached_sum = 0;
+        let t1 = Instant::now();
+        for _ in 0..steps {
+            cached_sum += s.cached + 1;
+            let logits = model.forward_logits(&mut s, &[token], false)?;
+            token = model.backend.sample(&logits, c.vocab_size, &mut sampler)?;
+        }
+        let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok((
+            prefill_ms,
+            decode_ms,
+            cached_sum,
+            model.cache_stats(&s, false)?,
+        ))
+    };
+    // Warm up kernels, libraries and allocators on a short run first.
+    run(&prompt[..prompt.len().min(64)], 4)?;
+    let (prefill_ms, decode_ms, cached_sum, stats) = run(&prompt, args.gen_tokens)?;
+
+    let steps = args.gen_tokens.max(1) as f64;
+    let ms_per_token = decode_ms / steps;
+    let value_bytes = model.backend.kv_value_bytes();
+    // Decode reads every weight once per token, except the embedding table (one row) when the
+    // output matrix is separate; and the K and V of every cached token.
+    let w = &model.weights;
+    let weight_values = if w.lm_head.is_some() {
+        w.values - w.embed_values
+    } else {
+        w.values
+    };
+    let weight_bytes = weight_values * value_bytes;
+    let kv_bytes_per_token = 2 * c.layers * c.kv_heads * c.head_dim * value_bytes;
+    let avg_kv_bytes = cached_sum as f64 / steps * kv_bytes_per_token as f64;
+    let gb_per_s = (weight_bytes as f64 + avg_kv_bytes) / (ms_per_token / 1e3) / 1e9;
+    let prefill_tflops =
+        2.0 * weight_values as f64 * args.prompt_tokens as f64 / (prefill_ms / 1e3) / 1e12;
+    println!(
+        "{} {} policy {} prompt {} gen {}: prefill {:.1} ms ({:.0} TFLOP/s in matmuls), decode {:.3} ms/token ({:.1} tokens/s), {:.0} GB/s (weights {:.2} GB + KV {:.3} GB per token), cache {:.1} MiB held vs {:.1} MiB full",
+        model.backend.name(),
+        c.arch.name(),
+        stats.policy.name(),
+        args.prompt_tokens,
+        args.gen_tokens,
+        prefill_ms,
+        prefill_tflops,
+        ms_per_token,
+        1e3 / ms_per_token,
+        gb_per_s,
+        weight_bytes as f64 / 1e9,
+        avg_kv_bytes / 1e9,
+        stats.kv_bytes_held as f64 / (1 << 20) as f64,
+        stats.kv_bytes_full as f64 / (1 << 20) as f64,
+    );
+    Ok(())
+}
