@@ -1,0 +1,51 @@
+"""Hugging Face transformers on the same shapes as `keyformer bench`: random fp16 weights, eager
+attention, full cache, batch 1. Run on the GPU machine in the same call as the bench:
+
+    python3 benches/hf_baseline.py benches/configs/gptj-6b.json --prompt-tokens 2048 --gen-tokens 64
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+parser = argparse.ArgumentParser()
+parser.add_argument("config")
+parser.add_argument("--prompt-tokens", type=int, default=2048)
+parser.add_argument("--gen-tokens", type=int, default=64)
+args = parser.parse_args()
+
+with open(args.config) as f:
+    fields = json.load(f)
+config = AutoConfig.for_model(**fields)
+config._attn_implementation = "eager"
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float16).eval()
+ids = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device="cuda")
+
+
+def run(prompt, steps):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        past = out.past_key_values
+        for _ in range(steps):
+            out = model(token, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+    return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3 / max(steps, 1)
+
+
+run(ids[:, :64], 4)  # warm-up
+prefill_ms, decode_ms = run(ids, args.gen_tokens)
+print(f"transformers {torch.__version__} {config.model_type} fp16 eager: prompt {args.prompt_tokens} "
+      f"gen {args.gen_tokens}: prefill {prefill_ms:.1f} ms, decode {decode_ms:.3f} ms/token "
+      f"({1e3 / decode_ms:.1f} tokens/s)")
