@@ -36,14 +36,6 @@ fn op_table_f16() {
 }
 
 #[test]
-fn op_table_bf16() {
-    let Some(b) = cuda("op_table_bf16", CudaDtype::Bf16) else {
-        return;
-    };
-    op_table(&b, 1e-2, 19);
-}
-
-#[test]
 fn every_architecture_and_policy_matches_cpu_in_f32() {
     let Some(b) = cuda(
         "every_architecture_and_policy_matches_cpu_in_f32",

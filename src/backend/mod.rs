@@ -3,6 +3,7 @@
 //! cache policies beyond the parameters each op receives.
 
 pub mod cpu;
+pub mod wgpu;
 pub mod cuda;
 
 use crate::engine::sampling::Sampler;
@@ -35,6 +36,10 @@ pub trait Backend {
     /// Moves host f32 values into a new activation buffer.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer whose contents the next op overwrites (GPU backends skip the clearing).
+    fn scratch(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros(len)
+    }
     fn download(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>>;
 
     /// out[r] = table[ids[r]] for `dim`-wide rows.

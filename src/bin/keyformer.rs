@@ -157,15 +157,21 @@ struct CacheArgs {
     tau_end: f32,
 }
 
-impl CacheArgs {
-    fn config(&self, seed: u64) -> CacheConfig {
-        let policy = match self.policy {
+impl PolicyChoice {
+    fn policy(self) -> Policy {
+        match self {
             PolicyChoice::Full => Policy::Full,
             PolicyChoice::Window => Policy::Window,
             PolicyChoice::Streaming => Policy::Streaming,
             PolicyChoice::H2o => Policy::H2o,
             PolicyChoice::Keyformer => Policy::Keyformer,
-        };
+        }
+    }
+}
+
+impl CacheArgs {
+    fn config(&self, seed: u64) -> CacheConfig {
+        let policy = self.policy.policy();
         CacheConfig {
             policy,
             budget: self

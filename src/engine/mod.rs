@@ -27,6 +27,19 @@ pub struct Session<B: Backend> {
     pub step: usize,
     /// T, the number of steps tau rises over (max new tokens).
     pub steps: usize,
+    /// Activation buffers reused by every decode step.
+    workspace: Option<Workspace<B>>,
+}
+
+/// The activations of one forward pass.
+struct Workspace<B: Backend> {
+    x: B::Buf,
+    normed: B::Buf,
+    qkv: B::Buf,
+    attn: B::Buf,
+    proj: B::Buf,
+    mlp_mid: B::Buf,
+    mlp_act: B::Buf,
 }
 
 impl<B: Backend> Model<B> {
@@ -73,6 +86,7 @@ impl<B: Backend> Model<B> {
             evictions: 0,
             step: 0,
             steps,
+            workspace: None,
         })
     }
 
@@ -93,11 +107,12 @@ impl<B: Backend> Model<B> {
             .sum::<usize>();
         let kv_bytes_full = s.shape.kv_bytes(s.position, b.kv_value_bytes());
         let positions = if with_positions {
-            Some(
-                (0..s.shape.layers)
-                    .map(|l| b.cache_positions(&s.cache, l))
-                    .collect::<Result<Vec<_>>>()?,
-            )
+            let mut all = (0..s.shape.layers)
+                .map(|l| b.cache_positions(&s.cache, l))
+                .collect::<Result<Vec<_>>>()?;
+            // GPU backends keep slots in any order; people and tests read positions sorted.
+            all.iter_mut().flatten().for_each(|head| head.sort_unstable());
+            Some(all)
         } else {
             None
         };
@@ -154,17 +169,24 @@ impl<B: Backend> Model<B> {
         } else {
             f
         };
-        let mut x = b.zeros(rows * h)?;
-        let mut normed = b.zeros(rows * h)?;
-        let mut qkv = b.zeros(rows * (c.q_dim() + 2 * c.kv_dim()))?;
-        let mut attn = b.zeros(rows * c.q_dim())?;
-        let mut proj = b.zeros(rows * h)?;
-        let mut mlp_mid = b.zeros(rows * mlp_in_width)?;
-        let mut mlp_act = b.zeros(rows * f)?;
+        // Decode steps reuse one set of buffers; a prefill gets its own for its row count.
+        let mut ws = match s.workspace.take() {
+            Some(ws) if rows == 1 => ws,
+            _ => Workspace {
+                x: b.scratch(rows * h)?,
+                normed: b.scratch(rows * h)?,
+                qkv: b.scratch(rows * (c.q_dim() + 2 * c.kv_dim()))?,
+                attn: b.scratch(rows * c.q_dim())?,
+                proj: b.scratch(rows * h)?,
+                mlp_mid: b.scratch(rows * mlp_in_width)?,
+                mlp_act: b.scratch(rows * f)?,
+            },
+        };
+        let Workspace { x, normed, qkv, attn, proj, mlp_mid, mlp_act } = &mut ws;
 
-        b.embed(&w.embed, tokens, h, &mut x)?;
+        b.embed(&w.embed, tokens, h, x)?;
         if let Some(table) = &w.pos_embed {
-            b.add_positions(&mut x, table, s.position, rows, h)?;
+            b.add_positions(x, table, s.position, rows, h)?;
         }
         let spec = AttentionSpec {
             heads: c.heads,
@@ -192,80 +214,80 @@ impl<B: Backend> Model<B> {
             let an = &l.attn_norm;
             b.norm(
                 c.norm,
-                &x,
+                &*x,
                 &an.weight,
                 an.bias.as_ref(),
                 c.norm_eps,
                 rows,
                 h,
-                &mut normed,
+                normed,
             )?;
             let lin = &l.qkv;
             b.linear(
-                &normed,
+                &*normed,
                 rows,
                 &lin.weight,
                 lin.bias.as_ref(),
                 lin.n_out,
                 lin.n_in,
-                &mut qkv,
+                qkv,
             )?;
             b.attention(
                 &spec,
-                &qkv,
+                &*qkv,
                 rows,
                 s.position,
                 &mut s.cache,
                 i,
                 score.as_ref(),
-                &mut attn,
+                attn,
             )?;
             if let Some(keep) = &keep {
                 b.evict(&mut s.cache, i, keep)?;
             }
             let lin = &l.attn_out;
             b.linear(
-                &attn,
+                &*attn,
                 rows,
                 &lin.weight,
                 lin.bias.as_ref(),
                 lin.n_out,
                 lin.n_in,
-                &mut proj,
+                proj,
             )?;
             if let Some(mn) = &l.mlp_norm {
-                b.add(&mut x, &proj, rows * h)?;
+                b.add(x, &*proj, rows * h)?;
                 b.norm(
                     c.norm,
-                    &x,
+                    &*x,
                     &mn.weight,
                     mn.bias.as_ref(),
                     c.norm_eps,
                     rows,
                     h,
-                    &mut normed,
+                    normed,
                 )?;
             }
             // The MLP reads `normed`: the attention's norm in a parallel block, its own otherwise.
             let lin = &l.mlp_in;
             b.linear(
-                &normed,
+                &*normed,
                 rows,
                 &lin.weight,
                 lin.bias.as_ref(),
                 lin.n_out,
                 lin.n_in,
-                &mut mlp_mid,
+                mlp_mid,
             )?;
-            b.activation(c.activation, &mut mlp_mid, rows, f, &mut mlp_act)?;
+            b.activation(c.activation, mlp_mid, rows, f, mlp_act)?;
             let mid = if c.activation == Activation::SwiGlu {
-                &mlp_act
+                &*mlp_act
             } else {
-                &mlp_mid
+                &*mlp_mid
             };
             let lin = &l.mlp_out;
             if l.mlp_norm.is_none() {
-                b.add(&mut x, &proj, rows * h)?;
+                b.add(x, &*proj, rows * h)?;
             }
             b.linear(
                 mid,
@@ -274,9 +296,9 @@ impl<B: Backend> Model<B> {
                 lin.bias.as_ref(),
                 lin.n_out,
                 lin.n_in,
-                &mut proj,
+                proj,
             )?;
-            b.add(&mut x, &proj, rows * h)?;
+            b.add(x, &*proj, rows * h)?;
         }
         s.position += rows;
         s.step += 1;
@@ -287,27 +309,30 @@ impl<B: Backend> Model<B> {
         }
 
         // Only the rows whose logits are wanted go through the final norm and the head.
-        let (out_rows, last) = if all_rows {
-            (rows, x)
+        let out_rows = if all_rows { rows } else { 1 };
+        let last;
+        let final_in: &B::Buf = if all_rows || rows == 1 {
+            &*x
         } else {
-            (1, self.last_row(&x, rows)?)
+            last = self.last_row(&*x, rows)?;
+            &last
         };
         let fnorm = &w.final_norm;
         b.norm(
             c.norm,
-            &last,
+            final_in,
             &fnorm.weight,
             fnorm.bias.as_ref(),
             c.norm_eps,
             out_rows,
             h,
-            &mut normed,
+            normed,
         )?;
         let v = c.vocab_size;
-        let mut logits = b.zeros(out_rows * v)?;
+        let mut logits = b.scratch(out_rows * v)?;
         match &w.lm_head {
             Some(lin) => b.linear(
-                &normed,
+                &*normed,
                 out_rows,
                 &lin.weight,
                 lin.bias.as_ref(),
@@ -315,7 +340,10 @@ impl<B: Backend> Model<B> {
                 h,
                 &mut logits,
             )?,
-            None => b.linear(&normed, out_rows, &w.embed, None, v, h, &mut logits)?,
+            None => b.linear(&*normed, out_rows, &w.embed, None, v, h, &mut logits)?,
+        }
+        if rows == 1 {
+            s.workspace = Some(ws);
         }
         Ok(logits)
     }

@@ -145,7 +145,7 @@ pub fn attention(
         let len = l.len;
         rebuild(b, &shape, l, len + rows, None, len)?;
     }
-    let q = b.wt_alloc(rows * heads * hd)?;
+    let q = b.uninit::<u8>(rows * heads * hd * b.dtype.bytes())?;
     let args = [
         Arg::P(b.ptr(qkv)),
         Arg::U(heads as u32),
@@ -222,11 +222,11 @@ fn decode(
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let (len, chunks) = (l.len, l.len.div_ceil(CHUNK));
-    let logits = b.alloc::<f32>(s.heads * len)?;
-    let part_m = b.alloc::<f32>(s.heads * chunks)?;
-    let part_s = b.alloc::<f32>(s.heads * chunks)?;
-    let part_o = b.alloc::<f32>(s.heads * chunks * s.hd)?;
-    let lse = b.alloc::<f32>(s.heads)?;
+    let logits = b.uninit::<f32>(s.heads * len)?;
+    let part_m = b.uninit::<f32>(s.heads * chunks)?;
+    let part_s = b.uninit::<f32>(s.heads * chunks)?;
+    let part_o = b.uninit::<f32>(s.heads * chunks * s.hd)?;
+    let lse = b.uninit::<f32>(s.heads)?;
     let args = [
         Arg::P(b.ptr(q)),
         Arg::P(b.ptr(&l.k)),
@@ -373,8 +373,8 @@ fn prefill(
     let wb = b.dtype.bytes() as u64;
     // Query rows per tile, so the heads x tile x len logits stay within TILE_BYTES.
     let tile = (TILE_BYTES / (heads * len * 4)).clamp(1, rows);
-    let logits = b.alloc::<f32>(heads * tile * len)?;
-    let probs = b.wt_alloc(heads * tile * len)?;
+    let logits = b.uninit::<f32>(heads * tile * len)?;
+    let probs = b.uninit::<u8>(heads * tile * len * b.dtype.bytes())?;
     let (kp, vp, qp, lp, pp, op) = (
         b.ptr(&l.k),
         b.ptr(&l.v),

@@ -63,16 +63,12 @@ impl CudaDtype {
 
     /// Host f32 values as the device stores them.
     fn encode(self, data: &[f32]) -> Vec<u8> {
+        use rayon::prelude::*;
+        let halves = |f: fn(f32) -> [u8; 2]| data.par_iter().flat_map_iter(move |&x| f(x)).collect();
         match self {
             CudaDtype::F32 => bytemuck::cast_slice(data).to_vec(),
-            CudaDtype::F16 => data
-                .iter()
-                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                .collect(),
-            CudaDtype::Bf16 => data
-                .iter()
-                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                .collect(),
+            CudaDtype::F16 => halves(|x| half::f16::from_f32(x).to_le_bytes()),
+            CudaDtype::Bf16 => halves(|x| half::bf16::from_f32(x).to_le_bytes()),
         }
     }
 }
@@ -192,6 +188,12 @@ impl CudaBackend {
         self.stream.alloc_zeros::<T>(len.max(1)).map_err(cuda_err)
     }
 
+    /// A buffer the next kernel fills completely, so it is not cleared first.
+    fn uninit<T: cudarc::driver::DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: callers only hand it to kernels that write every element before any read.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(cuda_err)
+    }
+
     fn wt_alloc(&self, len: usize) -> Result<CudaSlice<u8>> {
         self.alloc::<u8>(len * self.dtype.bytes())
     }
@@ -246,7 +248,7 @@ impl CudaBackend {
 
     /// Activations converted to the storage type, for cuBLAS products with the weights.
     fn to_storage(&self, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<u8>> {
-        let out = self.wt_alloc(n)?;
+        let out = self.uninit::<u8>(n * self.dtype.bytes())?;
         self.launch(
             &self.k.to_wt,
             (n.div_ceil(256) as u32, 1),
@@ -297,6 +299,10 @@ impl Backend for CudaBackend {
 
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.alloc(len)
+    }
+
+    fn scratch(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.uninit(len)
     }
 
     fn download(&self, buf: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {

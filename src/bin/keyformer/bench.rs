@@ -8,7 +8,7 @@ use keyformer::engine::select::AnyModel;
 use keyformer::model::config::ModelConfig;
 use keyformer::{Backend, Model, Result, with_model};
 
-use super::{BackendArgs, CacheArgs};
+use super::{BackendArgs, CacheArgs, PolicyChoice};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -26,6 +26,9 @@ pub struct BenchArgs {
     backend: BackendArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    /// Measure several policies on the same model, one line each (overrides --policy).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    policies: Vec<PolicyChoice>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -42,16 +45,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "built random weights in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    with_model!(&model, m => measure(m, &args))
+    let policies = if args.policies.is_empty() { vec![args.cache.policy] } else { args.policies.clone() };
+    for policy in policies {
+        with_model!(&model, m => measure(m, &args, policy))?;
+    }
+    Ok(())
 }
 
-fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs) -> Result<()> {
+fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice) -> Result<()> {
     let c = &model.config;
     let mut state = args.seed;
     let prompt: Vec<u32> = (0..args.prompt_tokens)
         .map(|_| (keyformer::model::source::splitmix64(&mut state) % c.vocab_size as u64) as u32)
         .collect();
-    let cache = args.cache.config(args.seed);
+    let cache = keyformer::CacheConfig { policy: policy.policy(), ..args.cache.config(args.seed) };
     let run = |prompt: &[u32], steps: usize| -> Result<(f64, f64, usize, keyformer::CacheStats)> {
         let plan = cache.plan(prompt.len())?;
         let mut s = model.new_session_for(plan, prompt.len(), steps)?;

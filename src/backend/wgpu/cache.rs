@@ -1,0 +1,321 @@
+//! The device KV cache (src/kv's layout, one block per layer), attention with fused score
+//! accumulation, and eviction. Lengths stay on the host: every kv head of a layer holds the
+//! same count, so it follows from the ops alone and no readback is needed.
+
+use super::device::backend_error;
+use super::{WgpuBackend, WgpuBuf, check_len, groups_for, word};
+use crate::backend::{AttentionSpec, Backend};
+use crate::error::{Error, Result};
+use crate::kv::{CacheShape, Keep, StepScore};
+use crate::model::config::{Positions, RopePairs};
+
+/// One layer's block: k and v [kv_head][slot][head_dim] in the KV type, pos (u32) and score
+/// (f32) [kv_head][slot], `capacity` slots per kv head.
+pub(super) struct LayerBlock {
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    pub pos: wgpu::Buffer,
+    pub score: wgpu::Buffer,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+pub struct WgpuCache {
+    shape: CacheShape,
+    pub(super) layers: Vec<LayerBlock>,
+}
+
+/// The attention kernels take at most this head size (one value per invocation).
+const MAX_HEAD_DIM: usize = 256;
+
+fn block(b: &WgpuBackend, shape: &CacheShape, capacity: usize) -> Result<LayerBlock> {
+    let slots = (shape.kv_heads * capacity) as u64;
+    let kv_bytes = slots * shape.head_dim as u64 * b.kv_value_bytes() as u64;
+    Ok(LayerBlock {
+        k: b.gpu.buffer(kv_bytes, "cached keys")?,
+        v: b.gpu.buffer(kv_bytes, "cached values")?,
+        pos: b.gpu.buffer(4 * slots, "cached positions")?,
+        score: b.gpu.buffer(4 * slots, "cached scores")?,
+        len: 0,
+        capacity,
+    })
+}
+
+pub(super) fn new_cache(b: &WgpuBackend, shape: &CacheShape) -> Result<WgpuCache> {
+    if shape.head_dim > MAX_HEAD_DIM {
+        return Err(backend_error(format!(
+            "head_dim {} is larger than the {MAX_HEAD_DIM} the attention kernels take",
+            shape.head_dim
+        )));
+    }
+    if b.kv_value_bytes() == 2 && shape.head_dim % 2 == 1 {
+        // Copies between blocks move whole 4-byte words per head.
+        return Err(backend_error(format!(
+            "an f16 KV cache needs an even head_dim, not {}",
+            shape.head_dim
+        )));
+    }
+    let layers = (0..shape.layers)
+        .map(|_| block(b, shape, shape.capacity))
+        .collect::<Result<_>>()?;
+    Ok(WgpuCache {
+        shape: *shape,
+        layers,
+    })
+}
+
+/// Moves a layer to a new block of `capacity` slots per head, keeping the first `len` of each.
+fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usize) -> Result<()> {
+    let mut next = block(b, shape, capacity)?;
+    let n = c.len.min(capacity) as u64;
+    let value = (shape.head_dim * b.kv_value_bytes()) as u64;
+    for g in 0..shape.kv_heads as u64 {
+        let (from, to) = (g * c.capacity as u64, g * capacity as u64);
+        b.gpu.copy(&c.k, from * value, &next.k, to * value, n * value);
+        b.gpu.copy(&c.v, from * value, &next.v, to * value, n * value);
+        b.gpu.copy(&c.pos, 4 * from, &next.pos, 4 * to, 4 * n);
+        b.gpu.copy(&c.score, 4 * from, &next.score, 4 * to, 4 * n);
+    }
+    next.len = n as usize;
+    *c = next;
+    Ok(())
+}
+
+fn layer_block<'c>(cache: &'c mut WgpuCache, layer: usize) -> Result<&'c mut LayerBlock> {
+    let layers = cache.layers.len();
+    cache.layers.get_mut(layer).ok_or_else(|| {
+        Error::InvalidInput(format!("layer {layer} is outside the cache of {layers} layers"))
+    })
+}
+
+/// The attention kernels' position scheme word and table: rotary (cos, sin) per new row and
+/// pair, computed here with the CPU's f32 arithmetic so every backend rotates by the same
+/// angles; or the ALiBi slopes. Reused while the key (scheme, rows, numbers) is unchanged.
+fn position_table(
+    b: &WgpuBackend,
+    positions: &Positions,
+    heads: usize,
+    rows: usize,
+    first_pos: usize,
+) -> Result<(u32, u32, wgpu::Buffer)> {
+    let (scheme, dims, key) = match positions {
+        Positions::Learned => return Ok((0, 0, b.unused.clone())),
+        Positions::Rotary {
+            dims,
+            pairs,
+            inv_freq,
+        } => {
+            let scheme = match pairs {
+                RopePairs::Interleaved => 1,
+                RopePairs::Halves => 2,
+            };
+            let mut key = vec![scheme, word(*dims)?, word(rows)?, word(first_pos)?];
+            key.extend(inv_freq.iter().map(|f| f.to_bits()));
+            (scheme, *dims, key)
+        }
+        Positions::Alibi { slopes } => {
+            if slopes.len() < heads {
+                return Err(Error::InvalidInput(format!(
+                    "{} ALiBi slopes for {heads} heads",
+                    slopes.len()
+                )));
+            }
+            let mut key = vec![3];
+            key.extend(slopes.iter().map(|s| s.to_bits()));
+            (3, 0, key)
+        }
+    };
+    let mut cached = b.position_table.borrow_mut();
+    if let Some((k, buffer)) = cached.as_ref()
+        && *k == key
+    {
+        return Ok((scheme, word(dims)?, buffer.clone()));
+    }
+    let values: Vec<f32> = match positions {
+        Positions::Rotary { inv_freq, .. } => (first_pos..first_pos + rows)
+            .flat_map(|pos| {
+                inv_freq.iter().flat_map(move |&f| {
+                    let (sin, cos) = (pos as f32 * f).sin_cos();
+                    [cos, sin]
+                })
+            })
+            .collect(),
+        Positions::Alibi { slopes } => slopes.clone(),
+        Positions::Learned => Vec::new(),
+    };
+    let buffer = b.gpu.buffer_with(bytemuck::cast_slice(&values), "position table")?;
+    *cached = Some((key, buffer.clone()));
+    Ok((scheme, word(dims)?, buffer))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention(
+    b: &WgpuBackend,
+    spec: &AttentionSpec,
+    qkv: &WgpuBuf,
+    rows: usize,
+    first_pos: usize,
+    cache: &mut WgpuCache,
+    layer: usize,
+    score: Option<&StepScore>,
+    out: &mut WgpuBuf,
+) -> Result<()> {
+    let (hd, nh, nkv) = (spec.head_dim, spec.heads, spec.kv_heads);
+    let shape = cache.shape;
+    if nkv != shape.kv_heads || hd != shape.head_dim || nkv == 0 || nh % nkv != 0 {
+        return Err(backend_error(format!(
+            "attention with {nh} heads, {nkv} kv heads of {hd} does not fit a cache of {} kv heads of {}",
+            shape.kv_heads, shape.head_dim
+        )));
+    }
+    check_len("qkv", qkv.len, rows * (nh + 2 * nkv) * hd)?;
+    check_len("attention output", out.len, rows * nh * hd)?;
+    let c = layer_block(cache, layer)?;
+    if c.len + rows > c.capacity {
+        resize(b, &shape, c, c.len + rows)?;
+    }
+    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, rows, first_pos)?;
+    let old_len = c.len;
+    c.len += rows;
+    let q = b.gpu.buffer(4 * (rows * nh * hd) as u64, "rotated queries")?;
+    let lse = b.gpu.buffer(4 * (rows * nh) as u64, "noisy log-sum-exp")?;
+    let step = score.copied().unwrap_or(StepScore {
+        noise: false,
+        tau: 1.0,
+        seed: 0,
+    });
+    let params = [
+        word(rows)?,
+        word(nh)?,
+        word(nkv)?,
+        word(hd)?,
+        word(c.capacity)?,
+        word(old_len)?,
+        word(c.len)?,
+        word(first_pos)?,
+        spec.scale.to_bits(),
+        scheme,
+        rot_dims,
+        score.is_some() as u32,
+        step.noise as u32,
+        step.tau.to_bits(),
+        step.seed,
+        word(layer)?,
+    ];
+    let k = &b.kernels;
+    b.gpu.dispatch(
+        &k.attention_prepare,
+        &params,
+        &[
+            (1, &qkv.buffer),
+            (2, &table),
+            (3, &q),
+            (4, &c.k),
+            (5, &c.v),
+            (6, &c.pos),
+            (7, &c.score),
+        ],
+        groups_for(rows * (nh + nkv) * hd),
+    )?;
+    b.gpu.dispatch(
+        &k.attention,
+        &params,
+        &[
+            (2, &table),
+            (3, &q),
+            (4, &c.k),
+            (5, &c.v),
+            (6, &c.pos),
+            (8, &out.buffer),
+            (9, &lse),
+        ],
+        rows * nh,
+    )?;
+    if score.is_some() {
+        b.gpu.dispatch(
+            &k.attention_score,
+            &params,
+            &[
+                (2, &table),
+                (3, &q),
+                (4, &c.k),
+                (6, &c.pos),
+                (7, &c.score),
+                (9, &lse),
+            ],
+            groups_for(nkv * c.len),
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn evict(b: &WgpuBackend, cache: &mut WgpuCache, layer: usize, keep: &Keep) -> Result<()> {
+    let shape = cache.shape;
+    let c = layer_block(cache, layer)?;
+    if c.len > keep.budget {
+        if keep.sinks + keep.recent > keep.budget {
+            return Err(Error::InvalidInput(format!(
+                "eviction keeps {} sinks and {} recent tokens, more than a budget of {}",
+                keep.sinks, keep.recent, keep.budget
+            )));
+        }
+        let nkv = shape.kv_heads;
+        let keep_flags = b.gpu.buffer(4 * (nkv * c.len) as u64, "keep flags")?;
+        let sources = b
+            .gpu
+            .buffer(4 * (nkv * (keep.budget + 1)) as u64, "survivor slots")?;
+        let params = [
+            word(nkv)?,
+            word(c.capacity)?,
+            word(c.len)?,
+            word(keep.budget)?,
+            word(keep.sinks)?,
+            word(c.len - keep.recent)?,
+            word(c.len - keep.budget)?,
+            word(shape.head_dim)?,
+        ];
+        let k = &b.kernels;
+        b.gpu.dispatch(
+            &k.evict_rank,
+            &params,
+            &[(1, &c.score), (2, &keep_flags)],
+            groups_for(nkv * c.len),
+        )?;
+        b.gpu
+            .dispatch(&k.evict_scan, &params, &[(2, &keep_flags), (3, &sources)], nkv)?;
+        for kv in [&c.k, &c.v] {
+            b.gpu
+                .dispatch(&k.evict_move_kv, &params, &[(3, &sources), (4, kv)], nkv)?;
+        }
+        b.gpu.dispatch(
+            &k.evict_move_slots,
+            &params,
+            &[(1, &c.score), (3, &sources), (5, &c.pos)],
+            nkv,
+        )?;
+        c.len = keep.budget;
+    }
+    if c.capacity > shape.capacity && c.len <= shape.capacity {
+        resize(b, &shape, c, shape.capacity)?;
+    }
+    Ok(())
+}
+
+/// Reads one [kv_head][slot] array of a layer back, each head cut to the held tokens.
+pub(super) fn read_slots<T: bytemuck::Pod>(
+    b: &WgpuBackend,
+    cache: &WgpuCache,
+    layer: usize,
+    array: impl Fn(&LayerBlock) -> &wgpu::Buffer,
+) -> Result<Vec<Vec<T>>> {
+    let c = cache
+        .layers
+        .get(layer)
+        .ok_or_else(|| Error::InvalidInput(format!("layer {layer} is outside the cache")))?;
+    let heads = cache.shape.kv_heads;
+    let bytes = b.gpu.read(array(c), 0, (4 * heads * c.capacity) as u64)?;
+    let all: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);
+    Ok((0..heads)
+        .map(|g| all[g * c.capacity..g * c.capacity + c.len].to_vec())
+        .collect())
+}

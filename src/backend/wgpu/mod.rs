@@ -1,0 +1,410 @@
+//! The wgpu backend: WGSL compute shaders (shaders/*.wgsl) on Vulkan, Metal or DX12, including
+//! software Vulkan (lavapipe) in CI. Weights are stored in f16 where the adapter supports it,
+//! activations in f32, and every sum accumulates in f32. Ops are recorded into one command
+//! encoder that is submitted only when the host reads something back.
+
+mod cache;
+mod device;
+mod kernels;
+
+use std::cell::RefCell;
+
+pub use cache::WgpuCache;
+
+use crate::backend::{AttentionSpec, Backend};
+use crate::engine::sampling::Sampler;
+use crate::error::{Error, Result};
+use crate::kv::{CacheShape, Keep, StepScore};
+use crate::model::config::{Activation, NormKind};
+use device::{Gpu, backend_error};
+use kernels::{Kernels, Variant};
+
+/// The storage type of weights (and of the KV cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WgpuDtype {
+    /// f16 where the adapter supports it, else f32.
+    #[default]
+    Auto,
+    F32,
+    /// f16, or an error where the adapter lacks SHADER_F16.
+    F16,
+}
+
+#[derive(Clone, Debug)]
+pub struct WgpuOptions {
+    /// An index into wgpu's adapter list; None picks the high-performance adapter.
+    pub adapter: Option<usize>,
+    pub dtype: WgpuDtype,
+    /// Use subgroup operations for reductions where the adapter has them.
+    pub subgroups: bool,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            adapter: None,
+            dtype: WgpuDtype::Auto,
+            subgroups: true,
+        }
+    }
+}
+
+/// Device weights: f16 or f32 values, as the backend's dtype says.
+pub struct WgpuWeight {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+/// Device f32 activations.
+pub struct WgpuBuf {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+pub struct WgpuBackend {
+    gpu: Gpu,
+    kernels: Kernels,
+    variant: Variant,
+    /// Bound where a kernel's optional input (a bias, a score buffer) is absent.
+    unused: wgpu::Buffer,
+    /// The latest rotary angles or ALiBi slopes and the key they were made for: every layer
+    /// of a forward pass uses the same table.
+    position_table: RefCell<Option<(Vec<u32>, wgpu::Buffer)>>,
+}
+
+fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
+    if len < needed {
+        return Err(backend_error(format!(
+            "{what} buffer holds {len} values, op needs {needed}"
+        )));
+    }
+    Ok(())
+}
+
+/// Workgroups for one invocation per value, 256 invocations each.
+fn groups_for(values: usize) -> usize {
+    values.div_ceil(256)
+}
+
+/// A kernel parameter word from a size (kernels index with u32).
+fn word(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| backend_error(format!("{n} does not fit the kernels' u32 indices")))
+}
+
+impl WgpuBackend {
+    pub fn new(options: WgpuOptions) -> Result<WgpuBackend> {
+        let adapter = device::adapter(options.adapter)?;
+        let available = adapter.features();
+        let has_f16 = available.contains(wgpu::Features::SHADER_F16);
+        let f16 = match options.dtype {
+            WgpuDtype::F32 => false,
+            WgpuDtype::Auto => has_f16,
+            WgpuDtype::F16 if has_f16 => true,
+            WgpuDtype::F16 => {
+                return Err(backend_error(format!(
+                    "f16 was requested but {} does not support SHADER_F16",
+                    adapter.get_info().name
+                )));
+            }
+        };
+        let subgroups = options.subgroups && available.contains(wgpu::Features::SUBGROUP);
+        let mut features = wgpu::Features::empty();
+        features.set(wgpu::Features::SHADER_F16, f16);
+        features.set(wgpu::Features::SUBGROUP, subgroups);
+        let gpu = Gpu::open(&adapter, features)?;
+        let variant = Variant { f16, subgroups };
+        let kernels = Kernels::build(&gpu, variant)?;
+        let unused = gpu.buffer(4, "unused")?;
+        Ok(WgpuBackend {
+            gpu,
+            kernels,
+            variant,
+            unused,
+            position_table: RefCell::new(None),
+        })
+    }
+
+    fn read_f32(&self, buffer: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.gpu.read(buffer, 4 * offset as u64, 4 * len as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn elementwise(&self, kernel: &device::Kernel, params: &[u32], buffers: &[(u32, &wgpu::Buffer)], values: usize) -> Result<()> {
+        self.gpu.dispatch(kernel, params, buffers, groups_for(values))
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Weight = WgpuWeight;
+    type Buf = WgpuBuf;
+    type Cache = WgpuCache;
+
+    fn name(&self) -> String {
+        let info = &self.gpu.info;
+        format!(
+            "wgpu ({}, {:?}, {}{})",
+            info.name,
+            info.backend,
+            if self.variant.f16 { "f16" } else { "f32" },
+            if self.variant.subgroups { ", subgroups" } else { "" }
+        )
+    }
+
+    fn upload_weight(&self, data: Vec<f32>) -> Result<WgpuWeight> {
+        let buffer = if self.variant.f16 {
+            let halves: Vec<u16> = data.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+            self.gpu.buffer_with(bytemuck::cast_slice(&halves), "weight")?
+        } else {
+            self.gpu.buffer_with(bytemuck::cast_slice(&data), "weight")?
+        };
+        Ok(WgpuWeight {
+            buffer,
+            len: data.len(),
+        })
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<WgpuBuf> {
+        Ok(WgpuBuf {
+            buffer: self.gpu.buffer_with(bytemuck::cast_slice(data), "activations")?,
+            len: data.len(),
+        })
+    }
+
+    fn zeros(&self, len: usize) -> Result<WgpuBuf> {
+        Ok(WgpuBuf {
+            buffer: self.gpu.buffer(4 * len as u64, "activations")?,
+            len,
+        })
+    }
+
+    fn download(&self, buf: &WgpuBuf, len: usize) -> Result<Vec<f32>> {
+        check_len("download", buf.len, len)?;
+        self.read_f32(&buf.buffer, 0, len)
+    }
+
+    fn embed(&self, table: &WgpuWeight, ids: &[u32], dim: usize, out: &mut WgpuBuf) -> Result<()> {
+        check_len("embedding output", out.len, ids.len() * dim)?;
+        let vocab = table.len / dim.max(1);
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let ids_buf = self.gpu.buffer_with(bytemuck::cast_slice(ids), "token ids")?;
+        self.elementwise(
+            &self.kernels.embed,
+            &[word(ids.len())?, word(dim)?],
+            &[(1, &table.buffer), (2, &ids_buf), (3, &out.buffer)],
+            ids.len() * dim,
+        )
+    }
+
+    fn add_positions(
+        &self,
+        x: &mut WgpuBuf,
+        table: &WgpuWeight,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        check_len("position table", table.len, (first_row + rows) * dim)?;
+        check_len("activations", x.len, rows * dim)?;
+        self.elementwise(
+            &self.kernels.add_weight,
+            &[word(rows * dim)?, word(first_row * dim)?],
+            &[(1, &x.buffer), (2, &table.buffer)],
+            rows * dim,
+        )
+    }
+
+    fn copy_rows(
+        &self,
+        src: &WgpuBuf,
+        first_row: usize,
+        rows: usize,
+        dim: usize,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        check_len("copy source", src.len, (first_row + rows) * dim)?;
+        check_len("copy destination", out.len, rows * dim)?;
+        let bytes = |n: usize| 4 * n as u64;
+        self.gpu.copy(
+            &src.buffer,
+            bytes(first_row * dim),
+            &out.buffer,
+            0,
+            bytes(rows * dim),
+        );
+        Ok(())
+    }
+
+    fn norm(
+        &self,
+        kind: NormKind,
+        x: &WgpuBuf,
+        weight: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        eps: f32,
+        rows: usize,
+        dim: usize,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        check_len("norm input", x.len, rows * dim)?;
+        check_len("norm output", out.len, rows * dim)?;
+        check_len("norm weight", weight.len, dim)?;
+        if let Some(b) = bias {
+            check_len("norm bias", b.len, dim)?;
+        }
+        let params = [
+            word(rows)?,
+            word(dim)?,
+            eps.to_bits(),
+            (kind == NormKind::RmsNorm) as u32,
+            bias.is_some() as u32,
+        ];
+        let bias = bias.map_or(&self.unused, |b| &b.buffer);
+        self.gpu.dispatch(
+            &self.kernels.norm,
+            &params,
+            &[(1, &x.buffer), (2, &weight.buffer), (3, bias), (4, &out.buffer)],
+            rows,
+        )
+    }
+
+    fn linear(
+        &self,
+        x: &WgpuBuf,
+        rows: usize,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        n_out: usize,
+        n_in: usize,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        check_len("linear input", x.len, rows * n_in)?;
+        check_len("linear weight", w.len, n_out * n_in)?;
+        check_len("linear output", out.len, rows * n_out)?;
+        if let Some(b) = bias {
+            check_len("linear bias", b.len, n_out)?;
+        }
+        let params = [word(rows)?, word(n_out)?, word(n_in)?, bias.is_some() as u32];
+        let bias = bias.map_or(&self.unused, |b| &b.buffer);
+        let buffers = [(1, &x.buffer), (2, &w.buffer), (3, bias), (4, &out.buffer)];
+        if rows == 1 {
+            // 8 outputs per workgroup.
+            self.gpu
+                .dispatch(&self.kernels.gemv, &params, &buffers, n_out.div_ceil(8))
+        } else {
+            // 64 x 64 tiles.
+            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
+            self.gpu
+                .dispatch(&self.kernels.matmul, &params, &buffers, tiles)
+        }
+    }
+
+    fn activation(
+        &self,
+        act: Activation,
+        x: &mut WgpuBuf,
+        rows: usize,
+        width: usize,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        let params = [word(rows)?, word(width)?];
+        match act {
+            Activation::GeluErf | Activation::GeluTanh => {
+                check_len("activation", x.len, rows * width)?;
+                let kernel = if act == Activation::GeluErf {
+                    &self.kernels.gelu_erf
+                } else {
+                    &self.kernels.gelu_tanh
+                };
+                self.elementwise(kernel, &params, &[(1, &x.buffer)], rows * width)
+            }
+            Activation::SwiGlu => {
+                check_len("swiglu input", x.len, rows * 2 * width)?;
+                check_len("swiglu output", out.len, rows * width)?;
+                self.elementwise(
+                    &self.kernels.swiglu,
+                    &params,
+                    &[(2, &x.buffer), (3, &out.buffer)],
+                    rows * width,
+                )
+            }
+        }
+    }
+
+    fn add(&self, x: &mut WgpuBuf, y: &WgpuBuf, len: usize) -> Result<()> {
+        check_len("add", x.len, len)?;
+        check_len("add", y.len, len)?;
+        self.elementwise(
+            &self.kernels.add,
+            &[word(len)?, 0],
+            &[(1, &x.buffer), (2, &y.buffer)],
+            len,
+        )
+    }
+
+    fn sample(&self, logits: &WgpuBuf, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
+        if !sampler.is_greedy() {
+            // Temperature sampling reads the row back and uses the host sampler.
+            return Ok(sampler.sample(&self.download(logits, vocab)?));
+        }
+        check_len("logits", logits.len, vocab)?;
+        if vocab == 0 {
+            return Err(Error::InvalidInput("no logits to sample from".into()));
+        }
+        // The argmax runs on the device: only the token id comes back.
+        let token = self.gpu.buffer(4, "token")?;
+        self.gpu.dispatch(
+            &self.kernels.argmax,
+            &[word(vocab)?],
+            &[(1, &logits.buffer), (2, &token)],
+            1,
+        )?;
+        let bytes = self.gpu.read(&token, 0, 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn kv_value_bytes(&self) -> usize {
+        if self.variant.f16 { 2 } else { 4 }
+    }
+
+    fn new_cache(&self, shape: &CacheShape) -> Result<WgpuCache> {
+        cache::new_cache(self, shape)
+    }
+
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &WgpuBuf,
+        rows: usize,
+        first_pos: usize,
+        cache: &mut WgpuCache,
+        layer: usize,
+        score: Option<&StepScore>,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        cache::attention(self, spec, qkv, rows, first_pos, cache, layer, score, out)
+    }
+
+    fn evict(&self, cache: &mut WgpuCache, layer: usize, keep: &Keep) -> Result<()> {
+        cache::evict(self, cache, layer, keep)
+    }
+
+    fn cache_len(&self, cache: &WgpuCache, layer: usize) -> usize {
+        cache.layers[layer].len
+    }
+
+    fn cache_capacity(&self, cache: &WgpuCache, layer: usize) -> usize {
+        cache.layers[layer].capacity
+    }
+
+    fn cache_positions(&self, cache: &WgpuCache, layer: usize) -> Result<Vec<Vec<u32>>> {
+        cache::read_slots(self, cache, layer, |c| &c.pos)
+    }
+
+    fn cache_scores(&self, cache: &WgpuCache, layer: usize) -> Result<Vec<Vec<f32>>> {
+        cache::read_slots(self, cache, layer, |c| &c.score)
+    }
+}

@@ -1,0 +1,214 @@
+//! The wgpu backend against the CPU oracle: the cross-backend op table in f32 and f16 storage,
+//! with and without subgroup reductions, and SmolLM2 end to end (greedy tokens, Keyformer's
+//! kept sets). Each test prints SKIP and returns where there is no adapter (or no f16 support).
+
+mod common;
+
+use std::time::Instant;
+
+use common::ops::{NEAR_TIE, op_table};
+use common::{fixture, load_cpu, smollm2_path};
+use keyformer::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
+use keyformer::engine::sampling::argmax;
+use keyformer::{Backend, Budget, CacheConfig, Error, GenerateParams, Model, Policy};
+
+/// The backend, or None (with a SKIP line) where the machine cannot provide it; any other
+/// failure to open is a test failure.
+fn wgpu(test: &str, dtype: WgpuDtype, subgroups: bool) -> Option<WgpuBackend> {
+    let options = WgpuOptions {
+        dtype,
+        subgroups,
+        ..Default::default()
+    };
+    match WgpuBackend::new(options) {
+        Ok(b) => Some(b),
+        Err(Error::Backend { reason, .. })
+            if reason.starts_with("no GPU adapter found") || reason.contains("SHADER_F16") =>
+        {
+            println!("SKIP {test}: {reason}");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+fn run_op_table(test: &str, dtype: WgpuDtype, subgroups: bool, tolerance: f32, seed: u64) {
+    let Some(b) = wgpu(test, dtype, subgroups) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let rows = op_table(&b, tolerance, seed);
+    let worst = rows.iter().max_by(|a, b| a.error.total_cmp(&b.error)).unwrap();
+    println!(
+        "{test}: {} ops within {tolerance:e}, largest error {:.2e} ({}), {:.1} s",
+        rows.len(),
+        worst.error,
+        worst.op,
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn op_table_f32() {
+    run_op_table("op_table_f32", WgpuDtype::F32, true, 1e-5, 21);
+}
+
+#[test]
+fn op_table_f16() {
+    run_op_table("op_table_f16", WgpuDtype::F16, true, 2e-3, 22);
+}
+
+#[test]
+fn op_table_f32_without_subgroups() {
+    run_op_table(
+        "op_table_f32_without_subgroups",
+        WgpuDtype::F32,
+        false,
+        1e-5,
+        23,
+    );
+}
+
+#[test]
+fn op_table_f16_without_subgroups() {
+    run_op_table(
+        "op_table_f16_without_subgroups",
+        WgpuDtype::F16,
+        false,
+        2e-3,
+        24,
+    );
+}
+
+#[test]
+fn smollm2_greedy_matches_cpu() {
+    let test = "smollm2_greedy_matches_cpu";
+    let Some(path) = smollm2_path(test) else {
+        return;
+    };
+    let Some(b) = wgpu(test, WgpuDtype::F32, true) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let gpu = Model::load(&path, b, &mut |_, _| {}).unwrap();
+    let cpu = load_cpu(&path);
+    let prompt = cpu
+        .tokenizer()
+        .unwrap()
+        .encode("The capital of France is")
+        .unwrap();
+    let params = GenerateParams {
+        max_new_tokens: 32,
+        ..Default::default()
+    };
+    let want = cpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
+    let got = gpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
+    println!(
+        "{}: {} tokens {:?}, prefill {:.0} ms, {:.1} tokens/s, {:.1} s in all",
+        gpu.backend.name(),
+        got.tokens.len(),
+        got.text,
+        got.prefill_ms,
+        got.decode_tokens_per_s(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(got.tokens, want.tokens);
+}
+
+/// Where two kept sets differ, the tokens in only one of them must have near-equal scores
+/// (each backend's score of the tokens it kept): a swap at the eviction threshold.
+fn assert_near_tie(what: &str, cpu: (&[u32], &[f32]), gpu: (&[u32], &[f32])) {
+    let only = |a: (&[u32], &[f32]), b: &[u32]| -> Vec<f32> {
+        a.0.iter()
+            .zip(a.1)
+            .filter(|(p, _)| !b.contains(p))
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    let differing = [only(cpu, gpu.0), only(gpu, cpu.0)].concat();
+    let max = differing.iter().fold(f32::MIN, |m, &s| m.max(s));
+    let min = differing.iter().fold(f32::MAX, |m, &s| m.min(s));
+    assert!(
+        max - min <= NEAR_TIE * max.abs(),
+        "{what}: kept sets differ beyond a near-tie: {:?} vs {:?} (scores {differing:?})",
+        cpu.0,
+        gpu.0
+    );
+}
+
+#[test]
+fn smollm2_keyformer_kept_sets_match_cpu() {
+    let test = "smollm2_keyformer_kept_sets_match_cpu";
+    let Some(path) = smollm2_path(test) else {
+        return;
+    };
+    let Some(b) = wgpu(test, WgpuDtype::F32, true) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let gpu = Model::load(&path, b, &mut |_, _| {}).unwrap();
+    let cpu = load_cpu(&path);
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("smollm2/reference.json")).unwrap())
+            .unwrap();
+    let passage = reference["perplexity"]["text"].as_str().unwrap();
+    let mut prompt = cpu.tokenizer().unwrap().encode(passage).unwrap();
+    prompt.truncate(200);
+    let steps = 4;
+    let plan = CacheConfig {
+        policy: Policy::Keyformer,
+        budget: Budget::Tokens(64),
+        seed: 5,
+        ..Default::default()
+    }
+    .plan(prompt.len())
+    .unwrap();
+    let (mut sc, mut sg) = (
+        cpu.new_session_for(plan, prompt.len(), steps).unwrap(),
+        gpu.new_session_for(plan, prompt.len(), steps).unwrap(),
+    );
+    let mut logits = cpu.forward(&mut sc, &prompt, false).unwrap();
+    gpu.forward(&mut sg, &prompt, false).unwrap();
+    let layers = cpu.config.layers;
+    let mut identical = 0;
+    'steps: for step in 0..=steps {
+        for layer in 0..layers {
+            let (pc, pg) = (
+                cpu.backend.cache_positions(&sc.cache, layer).unwrap(),
+                gpu.backend.cache_positions(&sg.cache, layer).unwrap(),
+            );
+            if pc == pg {
+                identical += 1;
+                continue;
+            }
+            let (scores_c, scores_g) = (
+                cpu.backend.cache_scores(&sc.cache, layer).unwrap(),
+                gpu.backend.cache_scores(&sg.cache, layer).unwrap(),
+            );
+            for head in 0..pc.len() {
+                assert_near_tie(
+                    &format!("step {step} layer {layer} head {head}"),
+                    (&pc[head], &scores_c[head]),
+                    (&pg[head], &scores_g[head]),
+                );
+            }
+            // Past a near-tie the caches differ, and so does everything after.
+            println!("near-tie at step {step} layer {layer}: comparison stops there");
+            break 'steps;
+        }
+        if step == steps {
+            break;
+        }
+        // Both caches see the same tokens: the CPU's greedy choices.
+        let next = argmax(&logits);
+        logits = cpu.forward(&mut sc, &[next], false).unwrap();
+        gpu.forward(&mut sg, &[next], false).unwrap();
+    }
+    println!(
+        "{}: {} prompt tokens, budget 64, {steps} decode steps: kept positions identical in {identical} (step, layer) pairs of {}, {:.1} s",
+        gpu.backend.name(),
+        prompt.len(),
+        (steps + 1) * layers,
+        t0.elapsed().as_secs_f64()
+    );
+}
