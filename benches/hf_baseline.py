@@ -19,6 +19,10 @@ args = parser.parse_args()
 
 with open(args.config) as f:
     fields = json.load(f)
+# Room for the prompt and the generated tokens, as `keyformer bench` makes.
+for key in ("n_positions", "max_seq_len", "max_position_embeddings"):
+    if key in fields:
+        fields[key] = max(fields[key], args.prompt_tokens + args.gen_tokens + 1)
 config = AutoConfig.for_model(**fields)
 config._attn_implementation = "eager"
 torch.manual_seed(0)

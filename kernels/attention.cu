@@ -107,7 +107,7 @@ extern "C" __global__ void attn_prefill_columns(const float* s, float* score, u3
 
 // ---- Decode: one query row, split over chunks of key slots (flash-decoding).
 
-#define CHUNK 256
+#define CHUNK 64
 
 // Grid (heads, chunks), 128 threads. Writes each key's logit to `logits` [heads][len] and the
 // chunk's max, sum of exponentials and unnormalised output to the partial buffers.
@@ -116,31 +116,49 @@ extern "C" __global__ void attn_decode_partial(const wt* q, const wt* k_cache, c
                                                u32 kv_heads, u32 hd, u32 qpos, float scale,
                                                const float* slopes, float* logits, float* part_m,
                                                float* part_s, float* part_o) {
+    __shared__ float e[CHUNK];
     u32 h = blockIdx.x, c = blockIdx.y;
     u32 g = h / (heads / kv_heads);
     u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    u32 start = c * CHUNK, end = min(len, start + CHUNK);
+    u32 start = c * CHUNK, n = min(len - start, (u32)CHUNK);
     const wt* qh = q + (size_t)h * hd;
-    size_t base = (size_t)g * capacity;
-    float m = NEG_INF;
-    for (u32 j = start + warp; j < end; j += warps) {
+    size_t base = (size_t)g * capacity + start;
+    // Each warp takes keys in turn; lanes split the head dimension.
+    for (u32 j = warp; j < n; j += warps) {
         const wt* kj = k_cache + (base + j) * hd;
         float d = 0.0f;
-        for (u32 e = lane; e < hd; e += 32) d += to_f32(qh[e]) * to_f32(kj[e]);
+        for (u32 t = lane; t < hd; t += 32) d += to_f32(qh[t]) * to_f32(kj[t]);
         d = warp_sum(d);
-        float x = pos[base + j] <= qpos ? d * scale + alibi(slopes, h, pos[base + j], qpos) : NEG_INF;
-        if (lane == 0) logits[(size_t)h * len + j] = x;
-        m = fmaxf(m, x);
+        u32 kp = pos[base + j];
+        if (lane == 0) e[j] = kp <= qpos ? d * scale + alibi(slopes, h, kp, qpos) : NEG_INF;
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
+        logits[(size_t)h * len + start + j] = e[j];
+        m = fmaxf(m, e[j]);
     }
     m = block_reduce(m, true);
     float s = 0.0f;
-    for (u32 j = start + threadIdx.x; j < end; j += blockDim.x) s += expf(logits[(size_t)h * len + j] - m);
+    for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
+        e[j] = expf(e[j] - m);
+        s += e[j];
+    }
     s = block_reduce(s, false);
     size_t pc = (size_t)h * gridDim.y + c;
-    for (u32 e = threadIdx.x; e < hd; e += blockDim.x) {
-        float o = 0.0f;
-        for (u32 j = start; j < end; j++) o += expf(logits[(size_t)h * len + j] - m) * to_f32(v_cache[(base + j) * hd + e]);
-        part_o[pc * hd + e] = o;
+    for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
+        // Four independent sums keep several loads in flight.
+        float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+        const wt* vt = v_cache + base * hd + t;
+        u32 j = 0;
+        for (; j + 4 <= n; j += 4) {
+            o0 += e[j] * to_f32(vt[(size_t)j * hd]);
+            o1 += e[j + 1] * to_f32(vt[(size_t)(j + 1) * hd]);
+            o2 += e[j + 2] * to_f32(vt[(size_t)(j + 2) * hd]);
+            o3 += e[j + 3] * to_f32(vt[(size_t)(j + 3) * hd]);
+        }
+        for (; j < n; j++) o0 += e[j] * to_f32(vt[(size_t)j * hd]);
+        part_o[pc * hd + t] = (o0 + o1) + (o2 + o3);
     }
     if (threadIdx.x == 0) { part_m[pc] = m; part_s[pc] = s; }
 }

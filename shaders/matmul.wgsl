@@ -13,6 +13,40 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<wt>;
 @group(0) @binding(3) var<storage, read> bias: array<wt>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// The same x and w as runs of 4 along k: one vector load where n_in is a multiple of 4 (so
+// every row starts on a run boundary).
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> w4: array<vec4<wt>>;
+
+// x[row][k..k + 4] (k a multiple of 4), zero past the ends.
+fn x_quad(row: u32, k: u32) -> vec4<f32> {
+    if row >= p.rows || k >= p.n_in {
+        return vec4(0.0);
+    }
+    if p.n_in % 4u == 0u {
+        return x4[(row * p.n_in + k) / 4u];
+    }
+    var q = vec4(0.0);
+    for (var c = 0u; c < 4u && k + c < p.n_in; c++) {
+        q[c] = x[row * p.n_in + k + c];
+    }
+    return q;
+}
+
+// w[o][k..k + 4] (k a multiple of 4), zero past the ends.
+fn w_quad(o: u32, k: u32) -> vec4<f32> {
+    if o >= p.n_out || k >= p.n_in {
+        return vec4(0.0);
+    }
+    if p.n_in % 4u == 0u {
+        return vec4<f32>(w4[(o * p.n_in + k) / 4u]);
+    }
+    var q = vec4(0.0);
+    for (var c = 0u; c < 4u && k + c < p.n_in; c++) {
+        q[c] = f32(w[o * p.n_in + k + c]);
+    }
+    return q;
+}
 
 fn store(row: u32, o: u32, acc: f32) {
     var y = acc;
@@ -22,13 +56,14 @@ fn store(row: u32, o: u32, acc: f32) {
     out[row * p.n_out + o] = y;
 }
 
-// A 64 x 64 output tile per workgroup; each invocation owns 4 rows x 4 outputs. K advances in
-// slices of 16 staged in workgroup memory, stored k-major so the inner loop reads rows and
-// outputs contiguously.
+// A 64 x 64 output tile per workgroup; each invocation owns 4 rows x 4 outputs, its outputs
+// 16 apart so that neighbouring invocations write neighbouring values. K advances in slices
+// of 16 staged in workgroup memory as vec4 runs along k ([row][k / 4], [output][k / 4]), so
+// the inner loop is 16 dot products for 8 vector loads.
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
-var<workgroup> x_tile: array<f32, 1024>;
-var<workgroup> w_tile: array<f32, 1024>;
+var<workgroup> x_tile: array<vec4<f32>, 256>;
+var<workgroup> w_tile: array<vec4<f32>, 256>;
 
 @compute @workgroup_size(256)
 fn matmul(lane: Lane) {
@@ -37,39 +72,30 @@ fn matmul(lane: Lane) {
     let row0 = tile / tiles_out * TILE;
     let out0 = tile % tiles_out * TILE;
     let my_rows = lane.index / 16u * 4u;
-    let my_outs = lane.index % 16u * 4u;
+    let my_out = lane.index % 16u;
+    // Tile loading: this invocation's row (or output) and quarter of the k slice.
+    let r = lane.index / 4u;
+    let kq = lane.index % 4u * 4u;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < p.n_in; k0 += TK) {
-        for (var e = lane.index; e < TILE * TK; e += WG) {
-            let r = e / TK;
-            let k = k0 + e % TK;
-            var xv = 0.0;
-            if row0 + r < p.rows && k < p.n_in {
-                xv = x[(row0 + r) * p.n_in + k];
-            }
-            var wv = 0.0;
-            if out0 + r < p.n_out && k < p.n_in {
-                wv = f32(w[(out0 + r) * p.n_in + k]);
-            }
-            x_tile[e % TK * TILE + r] = xv;
-            w_tile[e % TK * TILE + r] = wv;
-        }
+        x_tile[lane.index] = x_quad(row0 + r, k0 + kq);
+        w_tile[lane.index] = w_quad(out0 + r, k0 + kq);
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            let a = kk * TILE + my_rows;
-            let b = kk * TILE + my_outs;
-            let wv = vec4(w_tile[b], w_tile[b + 1u], w_tile[b + 2u], w_tile[b + 3u]);
-            acc[0] += x_tile[a] * wv;
-            acc[1] += x_tile[a + 1u] * wv;
-            acc[2] += x_tile[a + 2u] * wv;
-            acc[3] += x_tile[a + 3u] * wv;
+        for (var q = 0u; q < TK / 4u; q++) {
+            let a = my_rows * 4u + q;
+            let b = my_out * 4u + q;
+            let wq = array(w_tile[b], w_tile[b + 64u], w_tile[b + 128u], w_tile[b + 192u]);
+            for (var i = 0u; i < 4u; i++) {
+                let xq = x_tile[a + i * 4u];
+                acc[i] += vec4(dot(xq, wq[0]), dot(xq, wq[1]), dot(xq, wq[2]), dot(xq, wq[3]));
+            }
         }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             let row = row0 + my_rows + i;
-            let o = out0 + my_outs + j;
+            let o = out0 + my_out + 16u * j;
             if row < p.rows && o < p.n_out {
                 store(row, o, acc[i][j]);
             }
@@ -77,31 +103,27 @@ fn matmul(lane: Lane) {
     }
 }
 
-// 8 outputs per workgroup, 32 invocations per output striding along the weight row (adjacent
-// invocations read adjacent weights), then a tree sum of the 32 partials.
-const GEMV_LANES: u32 = 32u;
-var<workgroup> partial: array<f32, WG>;
+// 32 outputs per workgroup. Each team (a subgroup, or 32 invocations) takes outputs in turn,
+// its invocations striding along the weight row (adjacent invocations read adjacent quads),
+// then sums its partials.
+const GEMV_OUTPUTS: u32 = 32u;
 
 @compute @workgroup_size(256)
 fn gemv(lane: Lane) {
-    let o = group_index(lane) * (WG / GEMV_LANES) + lane.index / GEMV_LANES;
-    let l = lane.index % GEMV_LANES;
-    var sum = 0.0;
-    if o < p.n_out {
-        let base = o * p.n_in;
-        for (var k = l; k < p.n_in; k += GEMV_LANES) {
-            sum += x[k] * f32(w[base + k]);
+    let first = group_index(lane) * GEMV_OUTPUTS;
+    let l = team_lane(lane);
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = first + j;
+        var sum = 0.0;
+        if o < p.n_out {
+            for (var k = 4u * l; k < p.n_in; k += 4u * team_size(lane)) {
+                sum += dot(x_quad(0u, k), w_quad(o, k));
+            }
         }
-    }
-    partial[lane.index] = sum;
-    workgroupBarrier();
-    for (var step = GEMV_LANES / 2u; step > 0u; step >>= 1u) {
-        if l < step {
-            partial[lane.index] += partial[lane.index + step];
+        // Every team sums, in or out of range, so a workgroup-memory team_sum stays uniform.
+        let total = team_sum(sum, lane);
+        if l == 0u && o < p.n_out {
+            store(0u, o, total);
         }
-        workgroupBarrier();
-    }
-    if l == 0u && o < p.n_out {
-        store(0u, o, partial[lane.index]);
     }
 }

@@ -1,5 +1,6 @@
-// Workgroup-wide reductions through workgroup memory (a tree of WG / 2, WG / 4, ... adds).
-// Every invocation of the workgroup must call them, and all get the result.
+// Workgroup-wide reductions through workgroup memory (a tree of WG / 2, WG / 4, ... adds),
+// and teams of 32 invocations that reduce among themselves. Every invocation of the workgroup
+// must call them (the same number of times), and all get the result.
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,
@@ -56,4 +57,37 @@ fn wg_argmax(value: f32, index: u32, lane: Lane) -> u32 {
     let best = red_index[0];
     workgroupBarrier();
     return best;
+}
+
+// A team: 32 invocations summing one dot product together.
+const TEAM: u32 = 32u;
+
+fn team(lane: Lane) -> u32 {
+    return lane.index / TEAM;
+}
+
+fn teams(lane: Lane) -> u32 {
+    return WG / TEAM;
+}
+
+fn team_lane(lane: Lane) -> u32 {
+    return lane.index % TEAM;
+}
+
+fn team_size(lane: Lane) -> u32 {
+    return TEAM;
+}
+
+fn team_sum(value: f32, lane: Lane) -> f32 {
+    red[lane.index] = value;
+    workgroupBarrier();
+    for (var step = TEAM / 2u; step > 0u; step >>= 1u) {
+        if team_lane(lane) < step {
+            red[lane.index] += red[lane.index + step];
+        }
+        workgroupBarrier();
+    }
+    let total = red[team(lane) * TEAM];
+    workgroupBarrier();
+    return total;
 }

@@ -1,6 +1,6 @@
 // Workgroup-wide reductions with subgroup operations: each subgroup reduces in registers,
 // then every invocation combines the per-subgroup partials in subgroup order (a fixed order,
-// so results are reproducible). Same contract as reduce.wgsl.
+// so results are reproducible). A team is a subgroup. Same contract as reduce.wgsl.
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,
@@ -9,6 +9,7 @@ struct Lane {
     @builtin(subgroup_id) subgroup: u32,
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
     @builtin(num_subgroups) subgroups: u32,
+    @builtin(subgroup_size) subgroup_size: u32,
 }
 
 var<workgroup> red: array<f32, WG>;
@@ -63,4 +64,24 @@ fn wg_argmax(value: f32, index: u32, lane: Lane) -> u32 {
     }
     workgroupBarrier();
     return best_index;
+}
+
+fn team(lane: Lane) -> u32 {
+    return lane.subgroup;
+}
+
+fn teams(lane: Lane) -> u32 {
+    return lane.subgroups;
+}
+
+fn team_lane(lane: Lane) -> u32 {
+    return lane.subgroup_lane;
+}
+
+fn team_size(lane: Lane) -> u32 {
+    return lane.subgroup_size;
+}
+
+fn team_sum(value: f32, lane: Lane) -> f32 {
+    return subgroupAdd(value);
 }

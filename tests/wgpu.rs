@@ -38,7 +38,10 @@ fn run_op_table(test: &str, dtype: WgpuDtype, subgroups: bool, tolerance: f32, s
     };
     let t0 = Instant::now();
     let rows = op_table(&b, tolerance, seed);
-    let worst = rows.iter().max_by(|a, b| a.error.total_cmp(&b.error)).unwrap();
+    let worst = rows
+        .iter()
+        .max_by(|a, b| a.error.total_cmp(&b.error))
+        .unwrap();
     println!(
         "{test}: {} ops within {tolerance:e}, largest error {:.2e} ({}), {:.1} s",
         rows.len(),

@@ -3,8 +3,8 @@
 //! cache policies beyond the parameters each op receives.
 
 pub mod cpu;
-pub mod wgpu;
 pub mod cuda;
+pub mod wgpu;
 
 use crate::engine::sampling::Sampler;
 use crate::error::Result;

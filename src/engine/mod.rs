@@ -111,7 +111,9 @@ impl<B: Backend> Model<B> {
                 .map(|l| b.cache_positions(&s.cache, l))
                 .collect::<Result<Vec<_>>>()?;
             // GPU backends keep slots in any order; people and tests read positions sorted.
-            all.iter_mut().flatten().for_each(|head| head.sort_unstable());
+            all.iter_mut()
+                .flatten()
+                .for_each(|head| head.sort_unstable());
             Some(all)
         } else {
             None
@@ -182,7 +184,15 @@ impl<B: Backend> Model<B> {
                 mlp_act: b.scratch(rows * f)?,
             },
         };
-        let Workspace { x, normed, qkv, attn, proj, mlp_mid, mlp_act } = &mut ws;
+        let Workspace {
+            x,
+            normed,
+            qkv,
+            attn,
+            proj,
+            mlp_mid,
+            mlp_act,
+        } = &mut ws;
 
         b.embed(&w.embed, tokens, h, x)?;
         if let Some(table) = &w.pos_embed {

@@ -179,13 +179,19 @@ impl TensorSource for RandomSource {
         let scale = 0.5 / (*shape.last().unwrap_or(&1) as f32).sqrt();
         // Chunks with their own streams, so billions of values fill on every core.
         let mut data = vec![0f32; len];
-        data.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-            let mut state = seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            for v in chunk {
-                let u = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                *v = if is_norm_weight { 1.0 + 0.1 * u } else { scale * u };
-            }
-        });
+        data.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut state = seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                for v in chunk {
+                    let u = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    *v = if is_norm_weight {
+                        1.0 + 0.1 * u
+                    } else {
+                        scale * u
+                    };
+                }
+            });
         Ok(data)
     }
 }

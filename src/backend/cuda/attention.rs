@@ -12,7 +12,7 @@ use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Positions, RopePairs};
 
 /// Key slots per block of the split decode attention (CHUNK in kernels/attention.cu).
-const CHUNK: usize = 256;
+const CHUNK: usize = 64;
 /// Upper bound on the prefill logits tile, in bytes.
 const TILE_BYTES: usize = 512 << 20;
 
@@ -301,61 +301,59 @@ fn decode(
     )
 }
 
-/// C_i = op(A_i) op(B_i) for every head i through cuBLAS, from per-head device pointers.
-#[allow(clippy::too_many_arguments)]
+/// A batch of column-major products C_i = op(A_i) B_i through cuBLAS: A_i at a + i * stride_a
+/// (elements), and so on. Strides instead of pointer arrays keep the host out of the stream.
+struct Batch {
+    a: (u64, usize, i64),
+    b: (u64, usize, i64),
+    c: (u64, usize, i64),
+    count: usize,
+}
+
 fn batched_gemm(
     b: &CudaBackend,
     ta: bool,
     m: usize,
     n: usize,
     k: usize,
-    a: &[u64],
-    lda: usize,
-    bp: &[u64],
-    ldb: usize,
-    c: &[u64],
-    ldc: usize,
+    batch: Batch,
 ) -> Result<()> {
-    let (ad, bd, cd) = (
-        b.stream.clone_htod(a).map_err(cuda_err)?,
-        b.stream.clone_htod(bp).map_err(cuda_err)?,
-        b.stream.clone_htod(c).map_err(cuda_err)?,
-    );
-    let op = |t| {
-        if t {
-            cublasOperation_t::CUBLAS_OP_T
-        } else {
-            cublasOperation_t::CUBLAS_OP_N
-        }
+    let op = if ta {
+        cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublasOperation_t::CUBLAS_OP_N
     };
     let (alpha, beta) = (1.0f32, 0.0f32);
     let ty = b.dtype.blas_type();
-    // SAFETY: the pointer arrays hold a.len() live device pointers to matrices of these shapes.
-    let status = unsafe {
-        cudarc::cublas::sys::cublasGemmBatchedEx(
+    // SAFETY: the strided matrices lie inside live device buffers (the callers' shapes).
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
             *b.blas.handle(),
-            op(ta),
+            op,
             cublasOperation_t::CUBLAS_OP_N,
             m as i32,
             n as i32,
             k as i32,
             &alpha as *const f32 as *const _,
-            b.ptr(&ad) as *const *const _,
+            batch.a.0 as *const _,
             ty,
-            lda as i32,
-            b.ptr(&bd) as *const *const _,
+            batch.a.1 as i32,
+            batch.a.2,
+            batch.b.0 as *const _,
             ty,
-            ldb as i32,
+            batch.b.1 as i32,
+            batch.b.2,
             &beta as *const f32 as *const _,
-            b.ptr(&cd) as *const *mut _,
+            batch.c.0 as *mut _,
             cudaDataType::CUDA_R_32F,
-            ldc as i32,
-            a.len() as i32,
+            batch.c.1 as i32,
+            batch.c.2,
+            batch.count as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
-    };
-    status.result().map_err(cuda_err)
+    }
+    .map_err(cuda_err)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -384,17 +382,26 @@ fn prefill(
         b.ptr(out),
     );
     let kv_head = |h: usize| ((h / group) * l.capacity * hd) as u64 * wb;
+    // (first head, heads in the batch, stride between their K or V blocks in elements).
+    let groups: Vec<(usize, usize, i64)> = if group == 1 {
+        vec![(0, heads, (l.capacity * hd) as i64)]
+    } else {
+        (0..s.kv_heads).map(|g| (g * group, group, 0)).collect()
+    };
     for t0 in (0..rows).step_by(tile) {
         let tr = tile.min(rows - t0);
         let q_at = |h: usize| qp + ((t0 * heads + h) * hd) as u64 * wb;
-        let s_at = |h: usize| lp + (h * tr * len * 4) as u64;
-        // S_h^T (len x tr) = K_g (hd x len)^T . Q_h (hd x tr), all column-major.
-        let (a, bq, c): (Vec<u64>, Vec<u64>, Vec<u64>) = (
-            (0..heads).map(|h| kp + kv_head(h)).collect(),
-            (0..heads).map(q_at).collect(),
-            (0..heads).map(s_at).collect(),
-        );
-        batched_gemm(b, true, len, tr, hd, &a, hd, &bq, heads * hd, &c, len)?;
+        // S_h^T (len x tr) = K_g (hd x len)^T . Q_h (hd x tr), all column-major: one batch over
+        // every head when each has its own kv head, else one batch per kv head's group.
+        for &(first, count, k_stride) in &groups {
+            let batch = Batch {
+                a: (kp + kv_head(first), hd, k_stride),
+                b: (q_at(first), heads * hd, hd as i64),
+                c: (lp + (first * tr * len * 4) as u64, len, (tr * len) as i64),
+                count,
+            };
+            batched_gemm(b, true, len, tr, hd, batch)?;
+        }
         let [noise, tau, seed, layer] = s.score_args();
         let args = [
             Arg::P(lp),
@@ -421,14 +428,19 @@ fn prefill(
             &args,
         )?;
         // O_h^T (hd x tr) = V_g (hd x len) . P_h (len x tr), written into out's rows.
-        let a: Vec<u64> = (0..heads).map(|h| vp + kv_head(h)).collect();
-        let bp: Vec<u64> = (0..heads)
-            .map(|h| pp + (h * tr * len) as u64 * wb)
-            .collect();
-        let c: Vec<u64> = (0..heads)
-            .map(|h| op + ((t0 * heads + h) * hd * 4) as u64)
-            .collect();
-        batched_gemm(b, false, hd, tr, len, &a, hd, &bp, len, &c, heads * hd)?;
+        for &(first, count, v_stride) in &groups {
+            let batch = Batch {
+                a: (vp + kv_head(first), hd, v_stride),
+                b: (pp + (first * tr * len) as u64 * wb, len, (tr * len) as i64),
+                c: (
+                    op + ((t0 * heads + first) * hd * 4) as u64,
+                    heads * hd,
+                    hd as i64,
+                ),
+                count,
+            };
+            batched_gemm(b, false, hd, tr, len, batch)?;
+        }
         if s.score.is_some() {
             let args = [
                 Arg::P(lp),

@@ -59,7 +59,8 @@ pub struct Kernels {
     pub embed: CudaFunction,
     pub add_positions: CudaFunction,
     pub norm: CudaFunction,
-    pub gemv: CudaFunction,
+    /// gemv[r - 1] multiplies r rows.
+    pub gemv: [CudaFunction; 4],
     pub to_wt: CudaFunction,
     pub add_bias: CudaFunction,
     pub gelu: CudaFunction,
@@ -92,7 +93,12 @@ impl Kernels {
             embed: f(0, "embed")?,
             add_positions: f(0, "add_positions")?,
             norm: f(1, "norm_rows")?,
-            gemv: f(2, "gemv")?,
+            gemv: [
+                f(2, "gemv1")?,
+                f(2, "gemv2")?,
+                f(2, "gemv3")?,
+                f(2, "gemv4")?,
+            ],
             to_wt: f(2, "to_wt")?,
             add_bias: f(2, "add_bias")?,
             gelu: f(3, "gelu")?,

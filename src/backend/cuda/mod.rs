@@ -64,7 +64,8 @@ impl CudaDtype {
     /// Host f32 values as the device stores them.
     fn encode(self, data: &[f32]) -> Vec<u8> {
         use rayon::prelude::*;
-        let halves = |f: fn(f32) -> [u8; 2]| data.par_iter().flat_map_iter(move |&x| f(x)).collect();
+        let halves =
+            |f: fn(f32) -> [u8; 2]| data.par_iter().flat_map_iter(move |&x| f(x)).collect();
         match self {
             CudaDtype::F32 => bytemuck::cast_slice(data).to_vec(),
             CudaDtype::F16 => halves(|x| half::f16::from_f32(x).to_le_bytes()),
@@ -426,12 +427,16 @@ impl Backend for CudaBackend {
                 Arg::P(self.ptr(&w.data)),
                 Arg::P(bias_ptr),
                 Arg::P(self.ptr(out)),
-                Arg::U(rows as u32),
                 Arg::U(n_out as u32),
                 Arg::U(n_in as u32),
                 Arg::U(bias.is_some() as u32),
             ];
-            return self.launch(&self.k.gemv, (n_out.div_ceil(8) as u32, 1), 256, &args);
+            return self.launch(
+                &self.k.gemv[rows - 1],
+                (n_out.div_ceil(8) as u32, 1),
+                256,
+                &args,
+            );
         }
         // Row-major out[rows][n_out] is column-major out^T = W (n_out x n_in, stored as W^T) . x^T.
         let xs;

@@ -71,8 +71,10 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
     let value = (shape.head_dim * b.kv_value_bytes()) as u64;
     for g in 0..shape.kv_heads as u64 {
         let (from, to) = (g * c.capacity as u64, g * capacity as u64);
-        b.gpu.copy(&c.k, from * value, &next.k, to * value, n * value);
-        b.gpu.copy(&c.v, from * value, &next.v, to * value, n * value);
+        b.gpu
+            .copy(&c.k, from * value, &next.k, to * value, n * value);
+        b.gpu
+            .copy(&c.v, from * value, &next.v, to * value, n * value);
         b.gpu.copy(&c.pos, 4 * from, &next.pos, 4 * to, 4 * n);
         b.gpu.copy(&c.score, 4 * from, &next.score, 4 * to, 4 * n);
     }
@@ -84,7 +86,9 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
 fn layer_block<'c>(cache: &'c mut WgpuCache, layer: usize) -> Result<&'c mut LayerBlock> {
     let layers = cache.layers.len();
     cache.layers.get_mut(layer).ok_or_else(|| {
-        Error::InvalidInput(format!("layer {layer} is outside the cache of {layers} layers"))
+        Error::InvalidInput(format!(
+            "layer {layer} is outside the cache of {layers} layers"
+        ))
     })
 }
 
@@ -143,7 +147,9 @@ fn position_table(
         Positions::Alibi { slopes } => slopes.clone(),
         Positions::Learned => Vec::new(),
     };
-    let buffer = b.gpu.buffer_with(bytemuck::cast_slice(&values), "position table")?;
+    let buffer = b
+        .gpu
+        .buffer_with(bytemuck::cast_slice(&values), "position table")?;
     *cached = Some((key, buffer.clone()));
     Ok((scheme, word(dims)?, buffer))
 }
@@ -177,7 +183,9 @@ pub(super) fn attention(
     let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, rows, first_pos)?;
     let old_len = c.len;
     c.len += rows;
-    let q = b.gpu.buffer(4 * (rows * nh * hd) as u64, "rotated queries")?;
+    let q = b
+        .gpu
+        .buffer(4 * (rows * nh * hd) as u64, "rotated queries")?;
     let lse = b.gpu.buffer(4 * (rows * nh) as u64, "noisy log-sum-exp")?;
     let step = score.copied().unwrap_or(StepScore {
         noise: false,
@@ -249,7 +257,12 @@ pub(super) fn attention(
     Ok(())
 }
 
-pub(super) fn evict(b: &WgpuBackend, cache: &mut WgpuCache, layer: usize, keep: &Keep) -> Result<()> {
+pub(super) fn evict(
+    b: &WgpuBackend,
+    cache: &mut WgpuCache,
+    layer: usize,
+    keep: &Keep,
+) -> Result<()> {
     let shape = cache.shape;
     let c = layer_block(cache, layer)?;
     if c.len > keep.budget {
@@ -281,8 +294,12 @@ pub(super) fn evict(b: &WgpuBackend, cache: &mut WgpuCache, layer: usize, keep: 
             &[(1, &c.score), (2, &keep_flags)],
             groups_for(nkv * c.len),
         )?;
-        b.gpu
-            .dispatch(&k.evict_scan, &params, &[(2, &keep_flags), (3, &sources)], nkv)?;
+        b.gpu.dispatch(
+            &k.evict_scan,
+            &params,
+            &[(2, &keep_flags), (3, &sources)],
+            nkv,
+        )?;
         for kv in [&c.k, &c.v] {
             b.gpu
                 .dispatch(&k.evict_move_kv, &params, &[(3, &sources), (4, kv)], nkv)?;

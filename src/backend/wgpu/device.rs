@@ -47,7 +47,8 @@ pub(super) fn adapter(index: Option<usize>) -> Result<wgpu::Adapter> {
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     match index {
         Some(i) => {
-            let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            let mut adapters =
+                pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
             if i >= adapters.len() {
                 return Err(backend_error(format!(
                     "no GPU adapter found at index {i} ({} adapters)",
@@ -121,8 +122,7 @@ impl Gpu {
         self.check_size(bytes, what)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
-            // Bindings must be non-empty and a multiple of 4 bytes.
-            size: bytes.next_multiple_of(4).max(4),
+            size: binding_size(bytes),
             usage: storage_usage(),
             mapped_at_creation: false,
         }))
@@ -131,18 +131,13 @@ impl Gpu {
     /// A storage buffer holding `contents`.
     pub fn buffer_with(&self, contents: &[u8], what: &str) -> Result<wgpu::Buffer> {
         self.check_size(contents.len() as u64, what)?;
-        let padded;
-        let contents = if contents.is_empty() || contents.len() % 4 != 0 {
-            padded = [contents, &[0; 4][..4 - contents.len() % 4]].concat();
-            &padded[..]
-        } else {
-            contents
-        };
+        let mut padded = contents.to_vec();
+        padded.resize(binding_size(contents.len() as u64) as usize, 0);
         Ok(self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(what),
-                contents,
+                contents: &padded,
                 usage: storage_usage(),
             }))
     }
@@ -202,7 +197,14 @@ impl Gpu {
     }
 
     /// Records a copy of `bytes` (a multiple of 4) between buffers.
-    pub fn copy(&self, src: &wgpu::Buffer, src_at: u64, dst: &wgpu::Buffer, dst_at: u64, bytes: u64) {
+    pub fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        src_at: u64,
+        dst: &wgpu::Buffer,
+        dst_at: u64,
+        bytes: u64,
+    ) {
         if bytes > 0 {
             self.record(|encoder| encoder.copy_buffer_to_buffer(src, src_at, dst, dst_at, bytes));
         }
@@ -246,6 +248,12 @@ impl Gpu {
         staging.unmap();
         Ok(data)
     }
+}
+
+/// Buffer sizes: bindings must be a multiple of 4 bytes, and at least one vec4 where a kernel
+/// views a buffer as vec4 runs.
+fn binding_size(bytes: u64) -> u64 {
+    bytes.next_multiple_of(4).max(16)
 }
 
 fn storage_usage() -> wgpu::BufferUsages {

@@ -88,7 +88,8 @@ fn groups_for(values: usize) -> usize {
 
 /// A kernel parameter word from a size (kernels index with u32).
 fn word(n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| backend_error(format!("{n} does not fit the kernels' u32 indices")))
+    u32::try_from(n)
+        .map_err(|_| backend_error(format!("{n} does not fit the kernels' u32 indices")))
 }
 
 impl WgpuBackend {
@@ -129,8 +130,15 @@ impl WgpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    fn elementwise(&self, kernel: &device::Kernel, params: &[u32], buffers: &[(u32, &wgpu::Buffer)], values: usize) -> Result<()> {
-        self.gpu.dispatch(kernel, params, buffers, groups_for(values))
+    fn elementwise(
+        &self,
+        kernel: &device::Kernel,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        values: usize,
+    ) -> Result<()> {
+        self.gpu
+            .dispatch(kernel, params, buffers, groups_for(values))
     }
 }
 
@@ -146,16 +154,25 @@ impl Backend for WgpuBackend {
             info.name,
             info.backend,
             if self.variant.f16 { "f16" } else { "f32" },
-            if self.variant.subgroups { ", subgroups" } else { "" }
+            if self.variant.subgroups {
+                ", subgroups"
+            } else {
+                ""
+            }
         )
     }
 
     fn upload_weight(&self, data: Vec<f32>) -> Result<WgpuWeight> {
         let buffer = if self.variant.f16 {
-            let halves: Vec<u16> = data.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-            self.gpu.buffer_with(bytemuck::cast_slice(&halves), "weight")?
+            let halves: Vec<u16> = data
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_bits())
+                .collect();
+            self.gpu
+                .buffer_with(bytemuck::cast_slice(&halves), "weight")?
         } else {
-            self.gpu.buffer_with(bytemuck::cast_slice(&data), "weight")?
+            self.gpu
+                .buffer_with(bytemuck::cast_slice(&data), "weight")?
         };
         Ok(WgpuWeight {
             buffer,
@@ -165,7 +182,9 @@ impl Backend for WgpuBackend {
 
     fn upload(&self, data: &[f32]) -> Result<WgpuBuf> {
         Ok(WgpuBuf {
-            buffer: self.gpu.buffer_with(bytemuck::cast_slice(data), "activations")?,
+            buffer: self
+                .gpu
+                .buffer_with(bytemuck::cast_slice(data), "activations")?,
             len: data.len(),
         })
     }
@@ -190,7 +209,9 @@ impl Backend for WgpuBackend {
                 "token id {id} is outside the vocabulary of {vocab}"
             )));
         }
-        let ids_buf = self.gpu.buffer_with(bytemuck::cast_slice(ids), "token ids")?;
+        let ids_buf = self
+            .gpu
+            .buffer_with(bytemuck::cast_slice(ids), "token ids")?;
         self.elementwise(
             &self.kernels.embed,
             &[word(ids.len())?, word(dim)?],
@@ -266,7 +287,12 @@ impl Backend for WgpuBackend {
         self.gpu.dispatch(
             &self.kernels.norm,
             &params,
-            &[(1, &x.buffer), (2, &weight.buffer), (3, bias), (4, &out.buffer)],
+            &[
+                (1, &x.buffer),
+                (2, &weight.buffer),
+                (3, bias),
+                (4, &out.buffer),
+            ],
             rows,
         )
     }
@@ -287,13 +313,26 @@ impl Backend for WgpuBackend {
         if let Some(b) = bias {
             check_len("linear bias", b.len, n_out)?;
         }
-        let params = [word(rows)?, word(n_out)?, word(n_in)?, bias.is_some() as u32];
+        let params = [
+            word(rows)?,
+            word(n_out)?,
+            word(n_in)?,
+            bias.is_some() as u32,
+        ];
         let bias = bias.map_or(&self.unused, |b| &b.buffer);
-        let buffers = [(1, &x.buffer), (2, &w.buffer), (3, bias), (4, &out.buffer)];
+        // x and w are bound twice: as scalars and as vec4 runs.
+        let buffers = [
+            (1, &x.buffer),
+            (2, &w.buffer),
+            (3, bias),
+            (4, &out.buffer),
+            (5, &x.buffer),
+            (6, &w.buffer),
+        ];
         if rows == 1 {
-            // 8 outputs per workgroup.
+            // 32 outputs per workgroup.
             self.gpu
-                .dispatch(&self.kernels.gemv, &params, &buffers, n_out.div_ceil(8))
+                .dispatch(&self.kernels.gemv, &params, &buffers, n_out.div_ceil(32))
         } else {
             // 64 x 64 tiles.
             let tiles = rows.div_ceil(64) * n_out.div_ceil(64);

@@ -45,7 +45,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "built random weights in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    let policies = if args.policies.is_empty() { vec![args.cache.policy] } else { args.policies.clone() };
+    let policies = if args.policies.is_empty() {
+        vec![args.cache.policy]
+    } else {
+        args.policies.clone()
+    };
     for policy in policies {
         with_model!(&model, m => measure(m, &args, policy))?;
     }
@@ -58,7 +62,10 @@ fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice)
     let prompt: Vec<u32> = (0..args.prompt_tokens)
         .map(|_| (keyformer::model::source::splitmix64(&mut state) % c.vocab_size as u64) as u32)
         .collect();
-    let cache = keyformer::CacheConfig { policy: policy.policy(), ..args.cache.config(args.seed) };
+    let cache = keyformer::CacheConfig {
+        policy: policy.policy(),
+        ..args.cache.config(args.seed)
+    };
     let run = |prompt: &[u32], steps: usize| -> Result<(f64, f64, usize, keyformer::CacheStats)> {
         let plan = cache.plan(prompt.len())?;
         let mut s = model.new_session_for(plan, prompt.len(), steps)?;
@@ -82,8 +89,8 @@ fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice)
             model.cache_stats(&s, false)?,
         ))
     };
-    // Warm up kernels, libraries and allocators on a short run first.
-    run(&prompt[..prompt.len().min(64)], 4)?;
+    // Warm up kernels, libraries and allocators at the measured shapes first.
+    run(&prompt, 2)?;
     let (prefill_ms, decode_ms, cached_sum, stats) = run(&prompt, args.gen_tokens)?;
 
     let steps = args.gen_tokens.max(1) as f64;
