@@ -16,18 +16,29 @@ __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* ou
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
     if (n_in % VEC == 0) {
-#pragma unroll 4
-        for (u32 i = lane * VEC; i < n_in; i += 32 * VEC) {
-            uint4 raw = *(const uint4*)(wr + i);
-            const wt* wv = (const wt*)&raw;
+        // Eight 16-byte loads per lane are issued before any is used, so a warp keeps 4 KiB of
+        // its row in flight: decode is bound by memory latency and bandwidth, not arithmetic.
+        for (u32 base = lane * VEC; base < n_in; base += 32 * VEC * 8) {
+            uint4 raw[8];
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const float4* xr = (const float4*)(x + (size_t)r * n_in + i);
+            for (int u = 0; u < 8; u++) {
+                u32 i = base + u * 32 * VEC;
+                raw[u] = i < n_in ? *(const uint4*)(wr + i) : make_uint4(0, 0, 0, 0);
+            }
 #pragma unroll
-                for (u32 k = 0; k < VEC / 4; k++) {
-                    float4 xv = xr[k];
-                    acc[r] += to_f32(wv[4 * k]) * xv.x + to_f32(wv[4 * k + 1]) * xv.y +
-                              to_f32(wv[4 * k + 2]) * xv.z + to_f32(wv[4 * k + 3]) * xv.w;
+            for (int u = 0; u < 8; u++) {
+                u32 i = base + u * 32 * VEC;
+                if (i >= n_in) break;
+                const wt* wv = (const wt*)&raw[u];
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) {
+                    const float4* xr = (const float4*)(x + (size_t)r * n_in + i);
+#pragma unroll
+                    for (u32 k = 0; k < VEC / 4; k++) {
+                        float4 xv = xr[k];
+                        acc[r] += to_f32(wv[4 * k]) * xv.x + to_f32(wv[4 * k + 1]) * xv.y +
+                                  to_f32(wv[4 * k + 2]) * xv.z + to_f32(wv[4 * k + 3]) * xv.w;
+                    }
                 }
             }
         }
