@@ -107,30 +107,57 @@ extern "C" __global__ void attn_prefill_columns(const float* s, float* score, u3
 
 // ---- Decode: one query row, split over chunks of key slots (flash-decoding).
 
-#define CHUNK 64
+#define CHUNK 32
+#define WARPS 4
+#define VEC (16 / sizeof(wt))
+#define MAX_HD 512
 
-// Grid (heads, chunks), 128 threads. Writes each key's logit to `logits` [heads][len] and the
-// chunk's max, sum of exponentials and unnormalised output to the partial buffers.
+// Grid (heads, chunks), WARPS warps. Each warp takes every WARPS-th key of the chunk; its lanes
+// cover the head dimension with 16-byte loads, and the keys' loads are issued together. Writes
+// each key's logit to `logits` [heads][len] and the chunk's max, sum of exponentials and
+// unnormalised output to the partial buffers. Needs head_dim % VEC == 0 and <= MAX_HD.
 extern "C" __global__ void attn_decode_partial(const wt* q, const wt* k_cache, const wt* v_cache,
                                                const u32* pos, u32 capacity, u32 len, u32 heads,
                                                u32 kv_heads, u32 hd, u32 qpos, float scale,
                                                const float* slopes, float* logits, float* part_m,
                                                float* part_s, float* part_o) {
     __shared__ float e[CHUNK];
+    __shared__ float red[WARPS][MAX_HD];
+    const u32 per_warp = CHUNK / WARPS;
     u32 h = blockIdx.x, c = blockIdx.y;
     u32 g = h / (heads / kv_heads);
-    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     u32 start = c * CHUNK, n = min(len - start, (u32)CHUNK);
     const wt* qh = q + (size_t)h * hd;
     size_t base = (size_t)g * capacity + start;
-    // Each warp takes keys in turn; lanes split the head dimension.
-    for (u32 j = warp; j < n; j += warps) {
-        const wt* kj = k_cache + (base + j) * hd;
-        float d = 0.0f;
-        for (u32 t = lane; t < hd; t += 32) d += to_f32(qh[t]) * to_f32(kj[t]);
-        d = warp_sum(d);
-        u32 kp = pos[base + j];
-        if (lane == 0) e[j] = kp <= qpos ? d * scale + alibi(slopes, h, kp, qpos) : NEG_INF;
+
+    float d[per_warp];
+#pragma unroll
+    for (u32 jj = 0; jj < per_warp; jj++) d[jj] = 0.0f;
+    for (u32 t = lane * VEC; t < hd; t += 32 * VEC) {
+        uint4 qraw = *(const uint4*)(qh + t);
+        const wt* qv = (const wt*)&qraw;
+        uint4 kraw[per_warp];
+#pragma unroll
+        for (u32 jj = 0; jj < per_warp; jj++) {
+            u32 j = warp + jj * WARPS;
+            kraw[jj] = j < n ? *(const uint4*)(k_cache + (base + j) * hd + t) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (u32 jj = 0; jj < per_warp; jj++) {
+            const wt* kv = (const wt*)&kraw[jj];
+#pragma unroll
+            for (u32 u = 0; u < VEC; u++) d[jj] += to_f32(qv[u]) * to_f32(kv[u]);
+        }
+    }
+#pragma unroll
+    for (u32 jj = 0; jj < per_warp; jj++) {
+        u32 j = warp + jj * WARPS;
+        float dot = warp_sum(d[jj]);
+        if (lane == 0 && j < n) {
+            u32 kp = pos[base + j];
+            e[j] = kp <= qpos ? dot * scale + alibi(slopes, h, kp, qpos) : NEG_INF;
+        }
     }
     __syncthreads();
     float m = NEG_INF;
@@ -145,73 +172,83 @@ extern "C" __global__ void attn_decode_partial(const wt* q, const wt* k_cache, c
         s += e[j];
     }
     s = block_reduce(s, false);
+
+    // Each warp sums its keys' values over the dimensions its lanes cover, then warps add up.
+    for (u32 t = lane * VEC; t < hd; t += 32 * VEC) {
+        float o[VEC];
+#pragma unroll
+        for (u32 u = 0; u < VEC; u++) o[u] = 0.0f;
+        uint4 vraw[per_warp];
+#pragma unroll
+        for (u32 jj = 0; jj < per_warp; jj++) {
+            u32 j = warp + jj * WARPS;
+            vraw[jj] = j < n ? *(const uint4*)(v_cache + (base + j) * hd + t) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (u32 jj = 0; jj < per_warp; jj++) {
+            u32 j = warp + jj * WARPS;
+            if (j >= n) break;
+            const wt* vv = (const wt*)&vraw[jj];
+#pragma unroll
+            for (u32 u = 0; u < VEC; u++) o[u] += e[j] * to_f32(vv[u]);
+        }
+#pragma unroll
+        for (u32 u = 0; u < VEC; u++) red[warp][t + u] = o[u];
+    }
+    __syncthreads();
     size_t pc = (size_t)h * gridDim.y + c;
     for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
-        // Four independent sums keep several loads in flight.
-        float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-        const wt* vt = v_cache + base * hd + t;
-        u32 j = 0;
-        for (; j + 4 <= n; j += 4) {
-            o0 += e[j] * to_f32(vt[(size_t)j * hd]);
-            o1 += e[j + 1] * to_f32(vt[(size_t)(j + 1) * hd]);
-            o2 += e[j + 2] * to_f32(vt[(size_t)(j + 2) * hd]);
-            o3 += e[j + 3] * to_f32(vt[(size_t)(j + 3) * hd]);
-        }
-        for (; j < n; j++) o0 += e[j] * to_f32(vt[(size_t)j * hd]);
-        part_o[pc * hd + t] = (o0 + o1) + (o2 + o3);
+        float o = 0.0f;
+        for (u32 w = 0; w < WARPS; w++) o += red[w][t];
+        part_o[pc * hd + t] = o;
     }
     if (threadIdx.x == 0) { part_m[pc] = m; part_s[pc] = s; }
 }
 
-// Grid heads. Combines the chunks into out [heads][hd]; when scoring, also the log-sum-exp of the
-// noisy logits for the score pass.
-extern "C" __global__ void attn_decode_combine(const float* part_m, const float* part_s,
-                                               const float* part_o, u32 chunks, u32 hd, float* out,
-                                               const float* logits, const u32* pos, u32 capacity,
-                                               u32 len, u32 heads, u32 kv_heads, u32 qpos, u32 scoring,
-                                               u32 noise, float tau, u32 seed, u32 layer, float* lse) {
-    u32 h = blockIdx.x;
-    float m = NEG_INF;
-    for (u32 c = 0; c < chunks; c++) m = fmaxf(m, part_m[h * chunks + c]);
-    float s = 0.0f;
-    for (u32 c = 0; c < chunks; c++) s += part_s[h * chunks + c] * expf(part_m[h * chunks + c] - m);
-    for (u32 e = threadIdx.x; e < hd; e += blockDim.x) {
-        float o = 0.0f;
-        for (u32 c = 0; c < chunks; c++) o += part_o[((size_t)h * chunks + c) * hd + e] * expf(part_m[h * chunks + c] - m);
-        out[(size_t)h * hd + e] = o / s;
+// Grid kv_heads, 256 threads. For each query head of the group: combines the chunks into out
+// [heads][hd] and, when scoring, the log-sum-exp of its noisy logits; then adds the group's
+// noisy probabilities into the kv head's scores, heads in order so the sums are reproducible.
+extern "C" __global__ void attn_decode_finish(const float* part_m, const float* part_s,
+                                              const float* part_o, u32 chunks, u32 hd, float* out,
+                                              const float* logits, const u32* pos, float* score,
+                                              u32 capacity, u32 len, u32 heads, u32 kv_heads, u32 qpos,
+                                              u32 scoring, u32 noise, float tau, u32 seed, u32 layer) {
+    __shared__ float lse[64];
+    u32 g = blockIdx.x, group = heads / kv_heads;
+    const u32* kpos = pos + (size_t)g * capacity;
+    for (u32 h = g * group; h < (g + 1) * group; h++) {
+        float m = NEG_INF;
+        for (u32 c = 0; c < chunks; c++) m = fmaxf(m, part_m[h * chunks + c]);
+        float s = 0.0f;
+        for (u32 c = 0; c < chunks; c++) s += part_s[h * chunks + c] * expf(part_m[h * chunks + c] - m);
+        for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
+            float o = 0.0f;
+            for (u32 c = 0; c < chunks; c++) o += part_o[((size_t)h * chunks + c) * hd + t] * expf(part_m[h * chunks + c] - m);
+            out[(size_t)h * hd + t] = o / s;
+        }
+        if (!scoring) continue;
+        float my = NEG_INF;
+        for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
+            float x = logits[(size_t)h * len + j];
+            if (x > NEG_INF) my = fmaxf(my, (x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau);
+        }
+        my = block_reduce(my, true);
+        float sy = 0.0f;
+        for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
+            float x = logits[(size_t)h * len + j];
+            if (x > NEG_INF) sy += expf((x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau - my);
+        }
+        sy = block_reduce(sy, false);
+        if (threadIdx.x == 0) lse[h - g * group] = my + logf(sy);
     }
     if (!scoring) return;
-    u32 g = h / (heads / kv_heads);
-    const u32* kpos = pos + (size_t)g * capacity;
-    float my = NEG_INF;
+    __syncthreads();
     for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-        float x = logits[(size_t)h * len + j];
-        if (x > NEG_INF) my = fmaxf(my, (x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau);
+        float acc = 0.0f;
+        for (u32 h = g * group; h < (g + 1) * group; h++) {
+            float x = logits[(size_t)h * len + j];
+            if (x > NEG_INF) acc += expf((x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau - lse[h - g * group]);
+        }
+        score[(size_t)g * capacity + j] += acc;
     }
-    my = block_reduce(my, true);
-    float sy = 0.0f;
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-        float x = logits[(size_t)h * len + j];
-        if (x > NEG_INF) sy += expf((x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau - my);
-    }
-    sy = block_reduce(sy, false);
-    if (threadIdx.x == 0) lse[h] = my + logf(sy);
-}
-
-// Grid (kv_heads, ceil(len / 256)): score[g][j] += sum over the group's heads of the noisy
-// probability of key j.
-extern "C" __global__ void attn_decode_scores(const float* logits, const float* lse, const u32* pos,
-                                              float* score, u32 capacity, u32 len, u32 heads,
-                                              u32 kv_heads, u32 qpos, u32 noise, float tau, u32 seed,
-                                              u32 layer) {
-    u32 g = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
-    if (j >= len) return;
-    u32 group = heads / kv_heads;
-    size_t slot = (size_t)g * capacity + j;
-    float acc = 0.0f;
-    for (u32 h = g * group; h < (g + 1) * group; h++) {
-        float x = logits[(size_t)h * len + j];
-        if (x > NEG_INF) acc += expf((x + (noise ? gumbel(seed, layer, h, qpos, pos[slot]) : 0.0f)) / tau - lse[h]);
-    }
-    score[slot] += acc;
 }

@@ -12,7 +12,7 @@ use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Positions, RopePairs};
 
 /// Key slots per block of the split decode attention (CHUNK in kernels/attention.cu).
-const CHUNK: usize = 64;
+const CHUNK: usize = 32;
 /// Upper bound on the prefill logits tile, in bytes.
 const TILE_BYTES: usize = 512 << 20;
 
@@ -114,6 +114,14 @@ pub fn attention(
     let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
     super::check("qkv", qkv.len(), rows * (heads + 2 * kv_heads) * hd)?;
     super::check("attention output", out.len(), rows * heads * hd)?;
+    // The decode kernels read heads with 16-byte loads into fixed-size shared arrays.
+    let vec = 16 / b.dtype.bytes();
+    if hd % vec != 0 || hd > 512 || heads / kv_heads > 64 {
+        return Err(Error::Backend {
+            backend: "cuda",
+            reason: format!("head_dim {hd} must be a multiple of {vec} and at most 512, with at most 64 query heads per kv head"),
+        });
+    }
     if layer >= cache.layers.len() {
         return Err(Error::InvalidInput(format!(
             "layer {layer} is outside the cache"
@@ -226,7 +234,6 @@ fn decode(
     let part_m = b.uninit::<f32>(s.heads * chunks)?;
     let part_s = b.uninit::<f32>(s.heads * chunks)?;
     let part_o = b.uninit::<f32>(s.heads * chunks * s.hd)?;
-    let lse = b.uninit::<f32>(s.heads)?;
     let args = [
         Arg::P(b.ptr(q)),
         Arg::P(b.ptr(&l.k)),
@@ -261,6 +268,7 @@ fn decode(
         Arg::P(b.ptr(out)),
         Arg::P(b.ptr(&logits)),
         Arg::P(b.ptr(&l.pos)),
+        Arg::P(b.ptr(&l.score)),
         Arg::U(l.capacity as u32),
         Arg::U(len as u32),
         Arg::U(s.heads as u32),
@@ -271,34 +279,8 @@ fn decode(
         tau,
         seed,
         layer,
-        Arg::P(b.ptr(&lse)),
     ];
-    b.launch(&b.k.attn_decode_combine, (s.heads as u32, 1), 256, &args)?;
-    if s.score.is_none() {
-        return Ok(());
-    }
-    let [noise, tau, seed, layer] = s.score_args();
-    let args = [
-        Arg::P(b.ptr(&logits)),
-        Arg::P(b.ptr(&lse)),
-        Arg::P(b.ptr(&l.pos)),
-        Arg::P(b.ptr(&l.score)),
-        Arg::U(l.capacity as u32),
-        Arg::U(len as u32),
-        Arg::U(s.heads as u32),
-        Arg::U(s.kv_heads as u32),
-        Arg::U(qpos as u32),
-        noise,
-        tau,
-        seed,
-        layer,
-    ];
-    b.launch(
-        &b.k.attn_decode_scores,
-        (s.kv_heads as u32, len.div_ceil(256) as u32),
-        256,
-        &args,
-    )
+    b.launch(&b.k.attn_decode_finish, (s.kv_heads as u32, 1), 256, &args)
 }
 
 /// A batch of column-major products C_i = op(A_i) B_i through cuBLAS: A_i at a + i * stride_a

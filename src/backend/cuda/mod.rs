@@ -400,7 +400,7 @@ impl Backend for CudaBackend {
             Arg::U((kind == NormKind::RmsNorm) as u32),
             Arg::U(bias.is_some() as u32),
         ];
-        self.launch(&self.k.norm, (rows as u32, 1), 256, &args)
+        self.launch(&self.k.norm, (rows as u32, 1), 1024, &args)
     }
 
     fn linear(
