@@ -78,6 +78,6 @@ __device__ __forceinline__ float gumbel(u32 seed, u32 layer, u32 head, u32 qpos,
     u32 h = seed;
     for (int i = 0; i < 4; i++) h = fmix32(h ^ (words[i] * 0xcc9e2d51u)) * 5u + 0xe6546b64u;
     h = fmix32(h);
-    float u = ((float)(h >> 8) + 0.5f) / 16777216.0f;
+    float u = ((float)(h >> 9) + 0.5f) / 8388608.0f;
     return -logf(-logf(u));
 }

@@ -156,15 +156,36 @@ fn smollm2_keyformer_kept_sets_match_cpu() {
     );
     let mut logits = cpu.forward(&mut sc, &prompt, false).unwrap();
     gpu.forward(&mut sg, &prompt, false).unwrap();
-    let (mut same, mut total) = (0, 0);
+    // Where a (layer, head) first keeps a different set than the CPU, the tokens only one side
+    // kept must have been a near-tie: their scores within NEAR_TIE of each other. After that
+    // the two caches hold different tokens, so that head is not compared again.
+    let heads = cpu.config.layers * cpu.config.kv_heads;
+    let mut diverged = vec![false; heads];
+    let (mut same, mut ties) = (0, 0);
     for step in 0..=24 {
-        let (kc, kg) = (
-            cpu.cache_stats(&sc, true).unwrap().positions.unwrap(),
-            gpu.cache_stats(&sg, true).unwrap().positions.unwrap(),
-        );
-        for (a, b) in kc.iter().flatten().zip(kg.iter().flatten()) {
-            same += (a == b) as usize;
-            total += 1;
+        for layer in 0..cpu.config.layers {
+            let (c, g) = (scored_slots(&cpu.backend, &sc.cache, layer), scored_slots(&gpu.backend, &sg.cache, layer));
+            for (head, (ch, gh)) in c.iter().zip(&g).enumerate() {
+                let id = layer * cpu.config.kv_heads + head;
+                if diverged[id] {
+                    continue;
+                }
+                let kept = |side: &[(u32, f32)], p: u32| side.iter().any(|x| x.0 == p);
+                let cpu_only: Vec<&(u32, f32)> = ch.iter().filter(|x| !kept(gh, x.0)).collect();
+                let gpu_only: Vec<&(u32, f32)> = gh.iter().filter(|x| !kept(ch, x.0)).collect();
+                let only: Vec<f32> = cpu_only.iter().chain(&gpu_only).map(|x| x.1).collect();
+                if only.is_empty() {
+                    same += 1;
+                    continue;
+                }
+                let (lo, hi) = only.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                assert!(
+                    hi - lo <= common::ops::NEAR_TIE * hi.abs(),
+                    "step {step} layer {layer} head {head}: kept sets differ beyond a near-tie: cpu only {cpu_only:?}, gpu only {gpu_only:?}"
+                );
+                diverged[id] = true;
+                ties += 1;
+            }
         }
         if step == 24 {
             break;
@@ -175,9 +196,15 @@ fn smollm2_keyformer_kept_sets_match_cpu() {
         gpu.forward(&mut sg, &[next], false).unwrap();
     }
     println!(
-        "{} prompt tokens, budget {:?}: {same} of {total} (layer, head, step) kept sets identical",
+        "{} prompt tokens, budget {:?}: {same} (layer, head, step) kept sets identical; {ties} of {heads} heads met a near-tie and were not compared after it",
         prompt.len(),
         plan.budget
     );
-    assert!(same as f64 >= 0.99 * total as f64);
+    assert!(ties * 4 <= heads, "most heads agree all the way");
+}
+
+/// (position, score) of each kept token per kv head of a layer.
+fn scored_slots<B: keyformer::Backend>(b: &B, cache: &B::Cache, layer: usize) -> Vec<Vec<(u32, f32)>> {
+    let (p, s) = (b.cache_positions(cache, layer).unwrap(), b.cache_scores(cache, layer).unwrap());
+    p.into_iter().zip(s).map(|(p, s)| p.into_iter().zip(s).collect()).collect()
 }

@@ -23,9 +23,11 @@ pub fn noise_hash(seed: u32, layer: u32, head: u32, query_pos: u32, key_pos: u32
     fmix32(h)
 }
 
-/// Uniform in (0, 1) from the hash's top 24 bits: (h + 0.5) / 2^24, exact in f32.
+/// Uniform in (0, 1) from the hash's top 23 bits: (h + 0.5) / 2^23, exact in f32. (With 24
+/// bits, as KEYFORMER.md first said, h + 0.5 needs 25 bits: the top value rounds to u = 1 and
+/// the noise becomes infinite.)
 pub fn uniform(hash: u32) -> f32 {
-    ((hash >> 8) as f32 + 0.5) / 16_777_216.0
+    ((hash >> 9) as f32 + 0.5) / 8_388_608.0
 }
 
 /// A standard Gumbel variate, -ln(-ln(u)).
