@@ -49,22 +49,33 @@ extern "C" __global__ void evict_one(wt* k, wt* v, u32* pos, float* score, u32 c
 }
 
 // Many evictions (after a prefill): keep[g][j] = 0 for the evict_count lowest candidates, found
-// by rank. Grid (kv_heads, ceil(len / 256)).
+// by rank. Grid (kv_heads, ceil(len / 256)), 256 threads; the other slots are read through
+// shared-memory tiles, so the O(len^2) comparisons cost little memory traffic.
+#define RANK_TILE 1024
+
 extern "C" __global__ void evict_rank(const u32* pos, const float* score, u32* keep, u32 capacity, u32 len,
                                       u32 sinks, u32 window_start, u32 evict_count) {
+    __shared__ float tile_s[RANK_TILE];
+    __shared__ u32 tile_p[RANK_TILE];
     u32 g = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
-    if (j >= len) return;
     size_t base = (size_t)g * capacity;
-    u32 p = pos[base + j];
-    float s = score[base + j];
+    bool mine = j < len && candidate(pos[base + j], sinks, window_start);
+    u32 p = j < len ? pos[base + j] : 0;
+    float s = j < len ? score[base + j] : 0.0f;
     u32 rank = 0;
-    if (candidate(p, sinks, window_start)) {
-        for (u32 t = 0; t < len; t++) {
-            u32 pt = pos[base + t];
-            if (candidate(pt, sinks, window_start) && before(score[base + t], pt, s, p)) rank++;
+    for (u32 t0 = 0; t0 < len; t0 += RANK_TILE) {
+        __syncthreads();
+        for (u32 t = threadIdx.x; t < RANK_TILE && t0 + t < len; t += blockDim.x) {
+            tile_p[t] = pos[base + t0 + t];
+            tile_s[t] = score[base + t0 + t];
         }
+        __syncthreads();
+        if (!mine) continue;
+        u32 n = min((u32)RANK_TILE, len - t0);
+        for (u32 t = 0; t < n; t++)
+            rank += candidate(tile_p[t], sinks, window_start) && before(tile_s[t], tile_p[t], s, p);
     }
-    keep[(size_t)g * len + j] = !candidate(p, sinks, window_start) || rank >= evict_count;
+    if (j < len) keep[(size_t)g * len + j] = !mine || rank >= evict_count;
 }
 
 // Destination slot of every kept slot, in slot order (one thread per kv head: prefill only).
