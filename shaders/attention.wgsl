@@ -3,9 +3,12 @@
 //   original positions to the cache;
 // - attention (one workgroup per row and query head) runs a chunked online softmax over the
 //   keys the row may see and, when scoring, the log-sum-exp of the noisy logits;
-// - attention_score (one invocation per kv head and slot) adds exp(noisy - lse) of every query
-//   head of the group and every row to the slot's score, in a fixed order.
+// - attention_score (one invocation per kv head, slot and block of rows) sums exp(noisy - lse)
+//   over the query heads of the group and the block's rows, and attention_score_sum adds the
+//   blocks' sums to the slot's score: a fixed order, so scores are reproducible. With a single
+//   block (decoding) attention_score adds to the score itself.
 // Cache layout: k, v [kv_head][slot][head_dim], pos and score [kv_head][slot], `capacity` slots.
+// head_dim is a multiple of 4 (at most 256): q, k and v are read as vec4 runs.
 
 struct Params {
     rows: u32,
@@ -27,6 +30,8 @@ struct Params {
     tau: f32,
     seed: u32,
     layer: u32,
+    // Query rows per block of the score's partial sums.
+    row_block: u32,
 }
 
 const POS_ROPE_INTERLEAVED: u32 = 1u;
@@ -43,6 +48,12 @@ const POS_ALIBI: u32 = 3u;
 @group(0) @binding(7) var<storage, read_write> score: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;
+// Read-only vec4 views of q, k and v for the kernels that only read them.
+@group(0) @binding(10) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> k4: array<vec4<kt>>;
+@group(0) @binding(12) var<storage, read> v4: array<vec4<kt>>;
+// [kv_head][slot][row block] partial score sums.
+@group(0) @binding(13) var<storage, read_write> partial_scores: array<f32>;
 
 // Element d of the head vector at qkv[start..], rotated for new row r (pairs (2i, 2i+1) or
 // (i, i + dims/2), as the CPU's apply_rotary).
@@ -112,8 +123,9 @@ fn attention_prepare(lane: Lane) {
     }
 }
 
-var<workgroup> q_head: array<f32, WG>;
+var<workgroup> q_head: array<vec4<f32>, 64>;
 var<workgroup> weights: array<f32, WG>;
+var<workgroup> partial: array<vec4<f32>, WG>;
 
 @compute @workgroup_size(256)
 fn attention(lane: Lane) {
@@ -123,20 +135,25 @@ fn attention(lane: Lane) {
     }
     let r = item / p.heads;
     let h = item % p.heads;
-    let hd = p.head_dim;
+    let quads = p.head_dim / 4u;
     let base = h / (p.heads / p.kv_heads) * p.capacity;
     let query_pos = p.first_pos + r;
     let t = lane.index;
-    if t < hd {
-        q_head[t] = q[(r * p.heads + h) * hd + t];
+    if t < quads {
+        q_head[t] = q4[(r * p.heads + h) * quads + t];
     }
     workgroupBarrier();
+    // Weights times values: invocation t adds output quad t % quads over every key_groups-th
+    // key of a chunk, starting at key t / quads; the groups are summed at the end.
+    let out_quad = t % quads;
+    let key_group = t / quads;
+    let key_groups = WG / quads;
     // The older cache and the new rows up to this one; within them keys are masked by
     // original position, as causality is defined by positions, not slots.
     let n = p.old_len + r + 1u;
     var m = -FLT_MAX;
     var sum = 0.0;
-    var acc = 0.0;
+    var acc = vec4(0.0);
     var noisy_m = -FLT_MAX;
     var noisy_sum = 0.0;
     for (var c0 = 0u; c0 < n; c0 += WG) {
@@ -147,11 +164,11 @@ fn attention(lane: Lane) {
             let key_pos = pos[base + s];
             valid = key_pos <= query_pos;
             if valid {
-                var dot = 0.0;
-                for (var d = 0u; d < hd; d++) {
-                    dot += q_head[d] * f32(k[(base + s) * hd + d]);
+                var dot_qk = 0.0;
+                for (var d = 0u; d < quads; d++) {
+                    dot_qk += dot(q_head[d], vec4<f32>(k4[(base + s) * quads + d]));
                 }
-                x = dot * p.scale + alibi(h, key_pos, query_pos);
+                x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
             }
         }
         let new_m = max(m, wg_max(x, lane));
@@ -161,11 +178,11 @@ fn attention(lane: Lane) {
         // The reduction's barrier also publishes `weights`.
         sum = sum * rescale + wg_sum(e, lane);
         m = new_m;
-        if t < hd {
-            acc *= rescale;
+        acc *= rescale;
+        if key_group < key_groups {
             let count = min(WG, n - c0);
-            for (var j = 0u; j < count; j++) {
-                acc += weights[j] * f32(v[(base + c0 + j) * hd + t]);
+            for (var j = key_group; j < count; j += key_groups) {
+                acc += weights[j] * vec4<f32>(v4[(base + c0 + j) * quads + out_quad]);
             }
         }
         if p.score != 0u {
@@ -181,42 +198,81 @@ fn attention(lane: Lane) {
         // `weights` is rewritten by the next chunk.
         workgroupBarrier();
     }
-    if t < hd {
-        out[(r * p.heads + h) * hd + t] = acc / sum;
+    partial[t] = acc;
+    workgroupBarrier();
+    if t < quads {
+        var total = vec4(0.0);
+        for (var g = 0u; g < key_groups; g++) {
+            total += partial[g * quads + t];
+        }
+        let o = (r * p.heads + h) * p.head_dim + 4u * t;
+        for (var c = 0u; c < 4u; c++) {
+            out[o + c] = total[c] / sum;
+        }
     }
     if p.score != 0u && t == 0u {
         lse[r * p.heads + h] = noisy_m + log(noisy_sum);
     }
 }
 
+fn row_blocks() -> u32 {
+    return (p.rows + p.row_block - 1u) / p.row_block;
+}
+
 @compute @workgroup_size(256)
 fn attention_score(lane: Lane) {
+    let blocks = row_blocks();
     let i = item_index(lane);
-    if i >= p.kv_heads * p.len {
+    if i >= p.kv_heads * p.len * blocks {
         return;
     }
-    let g = i / p.len;
-    let slot = g * p.capacity + i % p.len;
+    let block = i % blocks;
+    let g = i / blocks / p.len;
+    let slot = g * p.capacity + i / blocks % p.len;
     let key_pos = pos[slot];
-    let hd = p.head_dim;
+    let quads = p.head_dim / 4u;
     let group = p.heads / p.kv_heads;
-    var total = score[slot];
-    // Per query head a partial sum over rows, then added to the slot: the CPU's order.
+    let first_row = block * p.row_block;
+    let end_row = min(p.rows, first_row + p.row_block);
+    var total = 0.0;
+    if blocks == 1u {
+        total = score[slot];
+    }
+    // Per query head a partial sum over rows, then added: the CPU's order.
     for (var h = g * group; h < (g + 1u) * group; h++) {
         var part = 0.0;
-        for (var r = 0u; r < p.rows; r++) {
+        for (var r = first_row; r < end_row; r++) {
             let query_pos = p.first_pos + r;
             if key_pos > query_pos {
                 continue;
             }
-            var dot = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                dot += q[(r * p.heads + h) * hd + d] * f32(k[slot * hd + d]);
+            var dot_qk = 0.0;
+            for (var d = 0u; d < quads; d++) {
+                dot_qk += dot(q4[(r * p.heads + h) * quads + d], vec4<f32>(k4[slot * quads + d]));
             }
-            let x = dot * p.scale + alibi(h, key_pos, query_pos);
+            let x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
             part += exp(noisy(x, h, query_pos, key_pos) - lse[r * p.heads + h]);
         }
         total += part;
+    }
+    if blocks == 1u {
+        score[slot] = total;
+    } else {
+        partial_scores[i] = total;
+    }
+}
+
+@compute @workgroup_size(256)
+fn attention_score_sum(lane: Lane) {
+    let i = item_index(lane);
+    if i >= p.kv_heads * p.len {
+        return;
+    }
+    let blocks = row_blocks();
+    let slot = i / p.len * p.capacity + i % p.len;
+    var total = score[slot];
+    for (var b = 0u; b < blocks; b++) {
+        total += partial_scores[i * blocks + b];
     }
     score[slot] = total;
 }

@@ -1,9 +1,8 @@
 // Eviction in one layer's cache block, in place, per kv head:
 // - evict_rank flags each slot kept or evicted: a candidate (not a sink, not recent) is
 //   evicted when fewer than `evict_count` candidates rank below it by (score, slot);
-// - evict_scan lists the survivors' slots in order (a prefix sum of the flags) and the first
-//   evicted slot, before which nothing moves;
-// - evict_move_kv and evict_move_slots compact K or V, and positions with scores.
+// - evict_compact (one workgroup per kv head) lists the survivors' slots in order (a prefix
+//   sum of the flags) and compacts K, V, positions and scores from the first evicted slot on.
 
 struct Params {
     kv_heads: u32,
@@ -22,10 +21,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> score: array<f32>;
 // [kv_head][slot], 1 where the slot survives.
 @group(0) @binding(2) var<storage, read_write> keep: array<u32>;
-// [kv_head][budget] survivor slots, then [kv_head] the first evicted slot.
+// [kv_head][budget] survivor slots.
 @group(0) @binding(3) var<storage, read_write> sources: array<u32>;
-@group(0) @binding(4) var<storage, read_write> kv: array<kt>;
-@group(0) @binding(5) var<storage, read_write> pos: array<u32>;
+@group(0) @binding(4) var<storage, read_write> k: array<kt>;
+@group(0) @binding(5) var<storage, read_write> v: array<kt>;
+@group(0) @binding(6) var<storage, read_write> pos: array<u32>;
 
 @compute @workgroup_size(256)
 fn evict_rank(lane: Lane) {
@@ -53,15 +53,15 @@ fn evict_rank(lane: Lane) {
 var<workgroup> prefix: array<u32, WG>;
 var<workgroup> first_evicted: atomic<u32>;
 
-// One workgroup per kv head, chunks of WG slots in order.
 @compute @workgroup_size(256)
-fn evict_scan(lane: Lane) {
+fn evict_compact(lane: Lane) {
     let g = group_index(lane);
     let t = lane.index;
     if t == 0u {
         atomicStore(&first_evicted, p.budget);
     }
     workgroupBarrier();
+    // The survivors' slots, chunk by chunk in slot order.
     var survivors = 0u;
     for (var c0 = 0u; c0 < p.len; c0 += WG) {
         let s = c0 + t;
@@ -90,40 +90,33 @@ fn evict_scan(lane: Lane) {
         survivors += prefix[WG - 1u];
         workgroupBarrier();
     }
-    if t == 0u {
-        sources[p.kv_heads * p.budget + g] = atomicLoad(&first_evicted);
-    }
-}
-
-// Compaction moves every value from its source slot to a lower or equal slot. Destinations
-// are visited in ascending chunks, each read completely before it is written (the barrier),
-// so no chunk reads a value that an earlier chunk has overwritten: the move is in place.
-@compute @workgroup_size(256)
-fn evict_move_kv(lane: Lane) {
-    let g = group_index(lane);
+    storageBarrier();
+    // Every value moves from its source slot to a lower or equal slot. Destinations are
+    // visited in ascending chunks, each read completely before it is written (the barrier),
+    // so no chunk reads a value that an earlier chunk has overwritten: the move is in place.
+    // Slots before the first evicted one stay where they are.
+    let first = atomicLoad(&first_evicted);
     let hd = p.head_dim;
-    let base = g * p.capacity * hd;
-    let end = p.budget * hd;
-    for (var e0 = sources[p.kv_heads * p.budget + g] * hd; e0 < end; e0 += WG) {
-        let e = e0 + lane.index;
+    let base = g * p.capacity;
+    for (var e0 = first * hd; e0 < p.budget * hd; e0 += WG) {
+        let e = e0 + t;
+        var key = kt(0.0);
         var value = kt(0.0);
-        if e < end {
-            value = kv[base + sources[g * p.budget + e / hd] * hd + e % hd];
+        let inside = e < p.budget * hd;
+        if inside {
+            let src = (base + sources[g * p.budget + e / hd]) * hd + e % hd;
+            key = k[src];
+            value = v[src];
         }
         storageBarrier();
-        if e < end {
-            kv[base + e] = value;
+        if inside {
+            k[base * hd + e] = key;
+            v[base * hd + e] = value;
         }
         storageBarrier();
     }
-}
-
-@compute @workgroup_size(256)
-fn evict_move_slots(lane: Lane) {
-    let g = group_index(lane);
-    let base = g * p.capacity;
-    for (var j0 = sources[p.kv_heads * p.budget + g]; j0 < p.budget; j0 += WG) {
-        let j = j0 + lane.index;
+    for (var j0 = first; j0 < p.budget; j0 += WG) {
+        let j = j0 + t;
         var key_pos = 0u;
         var key_score = 0.0;
         if j < p.budget {

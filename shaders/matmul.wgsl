@@ -103,27 +103,32 @@ fn matmul(lane: Lane) {
     }
 }
 
-// 32 outputs per workgroup. Each team (a subgroup, or 32 invocations) takes outputs in turn,
-// its invocations striding along the weight row (adjacent invocations read adjacent quads),
-// then sums its partials.
+// 32 outputs per workgroup. Each team (a subgroup, or 32 invocations) takes 4 outputs at a
+// time, its invocations striding along the weight rows (adjacent invocations read adjacent
+// quads, and each quad of x serves 4 rows), then sums its partials.
 const GEMV_OUTPUTS: u32 = 32u;
 
 @compute @workgroup_size(256)
 fn gemv(lane: Lane) {
-    let first = group_index(lane) * GEMV_OUTPUTS;
     let l = team_lane(lane);
-    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
-        let o = first + j;
-        var sum = 0.0;
-        if o < p.n_out {
-            for (var k = 4u * l; k < p.n_in; k += 4u * team_size(lane)) {
-                sum += dot(x_quad(0u, k), w_quad(o, k));
-            }
+    for (var j = 4u * team(lane); j < GEMV_OUTPUTS; j += 4u * teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        var sum = vec4(0.0);
+        for (var k = 4u * l; k < p.n_in; k += 4u * team_size(lane)) {
+            let xq = x_quad(0u, k);
+            sum += vec4(
+                dot(xq, w_quad(o, k)),
+                dot(xq, w_quad(o + 1u, k)),
+                dot(xq, w_quad(o + 2u, k)),
+                dot(xq, w_quad(o + 3u, k)),
+            );
         }
         // Every team sums, in or out of range, so a workgroup-memory team_sum stays uniform.
-        let total = team_sum(sum, lane);
-        if l == 0u && o < p.n_out {
-            store(0u, o, total);
+        for (var c = 0u; c < 4u; c++) {
+            let total = team_sum(sum[c], lane);
+            if l == 0u && o + c < p.n_out {
+                store(0u, o + c, total);
+            }
         }
     }
 }

@@ -21,10 +21,9 @@ fn noise_hash(seed: u32, layer: u32, head: u32, query_pos: u32, key_pos: u32) ->
     return fmix32(h);
 }
 
-// -ln(u) for the CPU's u = (h + 0.5) / 2^23 from the hash's top 23 bits, rounded as the CPU
-// rounds it (h + 0.5 is not exact above 2^23). Near u = 1 the builtin log may only be accurate
-// to an absolute 2^-21, which would swamp -ln(u) itself, so there the series
-// -ln(1 - w) = w + w^2/2 + w^3/3 + ... runs on w = 1 - u (exact for u >= 1/2).
+// -ln(u) for u = (h + 0.5) / 2^23 from the hash's top 23 bits (exact in f32). Near u = 1 the
+// builtin log may only be accurate to an absolute 2^-21, which would swamp -ln(u) itself, so
+// there the series -ln(1 - w) = w + w^2/2 + w^3/3 + ... runs on w = 1 - u (exact for u >= 1/2).
 fn neg_log_uniform(hash: u32) -> f32 {
     let u = (f32(hash >> 9u) + 0.5) / 8388608.0;
     let w = 1.0 - u;

@@ -164,7 +164,10 @@ fn smollm2_keyformer_kept_sets_match_cpu() {
     let (mut same, mut ties) = (0, 0);
     for step in 0..=24 {
         for layer in 0..cpu.config.layers {
-            let (c, g) = (scored_slots(&cpu.backend, &sc.cache, layer), scored_slots(&gpu.backend, &sg.cache, layer));
+            let (c, g) = (
+                scored_slots(&cpu.backend, &sc.cache, layer),
+                scored_slots(&gpu.backend, &sg.cache, layer),
+            );
             for (head, (ch, gh)) in c.iter().zip(&g).enumerate() {
                 let id = layer * cpu.config.kv_heads + head;
                 if diverged[id] {
@@ -178,7 +181,9 @@ fn smollm2_keyformer_kept_sets_match_cpu() {
                     same += 1;
                     continue;
                 }
-                let (lo, hi) = only.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                let (lo, hi) = only
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
                 assert!(
                     hi - lo <= common::ops::NEAR_TIE * hi.abs(),
                     "step {step} layer {layer} head {head}: kept sets differ beyond a near-tie: cpu only {cpu_only:?}, gpu only {gpu_only:?}"
@@ -204,7 +209,17 @@ fn smollm2_keyformer_kept_sets_match_cpu() {
 }
 
 /// (position, score) of each kept token per kv head of a layer.
-fn scored_slots<B: keyformer::Backend>(b: &B, cache: &B::Cache, layer: usize) -> Vec<Vec<(u32, f32)>> {
-    let (p, s) = (b.cache_positions(cache, layer).unwrap(), b.cache_scores(cache, layer).unwrap());
-    p.into_iter().zip(s).map(|(p, s)| p.into_iter().zip(s).collect()).collect()
+fn scored_slots<B: keyformer::Backend>(
+    b: &B,
+    cache: &B::Cache,
+    layer: usize,
+) -> Vec<Vec<(u32, f32)>> {
+    let (p, s) = (
+        b.cache_positions(cache, layer).unwrap(),
+        b.cache_scores(cache, layer).unwrap(),
+    );
+    p.into_iter()
+        .zip(s)
+        .map(|(p, s)| p.into_iter().zip(s).collect())
+        .collect()
 }

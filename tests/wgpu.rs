@@ -1,13 +1,14 @@
 //! The wgpu backend against the CPU oracle: the cross-backend op table in f32 and f16 storage,
-//! with and without subgroup reductions, and SmolLM2 end to end (greedy tokens, Keyformer's
-//! kept sets). Each test prints SKIP and returns where there is no adapter (or no f16 support).
+//! with and without subgroup reductions; the tiny fixture models of every architecture under
+//! every policy; and SmolLM2 end to end (greedy tokens, Keyformer's kept sets). Each test
+//! prints SKIP and returns where there is no adapter (or no f16 support).
 
 mod common;
 
 use std::time::Instant;
 
 use common::ops::{NEAR_TIE, op_table};
-use common::{fixture, load_cpu, smollm2_path};
+use common::{fixture, load_cpu, long_context_fixture, max_rel_error, smollm2_path};
 use keyformer::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use keyformer::engine::sampling::argmax;
 use keyformer::{Backend, Budget, CacheConfig, Error, GenerateParams, Model, Policy};
@@ -84,6 +85,71 @@ fn op_table_f16_without_subgroups() {
 }
 
 #[test]
+fn every_architecture_and_policy_matches_cpu() {
+    let test = "every_architecture_and_policy_matches_cpu";
+    if wgpu(test, WgpuDtype::F32, true).is_none() {
+        return;
+    }
+    let t0 = Instant::now();
+    for arch in ["gpt2", "gptj", "mpt", "llama"] {
+        let dir = long_context_fixture(arch, 96, "wgpu_every_architecture");
+        let cpu = load_cpu(&dir);
+        let gpu = Model::load(
+            &dir,
+            wgpu(test, WgpuDtype::F32, true).unwrap(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let prompt: Vec<u32> = (0..40)
+            .map(|i| (i * 13 % cpu.config.vocab_size) as u32)
+            .collect();
+        for policy in Policy::ALL {
+            let plan = CacheConfig {
+                policy,
+                budget: Budget::Tokens(16),
+                seed: 3,
+                ..Default::default()
+            }
+            .plan(40)
+            .unwrap();
+            let (mut sc, mut sg) = (
+                cpu.new_session_for(plan, 40, 24).unwrap(),
+                gpu.new_session_for(plan, 40, 24).unwrap(),
+            );
+            let (mut lc, mut lg) = (
+                cpu.forward(&mut sc, &prompt, false).unwrap(),
+                gpu.forward(&mut sg, &prompt, false).unwrap(),
+            );
+            let mut worst = 0f32;
+            for _ in 0..24 {
+                worst = worst.max(max_rel_error(&lg, &lc));
+                let next = argmax(&lc);
+                lc = cpu.forward(&mut sc, &[next], false).unwrap();
+                lg = gpu.forward(&mut sg, &[next], false).unwrap();
+            }
+            let (kc, kg) = (
+                cpu.cache_stats(&sc, true).unwrap(),
+                gpu.cache_stats(&sg, true).unwrap(),
+            );
+            println!(
+                "{arch} {:>9}: max relative logit error {worst:.2e}, kept sets equal: {}",
+                policy.name(),
+                kc.positions == kg.positions
+            );
+            assert!(worst <= 1e-4, "{arch} {}: {worst}", policy.name());
+            assert_eq!(kc.positions, kg.positions, "{arch} {}", policy.name());
+            assert_eq!(
+                kc.kv_bytes_held,
+                kg.kv_bytes_held,
+                "{arch} {}",
+                policy.name()
+            );
+        }
+    }
+    println!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
 fn smollm2_greedy_matches_cpu() {
     let test = "smollm2_greedy_matches_cpu";
     let Some(path) = smollm2_path(test) else {
@@ -107,11 +173,10 @@ fn smollm2_greedy_matches_cpu() {
     let want = cpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
     let got = gpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
     println!(
-        "{}: {} tokens {:?}, prefill {:.0} ms, {:.1} tokens/s, {:.1} s in all",
+        "{}: {} tokens {:?}, {:.1} tokens/s, {:.1} s in all",
         gpu.backend.name(),
         got.tokens.len(),
         got.text,
-        got.prefill_ms,
         got.decode_tokens_per_s(),
         t0.elapsed().as_secs_f64()
     );

@@ -12,6 +12,8 @@ use keyformer::{Backend, Budget, CacheConfig, GenerateParams, Policy, SamplingPa
 
 #[path = "keyformer/bench.rs"]
 mod bench;
+#[path = "keyformer/eval.rs"]
+mod eval;
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -32,14 +34,19 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode speed on a model of any shape with random weights.
     Bench(bench::BenchArgs),
+    /// Measure what each policy preserves over cache sizes (summaries, perplexity).
+    #[command(subcommand)]
+    Eval(eval::EvalTask),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
-    /// CUDA if a GPU and its libraries are present, otherwise the CPU.
+    /// CUDA if a GPU and its libraries are present, else a wgpu adapter, else the CPU.
     Auto,
     Cpu,
     Cuda,
+    /// WGSL compute through wgpu (Vulkan, Metal, DX12).
+    Wgpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,6 +76,7 @@ impl BackendArgs {
                 BackendArg::Auto => BackendChoice::Auto,
                 BackendArg::Cpu => BackendChoice::Cpu,
                 BackendArg::Cuda => BackendChoice::Cuda,
+                BackendArg::Wgpu => BackendChoice::Wgpu,
             },
             device: self.device,
             dtype: match self.dtype {
@@ -191,6 +199,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(task) => eval::run(task),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,9 +76,8 @@ pub struct Generator<'m, B: Backend> {
     pub session: Session<B>,
     params: GenerateParams,
     sampler: Sampler,
-    logits: B::Buf,
-    /// The latest token, not yet fed through the model.
-    pending: Option<u32>,
+    /// The next token, sampled but not yet handed out (the first one, from the prefill).
+    sampled: Option<u32>,
     tokens: Vec<u32>,
     text: TextStream,
     stop: Option<StopReason>,
@@ -105,13 +104,17 @@ impl<B: Backend> Model<B> {
         let mut session = self.new_session_for(plan, prompt.len(), params.max_new_tokens)?;
         let t0 = Instant::now();
         let logits = self.forward_logits(&mut session, prompt, false)?;
+        let mut sampler = Sampler::new(params.sampling.clone());
+        // Sampling waits for the device, so the prefill time is the time to the first token.
+        let first = self
+            .backend
+            .sample(&logits, self.config.vocab_size, &mut sampler)?;
         Ok(Generator {
             model: self,
             session,
             params: params.clone(),
-            sampler: Sampler::new(params.sampling.clone()),
-            logits,
-            pending: None,
+            sampler,
+            sampled: Some(first),
             tokens: Vec::new(),
             text: TextStream::default(),
             stop: None,
@@ -149,26 +152,31 @@ impl<B: Backend> Generator<'_, B> {
             self.stop = Some(StopReason::MaxTokens);
             return Ok(None);
         }
-        if let Some(last) = self.pending.take() {
-            if self.session.position >= self.model.config.max_context {
-                self.stop = Some(StopReason::Context);
-                return Ok(None);
+        let next = match self.sampled.take() {
+            Some(first) => first,
+            None => {
+                // The previous token has not been through the model yet.
+                let Some(&last) = self.tokens.last() else {
+                    return Ok(None);
+                };
+                if self.session.position >= self.model.config.max_context {
+                    self.stop = Some(StopReason::Context);
+                    return Ok(None);
+                }
+                let logits = self
+                    .model
+                    .forward_logits(&mut self.session, &[last], false)?;
+                let vocab = self.model.config.vocab_size;
+                self.model
+                    .backend
+                    .sample(&logits, vocab, &mut self.sampler)?
             }
-            self.logits = self
-                .model
-                .forward_logits(&mut self.session, &[last], false)?;
-        }
-        let next = self.model.backend.sample(
-            &self.logits,
-            self.model.config.vocab_size,
-            &mut self.sampler,
-        )?;
+        };
         if self.params.stop_at_eos && self.model.config.eos.contains(&next) {
             self.stop = Some(StopReason::Eos);
             return Ok(None);
         }
         self.tokens.push(next);
-        self.pending = Some(next);
         let piece = match &self.model.tokenizer {
             Some(tok) => self.text.push(tok, &self.tokens)?,
             None => String::new(),

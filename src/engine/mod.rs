@@ -1,6 +1,8 @@
 //! Sessions and the forward pass, written once for every backend.
 
+pub mod conversation;
 pub mod generate;
+pub mod loglik;
 pub mod sampling;
 pub mod select;
 

@@ -1,10 +1,13 @@
 //! Choosing a backend at run time: a model on any backend behind one enum, for the command
-//! line and the C ABI. `auto` tries CUDA, then the CPU, and says what it chose and why.
+//! line and the C ABI. `auto` tries CUDA, then wgpu, then the CPU, and says what it chose and
+//! why it passed over the others.
 
 use std::path::Path;
 
+use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, CudaDtype};
+use crate::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model::config::ModelConfig;
@@ -14,6 +17,7 @@ pub enum BackendChoice {
     Auto,
     Cpu,
     Cuda,
+    Wgpu,
 }
 
 impl BackendChoice {
@@ -22,8 +26,9 @@ impl BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "cpu" => Ok(BackendChoice::Cpu),
             "cuda" => Ok(BackendChoice::Cuda),
+            "wgpu" => Ok(BackendChoice::Wgpu),
             other => Err(Error::InvalidInput(format!(
-                "unknown backend '{other}' (auto, cpu, cuda)"
+                "unknown backend '{other}' (auto, cpu, cuda, wgpu)"
             ))),
         }
     }
@@ -32,9 +37,10 @@ impl BackendChoice {
 #[derive(Clone, Debug)]
 pub struct BackendOptions {
     pub backend: BackendChoice,
-    /// GPU index.
+    /// GPU index (CUDA device or wgpu adapter).
     pub device: usize,
-    /// Storage type on the GPU: f16 (default), bf16 or f32. The CPU always computes in f32.
+    /// Storage type on the GPU: f16 (default), bf16 (CUDA only) or f32. The CPU always
+    /// computes in f32.
     pub dtype: CudaDtype,
 }
 
@@ -48,9 +54,11 @@ impl Default for BackendOptions {
     }
 }
 
+/// A model on whichever backend was chosen (boxed: the weight tables are large structs).
 pub enum AnyModel {
-    Cpu(Model<CpuBackend>),
-    Cuda(Model<CudaBackend>),
+    Cpu(Box<Model<CpuBackend>>),
+    Cuda(Box<Model<CudaBackend>>),
+    Wgpu(Box<Model<WgpuBackend>>),
 }
 
 /// Runs `$body` with `$m` bound to the model inside, whatever its backend.
@@ -60,30 +68,73 @@ macro_rules! with_model {
         match $any {
             $crate::engine::select::AnyModel::Cpu($m) => $body,
             $crate::engine::select::AnyModel::Cuda($m) => $body,
+            $crate::engine::select::AnyModel::Wgpu($m) => $body,
         }
     };
 }
 
-/// The GPU backend for these options, or why there is none.
 fn open_cuda(opts: &BackendOptions) -> Result<CudaBackend> {
     CudaBackend::new(opts.device, opts.dtype)
 }
 
+fn open_wgpu(opts: &BackendOptions) -> Result<WgpuBackend> {
+    let dtype = match opts.dtype {
+        CudaDtype::F16 => WgpuDtype::Auto,
+        CudaDtype::F32 => WgpuDtype::F32,
+        CudaDtype::Bf16 => {
+            return Err(Error::Backend {
+                backend: "wgpu",
+                reason: "bf16 storage is CUDA only (use f16 or f32)".into(),
+            });
+        }
+    };
+    WgpuBackend::new(WgpuOptions {
+        adapter: Some(opts.device),
+        dtype,
+        ..Default::default()
+    })
+}
+
+/// Builds the same model on any backend: `load` is called with the backend chosen.
+trait Build {
+    fn build<B: Backend>(self, backend: B) -> Result<Model<B>>;
+}
+
+struct FromPath<'a> {
+    path: &'a Path,
+    progress: &'a mut dyn FnMut(usize, usize),
+}
+
+impl Build for FromPath<'_> {
+    fn build<B: Backend>(self, backend: B) -> Result<Model<B>> {
+        Model::load(self.path, backend, self.progress)
+    }
+}
+
+struct Random {
+    config: ModelConfig,
+    seed: u64,
+}
+
+impl Build for Random {
+    fn build<B: Backend>(self, backend: B) -> Result<Model<B>> {
+        Model::random(self.config, self.seed, backend)
+    }
+}
+
 impl AnyModel {
     /// Loads a model on the chosen backend. Returns the model and, for `auto`, a line saying
-    /// which backend it picked and why the others were passed over.
+    /// which backend it picked and why it passed over the others.
     pub fn load(
         path: &Path,
         opts: &BackendOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(AnyModel, Option<String>)> {
-        // Only one of the two loaders runs; the cell lets both hold the progress callback.
-        let progress = std::cell::RefCell::new(progress);
-        Self::build(
-            opts,
-            |b| Model::load(path, b, *progress.borrow_mut()),
-            |b| Model::load(path, b, *progress.borrow_mut()),
-        )
+        // Before any device is opened: a missing file is the likeliest error.
+        if !path.exists() {
+            return Err(Error::NotFound(path.to_path_buf()));
+        }
+        Self::build(opts, FromPath { path, progress })
     }
 
     /// A model of `config` with random weights, for benchmarks.
@@ -92,36 +143,45 @@ impl AnyModel {
         seed: u64,
         opts: &BackendOptions,
     ) -> Result<(AnyModel, Option<String>)> {
-        let c = config.clone();
-        Self::build(
-            opts,
-            |b| Model::random(c, seed, b),
-            |b| Model::random(config, seed, b),
-        )
+        Self::build(opts, Random { config, seed })
     }
 
-    fn build(
-        opts: &BackendOptions,
-        on_cuda: impl FnOnce(CudaBackend) -> Result<Model<CudaBackend>>,
-        on_cpu: impl FnOnce(CpuBackend) -> Result<Model<CpuBackend>>,
-    ) -> Result<(AnyModel, Option<String>)> {
+    fn build(opts: &BackendOptions, what: impl Build) -> Result<(AnyModel, Option<String>)> {
         match opts.backend {
-            BackendChoice::Cpu => Ok((AnyModel::Cpu(on_cpu(CpuBackend)?), None)),
-            BackendChoice::Cuda => Ok((AnyModel::Cuda(on_cuda(open_cuda(opts)?)?), None)),
-            BackendChoice::Auto => match open_cuda(opts) {
-                Ok(b) => {
-                    let model = on_cuda(b)?;
-                    let note = format!(
-                        "backend auto: picked {}",
-                        crate::backend::Backend::name(&model.backend)
-                    );
-                    Ok((AnyModel::Cuda(model), Some(note)))
-                }
-                Err(e) => Ok((
-                    AnyModel::Cpu(on_cpu(CpuBackend)?),
-                    Some(format!("backend auto: picked cpu ({e})")),
-                )),
-            },
+            BackendChoice::Cpu => Ok((AnyModel::Cpu(Box::new(what.build(CpuBackend)?)), None)),
+            BackendChoice::Cuda => Ok((
+                AnyModel::Cuda(Box::new(what.build(open_cuda(opts)?)?)),
+                None,
+            )),
+            BackendChoice::Wgpu => Ok((
+                AnyModel::Wgpu(Box::new(what.build(open_wgpu(opts)?)?)),
+                None,
+            )),
+            BackendChoice::Auto => {
+                let cuda_error = match open_cuda(opts) {
+                    Ok(b) => {
+                        let note = format!("backend auto: picked {}", b.name());
+                        return Ok((AnyModel::Cuda(Box::new(what.build(b)?)), Some(note)));
+                    }
+                    Err(e) => e,
+                };
+                let wgpu_error = match open_wgpu(opts) {
+                    Ok(b) if b.is_software() => Error::Backend {
+                        backend: "wgpu",
+                        reason: format!(
+                            "{} is a software renderer, slower than the CPU backend",
+                            b.name()
+                        ),
+                    },
+                    Ok(b) => {
+                        let note = format!("backend auto: picked {} ({cuda_error})", b.name());
+                        return Ok((AnyModel::Wgpu(Box::new(what.build(b)?)), Some(note)));
+                    }
+                    Err(e) => e,
+                };
+                let note = format!("backend auto: picked cpu ({cuda_error}; {wgpu_error})");
+                Ok((AnyModel::Cpu(Box::new(what.build(CpuBackend)?)), Some(note)))
+            }
         }
     }
 
@@ -130,6 +190,6 @@ impl AnyModel {
     }
 
     pub fn backend_name(&self) -> String {
-        with_model!(self, m => crate::backend::Backend::name(&m.backend))
+        with_model!(self, m => m.backend.name())
     }
 }

@@ -1,5 +1,6 @@
 //! Documents of the aclsum data set (ACL papers with summaries of their challenge, approach and
-//! outcome), read from the package's test.jsonl as fetched by scripts/fetch.sh.
+//! outcome), as scripts/fetch.sh puts them in data/aclsum/: the split files (abstract,
+//! introduction and conclusion sentences) and paper_jsons/ (every paper's full text).
 
 use std::path::Path;
 
@@ -14,6 +15,21 @@ pub struct Document {
     pub sentences: Vec<String>,
     /// The three aspect summaries joined: challenge, approach, outcome.
     pub summary: String,
+}
+
+#[derive(Deserialize)]
+struct Paper {
+    pdf_parse: Body,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    body_text: Vec<Paragraph>,
+}
+
+#[derive(Deserialize)]
+struct Paragraph {
+    text: String,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +80,27 @@ pub fn load(path: &Path) -> Result<Vec<Document>> {
             })
         })
         .collect()
+}
+
+/// Every paper of the three splits with its full text, paragraph by paragraph, in `sentences`.
+pub fn load_papers(dir: &Path) -> Result<Vec<Document>> {
+    let mut docs = Vec::new();
+    for split in ["test", "val", "train"] {
+        for mut doc in load(&dir.join(format!("{split}.jsonl")))? {
+            let path = dir.join("paper_jsons").join(format!("{}.json", doc.id));
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let paper: Paper = serde_json::from_str(&text)
+                .map_err(|e| Error::malformed(&path, "aclsum paper", e.to_string()))?;
+            doc.sentences = paper
+                .pdf_parse
+                .body_text
+                .into_iter()
+                .map(|p| p.text)
+                .collect();
+            docs.push(doc);
+        }
+    }
+    Ok(docs)
 }
 
 impl Document {

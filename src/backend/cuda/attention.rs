@@ -119,7 +119,9 @@ pub fn attention(
     if hd % vec != 0 || hd > 512 || heads / kv_heads > 64 {
         return Err(Error::Backend {
             backend: "cuda",
-            reason: format!("head_dim {hd} must be a multiple of {vec} and at most 512, with at most 64 query heads per kv head"),
+            reason: format!(
+                "head_dim {hd} must be a multiple of {vec} and at most 512, with at most 64 query heads per kv head"
+            ),
         });
     }
     if layer >= cache.layers.len() {

@@ -25,7 +25,10 @@ pub struct WgpuCache {
     pub(super) layers: Vec<LayerBlock>,
 }
 
-/// The attention kernels take at most this head size (one value per invocation).
+/// Query rows per partial sum of the slot scores: prefill spreads its rows over invocations.
+const SCORE_ROW_BLOCK: usize = 16;
+
+/// The attention kernels take at most this head size (64 vec4 runs in workgroup memory).
 const MAX_HEAD_DIM: usize = 256;
 
 fn block(b: &WgpuBackend, shape: &CacheShape, capacity: usize) -> Result<LayerBlock> {
@@ -48,10 +51,9 @@ pub(super) fn new_cache(b: &WgpuBackend, shape: &CacheShape) -> Result<WgpuCache
             shape.head_dim
         )));
     }
-    if b.kv_value_bytes() == 2 && shape.head_dim % 2 == 1 {
-        // Copies between blocks move whole 4-byte words per head.
+    if !shape.head_dim.is_multiple_of(4) {
         return Err(backend_error(format!(
-            "an f16 KV cache needs an even head_dim, not {}",
+            "head_dim {} is not a multiple of 4, which the attention kernels read as vec4 runs",
             shape.head_dim
         )));
     }
@@ -83,7 +85,7 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
     Ok(())
 }
 
-fn layer_block<'c>(cache: &'c mut WgpuCache, layer: usize) -> Result<&'c mut LayerBlock> {
+fn layer_block(cache: &mut WgpuCache, layer: usize) -> Result<&mut LayerBlock> {
     let layers = cache.layers.len();
     cache.layers.get_mut(layer).ok_or_else(|| {
         Error::InvalidInput(format!(
@@ -99,6 +101,7 @@ fn position_table(
     b: &WgpuBackend,
     positions: &Positions,
     heads: usize,
+    head_dim: usize,
     rows: usize,
     first_pos: usize,
 ) -> Result<(u32, u32, wgpu::Buffer)> {
@@ -109,6 +112,12 @@ fn position_table(
             pairs,
             inv_freq,
         } => {
+            if inv_freq.len() * 2 != *dims || *dims > head_dim {
+                return Err(Error::InvalidInput(format!(
+                    "rotary embedding on {dims} of {head_dim} dims with {} frequencies",
+                    inv_freq.len()
+                )));
+            }
             let scheme = match pairs {
                 RopePairs::Interleaved => 1,
                 RopePairs::Halves => 2,
@@ -180,7 +189,7 @@ pub(super) fn attention(
     if c.len + rows > c.capacity {
         resize(b, &shape, c, c.len + rows)?;
     }
-    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, rows, first_pos)?;
+    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, rows, first_pos)?;
     let old_len = c.len;
     c.len += rows;
     let q = b
@@ -209,6 +218,7 @@ pub(super) fn attention(
         step.tau.to_bits(),
         step.seed,
         word(layer)?,
+        SCORE_ROW_BLOCK as u32,
     ];
     let k = &b.kernels;
     b.gpu.dispatch(
@@ -225,34 +235,48 @@ pub(super) fn attention(
         ],
         groups_for(rows * (nh + nkv) * hd),
     )?;
+    // q, k and v are also bound as read-only vec4 views (10, 11, 12).
     b.gpu.dispatch(
         &k.attention,
         &params,
         &[
             (2, &table),
-            (3, &q),
-            (4, &c.k),
-            (5, &c.v),
             (6, &c.pos),
             (8, &out.buffer),
             (9, &lse),
+            (10, &q),
+            (11, &c.k),
+            (12, &c.v),
         ],
         rows * nh,
     )?;
     if score.is_some() {
+        let slots = nkv * c.len;
+        let blocks = rows.div_ceil(SCORE_ROW_BLOCK);
+        let partial = b.scratch("partial scores", 4 * (slots * blocks) as u64)?;
+        let buffers = [
+            (2, &table),
+            (6, &c.pos),
+            (7, &c.score),
+            (9, &lse),
+            (10, &q),
+            (11, &c.k),
+            (13, &partial),
+        ];
         b.gpu.dispatch(
             &k.attention_score,
             &params,
-            &[
-                (2, &table),
-                (3, &q),
-                (4, &c.k),
-                (6, &c.pos),
-                (7, &c.score),
-                (9, &lse),
-            ],
-            groups_for(nkv * c.len),
+            &buffers,
+            groups_for(slots * blocks),
         )?;
+        if blocks > 1 {
+            b.gpu.dispatch(
+                &k.attention_score_sum,
+                &params,
+                &[(7, &c.score), (13, &partial)],
+                groups_for(slots),
+            )?;
+        }
     }
     Ok(())
 }
@@ -273,10 +297,8 @@ pub(super) fn evict(
             )));
         }
         let nkv = shape.kv_heads;
-        let keep_flags = b.gpu.buffer(4 * (nkv * c.len) as u64, "keep flags")?;
-        let sources = b
-            .gpu
-            .buffer(4 * (nkv * (keep.budget + 1)) as u64, "survivor slots")?;
+        let keep_flags = b.scratch("keep flags", 4 * (nkv * c.len) as u64)?;
+        let sources = b.scratch("survivor slots", 4 * (nkv * keep.budget) as u64)?;
         let params = [
             word(nkv)?,
             word(c.capacity)?,
@@ -294,22 +316,15 @@ pub(super) fn evict(
             &[(1, &c.score), (2, &keep_flags)],
             groups_for(nkv * c.len),
         )?;
-        b.gpu.dispatch(
-            &k.evict_scan,
-            &params,
-            &[(2, &keep_flags), (3, &sources)],
-            nkv,
-        )?;
-        for kv in [&c.k, &c.v] {
-            b.gpu
-                .dispatch(&k.evict_move_kv, &params, &[(3, &sources), (4, kv)], nkv)?;
-        }
-        b.gpu.dispatch(
-            &k.evict_move_slots,
-            &params,
-            &[(1, &c.score), (3, &sources), (5, &c.pos)],
-            nkv,
-        )?;
+        let buffers = [
+            (1, &c.score),
+            (2, &keep_flags),
+            (3, &sources),
+            (4, &c.k),
+            (5, &c.v),
+            (6, &c.pos),
+        ];
+        b.gpu.dispatch(&k.evict_compact, &params, &buffers, nkv)?;
         c.len = keep.budget;
     }
     if c.capacity > shape.capacity && c.len <= shape.capacity {

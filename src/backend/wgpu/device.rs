@@ -1,6 +1,8 @@
 //! The wgpu device and its one pending command encoder. Ops record their dispatches and copies
 //! into the encoder; it is submitted only when the host needs data back, so a whole forward
-//! pass goes to the GPU as one submission.
+//! pass goes to the GPU as one submission. Consecutive dispatches share one compute pass, and
+//! their parameters share one uniform buffer: per-dispatch passes and buffers cost more host
+//! time than a small model's kernels take on a fast GPU.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, mpsc};
@@ -25,12 +27,31 @@ pub(super) struct Kernel {
 /// Most workgroups one grid dimension may hold.
 const MAX_GROUPS_PER_DIM: u32 = 65535;
 
+/// Bytes of the uniform buffer that holds the parameters of a submission's dispatches.
+const PARAMS_BYTES: u64 = 64 << 10;
+
+/// Commands recorded since the last submission.
+struct Pending {
+    /// The open compute pass; a copy closes it (copies are recorded outside passes). Declared
+    /// first so that it is dropped, and so ended, before the encoder.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: wgpu::CommandEncoder,
+}
+
+/// Dispatch parameters, each at an aligned offset of one uniform buffer. The buffer is reused
+/// after a submission: queue writes land before the next submission, after the previous one.
+struct Params {
+    buffer: wgpu::Buffer,
+    used: u64,
+}
+
 pub(super) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    pending: RefCell<Option<wgpu::CommandEncoder>>,
+    pending: RefCell<Option<Pending>>,
+    params: RefCell<Params>,
     /// The first error the device reported since the last check: wgpu reports validation and
     /// out-of-memory errors to a callback (which panics by default) rather than to the caller.
     error: Arc<Mutex<Option<String>>>,
@@ -84,12 +105,17 @@ impl Gpu {
             let mut first = sink.lock().unwrap_or_else(|p| p.into_inner());
             first.get_or_insert_with(|| e.to_string());
         }));
+        let params = RefCell::new(Params {
+            buffer: params_buffer(&device),
+            used: 0,
+        });
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
             pending: RefCell::new(None),
+            params,
             error,
         })
     }
@@ -142,13 +168,41 @@ impl Gpu {
             }))
     }
 
-    fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+    fn pending<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
         let mut pending = self.pending.borrow_mut();
-        let encoder = pending.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+        let pending = pending.get_or_insert_with(|| Pending {
+            pass: None,
+            encoder: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default()),
         });
-        f(encoder)
+        f(pending)
+    }
+
+    /// Writes one dispatch's parameters (padded to 16-byte rows) into the params buffer:
+    /// the buffer, the offset and the size to bind.
+    fn params(&self, words: &[u32]) -> (wgpu::Buffer, u64, Option<wgpu::BufferSize>) {
+        let mut words = words.to_vec();
+        words.resize(words.len().next_multiple_of(4).max(4), 0);
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let slot = (bytes.len() as u64)
+            .next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as u64);
+        let mut params = self.params.borrow_mut();
+        if params.used + slot > PARAMS_BYTES {
+            // Bind groups keep the full buffer alive until their commands have run.
+            *params = Params {
+                buffer: params_buffer(&self.device),
+                used: 0,
+            };
+        }
+        self.queue.write_buffer(&params.buffer, params.used, bytes);
+        let at = (
+            params.buffer.clone(),
+            params.used,
+            wgpu::BufferSize::new(bytes.len() as u64),
+        );
+        params.used += slot;
+        at
     }
 
     /// Records `kernel` over `groups` workgroups with `params` (u32 words, f32 as bits) at
@@ -164,19 +218,14 @@ impl Gpu {
             return Ok(());
         }
         let (x, y) = grid(groups)?;
-        // Uniform buffers are read in 16-byte rows.
-        let mut words = params.to_vec();
-        words.resize(params.len().next_multiple_of(4).max(4), 0);
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let (params, offset, size) = self.params(params);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &params,
+                offset,
+                size,
+            }),
         }];
         entries.extend(buffers.iter().map(|&(binding, b)| wgpu::BindGroupEntry {
             binding,
@@ -187,8 +236,12 @@ impl Gpu {
             layout: &kernel.layout,
             entries: &entries,
         });
-        self.record(|encoder| {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        self.pending(|p| {
+            let pass = p.pass.get_or_insert_with(|| {
+                p.encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                    .forget_lifetime()
+            });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(x, y, 1);
@@ -206,14 +259,20 @@ impl Gpu {
         bytes: u64,
     ) {
         if bytes > 0 {
-            self.record(|encoder| encoder.copy_buffer_to_buffer(src, src_at, dst, dst_at, bytes));
+            self.pending(|p| {
+                p.pass = None;
+                p.encoder
+                    .copy_buffer_to_buffer(src, src_at, dst, dst_at, bytes)
+            });
         }
     }
 
     /// Submits everything recorded so far.
     pub fn submit(&self) {
-        if let Some(encoder) = self.pending.borrow_mut().take() {
+        if let Some(Pending { pass, encoder }) = self.pending.borrow_mut().take() {
+            drop(pass);
             self.queue.submit([encoder.finish()]);
+            self.params.borrow_mut().used = 0;
         }
     }
 
@@ -254,6 +313,15 @@ impl Gpu {
 /// views a buffer as vec4 runs.
 fn binding_size(bytes: u64) -> u64 {
     bytes.next_multiple_of(4).max(16)
+}
+
+fn params_buffer(device: &wgpu::Device) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size: PARAMS_BYTES,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
 }
 
 fn storage_usage() -> wgpu::BufferUsages {

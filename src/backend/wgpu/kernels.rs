@@ -42,10 +42,9 @@ pub(super) struct Kernels {
     pub attention_prepare: Kernel,
     pub attention: Kernel,
     pub attention_score: Kernel,
+    pub attention_score_sum: Kernel,
     pub evict_rank: Kernel,
-    pub evict_scan: Kernel,
-    pub evict_move_kv: Kernel,
-    pub evict_move_slots: Kernel,
+    pub evict_compact: Kernel,
     pub argmax: Kernel,
 }
 
@@ -104,10 +103,9 @@ impl Kernels {
             attention_prepare: kernel(&attention, "attention_prepare"),
             attention: kernel(&attention, "attention"),
             attention_score: kernel(&attention, "attention_score"),
+            attention_score_sum: kernel(&attention, "attention_score_sum"),
             evict_rank: kernel(&evict, "evict_rank"),
-            evict_scan: kernel(&evict, "evict_scan"),
-            evict_move_kv: kernel(&evict, "evict_move_kv"),
-            evict_move_slots: kernel(&evict, "evict_move_slots"),
+            evict_compact: kernel(&evict, "evict_compact"),
             argmax: kernel(&sample, "argmax"),
         };
         // Shader and pipeline errors arrive through the device's error callback.

@@ -8,6 +8,7 @@ mod device;
 mod kernels;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 pub use cache::WgpuCache;
 
@@ -61,15 +62,19 @@ pub struct WgpuBuf {
     len: usize,
 }
 
+/// The wgpu backend on one adapter; see the module documentation.
 pub struct WgpuBackend {
     gpu: Gpu,
     kernels: Kernels,
     variant: Variant,
-    /// Bound where a kernel's optional input (a bias, a score buffer) is absent.
+    /// Bound where a kernel's optional input (a bias, a position table) is absent.
     unused: wgpu::Buffer,
     /// The latest rotary angles or ALiBi slopes and the key they were made for: every layer
     /// of a forward pass uses the same table.
     position_table: RefCell<Option<(Vec<u32>, wgpu::Buffer)>>,
+    /// Scratch buffers by use, grown as needed and reused: the command stream orders their
+    /// uses, so a later op's writes wait for an earlier op's reads.
+    scratch: RefCell<HashMap<&'static str, wgpu::Buffer>>,
 }
 
 fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
@@ -122,12 +127,27 @@ impl WgpuBackend {
             variant,
             unused,
             position_table: RefCell::new(None),
+            scratch: RefCell::new(HashMap::new()),
         })
     }
 
-    fn read_f32(&self, buffer: &wgpu::Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
-        let bytes = self.gpu.read(buffer, 4 * offset as u64, 4 * len as u64)?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    /// Whether the adapter is a software renderer (lavapipe, WARP): slower than the CPU
+    /// backend, so `auto` passes it over.
+    pub fn is_software(&self) -> bool {
+        self.gpu.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The scratch buffer for `what`, of at least `bytes`.
+    fn scratch(&self, what: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut pool = self.scratch.borrow_mut();
+        if let Some(b) = pool.get(what)
+            && b.size() >= bytes
+        {
+            return Ok(b.clone());
+        }
+        let b = self.gpu.buffer(bytes, what)?;
+        pool.insert(what, b.clone());
+        Ok(b)
     }
 
     fn elementwise(
@@ -198,7 +218,8 @@ impl Backend for WgpuBackend {
 
     fn download(&self, buf: &WgpuBuf, len: usize) -> Result<Vec<f32>> {
         check_len("download", buf.len, len)?;
-        self.read_f32(&buf.buffer, 0, len)
+        let bytes = self.gpu.read(&buf.buffer, 0, 4 * len as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     fn embed(&self, table: &WgpuWeight, ids: &[u32], dim: usize, out: &mut WgpuBuf) -> Result<()> {
@@ -394,7 +415,7 @@ impl Backend for WgpuBackend {
             return Err(Error::InvalidInput("no logits to sample from".into()));
         }
         // The argmax runs on the device: only the token id comes back.
-        let token = self.gpu.buffer(4, "token")?;
+        let token = self.scratch("token", 4)?;
         self.gpu.dispatch(
             &self.kernels.argmax,
             &[word(vocab)?],

@@ -1,0 +1,380 @@
+"""Models, chat sessions and streams over the C API."""
+
+import ctypes
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Union
+
+from . import _native as n
+from ._native import check, lib
+
+# Called per token with its id and the text it completes; return False to stop.
+OnToken = Callable[[int, str], bool]
+
+
+@dataclass
+class Stats:
+    """What a KV cache holds (see kf_stats in keyformer.h)."""
+
+    policy: str
+    budget: Optional[int]
+    sinks: int
+    recent: int
+    tokens_seen: int
+    layers: int
+    kv_heads: int
+    kept: int
+    kv_bytes_held: int
+    kv_bytes_full: int
+    evictions: int
+    compression_ratio: float
+    tau: float
+    kept_per_head: List[List[int]] = field(default_factory=list)
+    """Tokens held per KV head, one list per layer."""
+
+    @classmethod
+    def _from(cls, s, kept=()):
+        heads = s.kv_heads
+        return cls(
+            policy=n.POLICIES[s.policy],
+            budget=s.budget or None,
+            sinks=s.sinks,
+            recent=s.recent,
+            tokens_seen=s.tokens_seen,
+            layers=s.layers,
+            kv_heads=heads,
+            kept=s.kept,
+            kv_bytes_held=s.kv_bytes_held,
+            kv_bytes_full=s.kv_bytes_full,
+            evictions=s.evictions,
+            compression_ratio=s.compression_ratio,
+            tau=s.tau,
+            kept_per_head=[list(kept[i : i + heads]) for i in range(0, len(kept), heads)],
+        )
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    stop_reason: str
+    """One of "max_tokens", "eos", "stop_string", "callback", "context"."""
+    prefill_ms: float
+    decode_ms: float
+    stats: Stats
+
+
+@dataclass
+class LogLikelihood:
+    logprob: float
+    """Sum of the continuation tokens' natural-log probabilities."""
+    greedy: bool
+    """Whether greedy decoding would produce the whole continuation."""
+    token_logprobs: List[float]
+
+
+def _cache_params(
+    policy="full",
+    kv_ratio=0.5,
+    kv_budget=0,
+    recent_ratio=0.3,
+    sinks=None,
+    tau_init=1.0,
+    tau_end=2.0,
+    noise_seed=0,
+):
+    if policy not in n.POLICIES:
+        raise ValueError(f"unknown policy {policy!r} (one of {', '.join(n.POLICIES)})")
+    c = lib.kf_cache_params_default()
+    c.policy = n.POLICIES.index(policy)
+    c.kv_ratio = kv_ratio
+    c.kv_budget = kv_budget
+    c.recent_ratio = recent_ratio
+    c.sinks = -1 if sinks is None else sinks
+    c.tau_init = tau_init
+    c.tau_end = tau_end
+    c.seed = noise_seed
+    return c
+
+
+class _Options:
+    """kf_generate_params from keyword arguments, keeping the stop strings alive."""
+
+    def __init__(
+        self,
+        max_new_tokens=128,
+        temperature=0.0,
+        top_k=0,
+        top_p=1.0,
+        seed=0,
+        stop: Sequence[str] = (),
+        stop_at_eos=True,
+        **cache,
+    ):
+        p = lib.kf_generate_params_default()
+        p.max_new_tokens = max_new_tokens
+        p.temperature = temperature
+        p.top_k = top_k
+        p.top_p = top_p
+        p.seed = seed
+        self._stops = (ctypes.c_char_p * len(stop))(*(s.encode() for s in stop))
+        p.stop_strings = self._stops
+        p.n_stop_strings = len(stop)
+        p.stop_at_eos = int(stop_at_eos)
+        p.cache = _cache_params(**cache)
+        self.params = p
+
+
+def _generate(call, on_token: Optional[OnToken], options) -> Generation:
+    """Runs one generating C call (kf_generate_alloc or kf_session_chat_alloc)."""
+    opts = _Options(**options)
+    raised = []
+
+    def trampoline(_user, token, piece, length):
+        try:
+            go_on = on_token(token, ctypes.string_at(piece, length).decode(errors="replace"))
+            return 0 if go_on is None or go_on else 1
+        except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+            raised.append(e)
+            return 1
+
+    callback = n.TOKEN_CALLBACK(trampoline) if on_token else n.TOKEN_CALLBACK()
+    text = ctypes.c_void_p()
+    g = n.Generation()
+    code = call(ctypes.byref(opts.params), callback, None, ctypes.byref(text), ctypes.byref(g))
+    try:
+        if raised:
+            raise raised[0]
+        check(code)
+        out = ctypes.string_at(text.value).decode(errors="replace")
+    finally:
+        lib.kf_string_free(text)
+    return Generation(
+        text=out,
+        prompt_tokens=g.prompt_tokens,
+        generated_tokens=g.generated_tokens,
+        stop_reason=n.STOP_REASONS[g.stop_reason],
+        prefill_ms=g.prefill_ms,
+        decode_ms=g.decode_ms,
+        stats=Stats._from(g.stats),
+    )
+
+
+def _stats(call) -> Stats:
+    s = n.Stats()
+    check(call(ctypes.byref(s), None, 0))
+    kept = (ctypes.c_size_t * (s.layers * s.kv_heads))()
+    check(call(ctypes.byref(s), kept, len(kept)))
+    return Stats._from(s, list(kept))
+
+
+_DONE = object()
+
+
+class Stream:
+    """Text pieces of a generation as they come, from a background thread. Iterate it; after
+    the last piece, `result` holds the Generation. Leaving early (close, or a with block)
+    stops the generation after the current token."""
+
+    def __init__(self, run: Callable[[OnToken], Generation]):
+        self.result: Optional[Generation] = None
+        self._pieces: "queue.Queue" = queue.Queue()
+        self._stop = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True)
+        self._thread.start()
+
+    def _work(self, run):
+        try:
+            self.result = run(self._on_token)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._error = e
+        finally:
+            self._pieces.put(_DONE)
+
+    def _on_token(self, _token, piece):
+        if self._stop.is_set():
+            return False
+        self._pieces.put(piece)
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        piece = self._pieces.get()
+        if piece is _DONE:
+            self._pieces.put(_DONE)
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        return piece
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Model:
+    """A loaded model (a .gguf file or a Hugging Face folder). One call at a time runs on a
+    model: a second one from another thread raises KeyformerError with status KF_ERR_BUSY.
+
+    Generation keywords (generate, stream, Session.send): max_new_tokens, temperature,
+    top_k, top_p, seed, stop (strings), stop_at_eos, and the cache keywords policy ("full",
+    "window", "streaming", "h2o", "keyformer"), kv_ratio, kv_budget, recent_ratio, sinks,
+    tau_init, tau_end, noise_seed."""
+
+    def __init__(self, path, backend="auto", device=0, dtype="f16"):
+        p = lib.kf_model_params_default()
+        p.backend = n.BACKENDS[backend]
+        p.device = device
+        p.dtype = n.DTYPES[dtype]
+        handle = ctypes.c_void_p()
+        check(lib.kf_model_load(str(path).encode(), ctypes.byref(p), ctypes.byref(handle)))
+        self._handle = handle
+        info = n.ModelInfo()
+        check(lib.kf_model_describe(handle, ctypes.byref(info)))
+        self.backend = info.backend.decode()
+        self.architecture = info.architecture.decode()
+        self.vocab_size = info.vocab_size
+        self.context_length = info.context_length
+        self.layers = info.layers
+        self.kv_heads = info.kv_heads
+
+    def close(self):
+        """Frees the model (its sessions keep it alive until they are closed)."""
+        if self._handle:
+            check(lib.kf_model_free(self._handle))
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        # At interpreter exit the library may already be gone: nothing is left to free then.
+        if getattr(self, "_handle", None) and lib is not None:
+            lib.kf_model_free(self._handle)
+
+    def generate(self, prompt: str, on_token: Optional[OnToken] = None, **options) -> Generation:
+        """Generates from a raw prompt (no chat template: use chat() for that)."""
+        return _generate(
+            lambda *args: lib.kf_generate_alloc(self._handle, prompt.encode(), *args),
+            on_token,
+            options,
+        )
+
+    def stream(self, prompt: str, **options) -> Stream:
+        return Stream(lambda on_token: self.generate(prompt, on_token, **options))
+
+    def stats(self) -> Stats:
+        """The cache of the generation running now (any thread may ask), or the latest."""
+        return _stats(lambda *args: lib.kf_cache_stats(self._handle, *args))
+
+    def tokenize(self, text: str) -> List[int]:
+        count = ctypes.c_size_t()
+        check(lib.kf_tokenize(self._handle, text.encode(), None, 0, ctypes.byref(count)))
+        ids = (ctypes.c_uint32 * count.value)()
+        if count.value:
+            check(lib.kf_tokenize(self._handle, text.encode(), ids, len(ids), ctypes.byref(count)))
+        return list(ids)
+
+    def loglik(
+        self,
+        context: Union[str, Sequence[int]],
+        continuation: Union[str, Sequence[int]],
+        **cache,
+    ) -> LogLikelihood:
+        """Log-likelihood of `continuation` after `context` under a cache policy (keywords as
+        for generation's cache). Strings are tokenized separately."""
+        ctx = self.tokenize(context) if isinstance(context, str) else list(context)
+        cont = self.tokenize(continuation) if isinstance(continuation, str) else list(continuation)
+        ctx_ids = (ctypes.c_uint32 * len(ctx))(*ctx)
+        cont_ids = (ctypes.c_uint32 * len(cont))(*cont)
+        per_token = (ctypes.c_double * len(cont))()
+        result = n.LoglikResult()
+        c = _cache_params(**cache)
+        check(
+            lib.kf_loglik(
+                self._handle,
+                ctx_ids,
+                len(ctx),
+                cont_ids,
+                len(cont),
+                ctypes.byref(c),
+                per_token,
+                ctypes.byref(result),
+            )
+        )
+        return LogLikelihood(result.logprob, bool(result.greedy), list(per_token))
+
+    def chat(self, system: Optional[str] = None) -> "Session":
+        return Session(self, system)
+
+
+class Session:
+    """A chat that keeps its KV cache between turns: each turn runs only its new text. The
+    cache keywords must stay the same from turn to turn."""
+
+    def __init__(self, model: Model, system: Optional[str] = None):
+        handle = ctypes.c_void_p()
+        sys_prompt = system.encode() if system is not None else None
+        check(lib.kf_session_new(model._handle, sys_prompt, ctypes.byref(handle)))
+        self._handle = handle
+
+    def close(self):
+        if self._handle:
+            check(lib.kf_session_free(self._handle))
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) and lib is not None:
+            lib.kf_session_free(self._handle)
+
+    def send(self, message: str, on_token: Optional[OnToken] = None, **options) -> Generation:
+        """One turn: the user's message in, the assistant's reply out."""
+        return _generate(
+            lambda *args: lib.kf_session_chat_alloc(self._handle, message.encode(), *args),
+            on_token,
+            options,
+        )
+
+    def stream(self, message: str, **options) -> Stream:
+        return Stream(lambda on_token: self.send(message, on_token, **options))
+
+    def stats(self) -> Stats:
+        return _stats(lambda *args: lib.kf_session_cache_stats(self._handle, *args))
+
+    def positions(self, layer: int, kv_head: int) -> List[int]:
+        """Original positions the cache keeps in one layer and KV head, ascending."""
+        count = ctypes.c_size_t()
+        check(
+            lib.kf_session_cache_positions(
+                self._handle, layer, kv_head, None, 0, ctypes.byref(count)
+            )
+        )
+        out = (ctypes.c_uint32 * count.value)()
+        if count.value:
+            check(
+                lib.kf_session_cache_positions(
+                    self._handle, layer, kv_head, out, len(out), ctypes.byref(count)
+                )
+            )
+        return list(out)
