@@ -99,21 +99,19 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Opens device `ordinal`. Without a CUDA driver this is an ordinary error, never a panic.
     pub fn new(ordinal: usize, dtype: CudaDtype) -> Result<CudaBackend> {
+        // Probed in order and lazily: without a driver the other libraries are never loaded
+        // (loading them runs their static constructors, which leak checkers then report).
+        let probes: [(&str, unsafe fn() -> bool); 3] = [
+            (
+                "the CUDA driver (libcuda)",
+                cudarc::driver::sys::is_culib_present,
+            ),
+            ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present),
+            ("cuBLAS (libcublas)", cudarc::cublas::sys::is_culib_present),
+        ];
         // SAFETY: the probes only try to open the shared libraries.
-        let present = unsafe {
-            [
-                (
-                    "the CUDA driver (libcuda)",
-                    cudarc::driver::sys::is_culib_present(),
-                ),
-                ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present()),
-                (
-                    "cuBLAS (libcublas)",
-                    cudarc::cublas::sys::is_culib_present(),
-                ),
-            ]
-        };
-        if let Some((name, _)) = present.iter().find(|(_, ok)| !ok) {
+        let missing = probes.iter().find(|(_, present)| !unsafe { present() });
+        if let Some((name, _)) = missing {
             return Err(Error::Backend {
                 backend: "cuda",
                 reason: format!("CUDA not available: {name} not found"),
