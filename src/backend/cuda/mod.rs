@@ -96,12 +96,15 @@ pub struct CudaBackend {
     token: CudaSlice<u32>,
 }
 
+/// A CUDA library's name and the function that checks it can be loaded.
+type Probe = (&'static str, unsafe fn() -> bool);
+
 impl CudaBackend {
     /// Opens device `ordinal`. Without a CUDA driver this is an ordinary error, never a panic.
     pub fn new(ordinal: usize, dtype: CudaDtype) -> Result<CudaBackend> {
         // Probed in order and lazily: without a driver the other libraries are never loaded
         // (loading them runs their static constructors, which leak checkers then report).
-        let probes: [(&str, unsafe fn() -> bool); 3] = [
+        let probes: [Probe; 3] = [
             (
                 "the CUDA driver (libcuda)",
                 cudarc::driver::sys::is_culib_present,
