@@ -77,3 +77,39 @@ fn mpt_matches_transformers() {
 fn llama_matches_transformers() {
     check("llama");
 }
+
+#[test]
+fn sharded_checkpoint_loads_like_the_single_file() {
+    // Split tiny-llama's tensors over two shards with an index, as large checkpoints are stored.
+    let dir = common::scratch_copy("tiny-llama", "sharded_checkpoint");
+    let single = dir.join("model.safetensors");
+    let bytes = std::fs::read(&single).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::remove_file(&single).unwrap();
+
+    let sharded = load_cpu(&dir);
+    let original = load_cpu(&fixture("tiny-llama"));
+    let ids = golden("llama").ids;
+    let mut a = sharded.new_session(ids.len()).unwrap();
+    let mut b = original.new_session(ids.len()).unwrap();
+    assert_eq!(
+        sharded.forward(&mut a, &ids, true).unwrap(),
+        original.forward(&mut b, &ids, true).unwrap()
+    );
+}
