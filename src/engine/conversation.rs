@@ -5,8 +5,6 @@
 
 use std::time::Instant;
 
-use minijinja::{Environment, ErrorKind, context, syntax::SyntaxConfig};
-
 use crate::backend::Backend;
 use crate::engine::Session;
 use crate::engine::generate::{GenerateParams, Generation, StopReason};
@@ -15,7 +13,6 @@ use crate::error::{Error, Result};
 use crate::kv::policy::CacheConfig;
 use crate::kv::stats::CacheStats;
 use crate::model::Model;
-use crate::model::tokenizer::TextTokenizer;
 
 /// A chat whose cache lives between turns. Start a turn with [`Conversation::say`].
 pub struct Conversation<B: Backend> {
@@ -94,7 +91,7 @@ impl<B: Backend> Conversation<B> {
             messages.push(("assistant".into(), reply));
         }
         messages.push(("user".into(), message.to_string()));
-        let text = render_chat(tok, &messages)?;
+        let text = tok.render_chat(&messages)?;
 
         // Templates normally only extend what they rendered before; where one rewrites
         // earlier text, the session keeps what it saw and gets the rest from the first change.
@@ -267,48 +264,6 @@ impl<B: Backend> Turn<'_, B> {
             decode_ms: self.decode_start.elapsed().as_secs_f64() * 1e3,
         })
     }
-}
-
-/// Renders `messages` with the model's chat template, ready for the assistant's reply, the way
-/// `TextTokenizer::apply_chat_template` renders a single user message.
-fn render_chat(tok: &TextTokenizer, messages: &[(String, String)]) -> Result<String> {
-    let template = tok
-        .chat_template
-        .as_deref()
-        .ok_or_else(|| Error::Tokenizer("model has no chat template".into()))?;
-    let template_err = |e: minijinja::Error| Error::Tokenizer(format!("chat template: {e}"));
-    let mut env = Environment::new();
-    env.set_syntax(
-        SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .build()
-            .map_err(template_err)?,
-    );
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> std::result::Result<String, _> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        },
-    );
-    let token = |id: Option<u32>| {
-        id.and_then(|id| tok.inner.id_to_token(id))
-            .unwrap_or_default()
-    };
-    let messages: Vec<_> = messages
-        .iter()
-        .map(|(role, content)| context! { role, content })
-        .collect();
-    env.template_from_str(template)
-        .and_then(|t| {
-            t.render(context! {
-                messages,
-                add_generation_prompt => true,
-                bos_token => token(tok.bos),
-                eos_token => token(tok.eos.first().copied()),
-            })
-        })
-        .map_err(template_err)
 }
 
 /// Length in bytes of the longest common prefix of `a` and `b` that ends on a character boundary.

@@ -243,6 +243,12 @@ impl TextTokenizer {
 
     /// Renders the chat template for one user turn, ready for the assistant's reply.
     pub fn apply_chat_template(&self, user_message: &str) -> Result<String> {
+        self.render_chat(&[("user".to_string(), user_message.to_string())])
+    }
+
+    /// Renders the chat template for a conversation of (role, content) messages, ready for
+    /// the assistant's reply.
+    pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String> {
         let template = self
             .chat_template
             .as_deref()
@@ -267,7 +273,10 @@ impl TextTokenizer {
             id.and_then(|id| self.inner.id_to_token(id))
                 .unwrap_or_default()
         };
-        let messages = vec![context! { role => "user", content => user_message }];
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|(role, content)| context! { role, content })
+            .collect();
         env.template_from_str(template)
             .and_then(|t| {
                 t.render(context! {
