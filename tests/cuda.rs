@@ -4,7 +4,7 @@
 mod common;
 
 use common::ops::op_table;
-use common::{fixture, load_cpu, long_context_fixture, max_rel_error, smollm2_path};
+use common::{fixture, load_cpu, long_context_fixture, smollm2_path};
 use keyformer::backend::cuda::{CudaBackend, CudaDtype};
 use keyformer::engine::sampling::argmax;
 use keyformer::{Budget, CacheConfig, GenerateParams, Model, Policy};
@@ -53,45 +53,7 @@ fn every_architecture_and_policy_matches_cpu_in_f32() {
             &mut |_, _| {},
         )
         .unwrap();
-        let prompt: Vec<u32> = (0..40)
-            .map(|i| (i * 13 % cpu.config.vocab_size) as u32)
-            .collect();
-        for policy in Policy::ALL {
-            let plan = CacheConfig {
-                policy,
-                budget: Budget::Tokens(16),
-                seed: 3,
-                ..Default::default()
-            }
-            .plan(40)
-            .unwrap();
-            let (mut sc, mut sg) = (
-                cpu.new_session_for(plan, 40, 32).unwrap(),
-                gpu.new_session_for(plan, 40, 32).unwrap(),
-            );
-            let mut worst = 0f32;
-            let (mut lc, mut lg) = (
-                cpu.forward(&mut sc, &prompt, false).unwrap(),
-                gpu.forward(&mut sg, &prompt, false).unwrap(),
-            );
-            for _ in 0..32 {
-                worst = worst.max(max_rel_error(&lg, &lc));
-                let next = argmax(&lc);
-                lc = cpu.forward(&mut sc, &[next], false).unwrap();
-                lg = gpu.forward(&mut sg, &[next], false).unwrap();
-            }
-            let (kc, kg) = (
-                cpu.cache_stats(&sc, true).unwrap().positions,
-                gpu.cache_stats(&sg, true).unwrap().positions,
-            );
-            println!(
-                "{arch} {:>9}: max relative logit error {worst:.2e}, kept sets equal: {}",
-                policy.name(),
-                kc == kg
-            );
-            assert!(worst <= 1e-4, "{arch} {}: {worst}", policy.name());
-            assert_eq!(kc, kg, "{arch} {}", policy.name());
-        }
+        common::every_policy_matches_cpu(arch, &cpu, &gpu, 32);
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::Instant;
 
 use common::ops::{NEAR_TIE, op_table};
-use common::{fixture, load_cpu, long_context_fixture, max_rel_error, smollm2_path};
+use common::{fixture, load_cpu, long_context_fixture, smollm2_path};
 use keyformer::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use keyformer::engine::sampling::argmax;
 use keyformer::{Backend, Budget, CacheConfig, Error, GenerateParams, Model, Policy};
@@ -100,49 +100,12 @@ fn every_architecture_and_policy_matches_cpu() {
             &mut |_, _| {},
         )
         .unwrap();
-        let prompt: Vec<u32> = (0..40)
-            .map(|i| (i * 13 % cpu.config.vocab_size) as u32)
-            .collect();
-        for policy in Policy::ALL {
-            let plan = CacheConfig {
-                policy,
-                budget: Budget::Tokens(16),
-                seed: 3,
-                ..Default::default()
-            }
-            .plan(40)
-            .unwrap();
-            let (mut sc, mut sg) = (
-                cpu.new_session_for(plan, 40, 24).unwrap(),
-                gpu.new_session_for(plan, 40, 24).unwrap(),
-            );
-            let (mut lc, mut lg) = (
-                cpu.forward(&mut sc, &prompt, false).unwrap(),
-                gpu.forward(&mut sg, &prompt, false).unwrap(),
-            );
-            let mut worst = 0f32;
-            for _ in 0..24 {
-                worst = worst.max(max_rel_error(&lg, &lc));
-                let next = argmax(&lc);
-                lc = cpu.forward(&mut sc, &[next], false).unwrap();
-                lg = gpu.forward(&mut sg, &[next], false).unwrap();
-            }
-            let (kc, kg) = (
-                cpu.cache_stats(&sc, true).unwrap(),
-                gpu.cache_stats(&sg, true).unwrap(),
-            );
-            println!(
-                "{arch} {:>9}: max relative logit error {worst:.2e}, kept sets equal: {}",
-                policy.name(),
-                kc.positions == kg.positions
-            );
-            assert!(worst <= 1e-4, "{arch} {}: {worst}", policy.name());
-            assert_eq!(kc.positions, kg.positions, "{arch} {}", policy.name());
+        for (kc, kg) in common::every_policy_matches_cpu(arch, &cpu, &gpu, 24) {
             assert_eq!(
                 kc.kv_bytes_held,
                 kg.kv_bytes_held,
                 "{arch} {}",
-                policy.name()
+                kc.policy.name()
             );
         }
     }

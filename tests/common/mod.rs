@@ -132,3 +132,53 @@ pub fn long_context_fixture(arch: &str, context: usize, test: &str) -> PathBuf {
     }
     dir
 }
+
+/// Runs every policy on `gpu` and on the CPU over the same 40-token prompt and the CPU's greedy
+/// tokens for `steps` steps; asserts logits within 1e-4 and identical kept sets, and returns
+/// each policy's final statistics (CPU, GPU).
+pub fn every_policy_matches_cpu<B: keyformer::Backend>(
+    arch: &str,
+    cpu: &Model<CpuBackend>,
+    gpu: &Model<B>,
+    steps: usize,
+) -> Vec<(keyformer::CacheStats, keyformer::CacheStats)> {
+    use keyformer::engine::sampling::argmax;
+    use keyformer::{Budget, CacheConfig, Policy};
+    let prompt: Vec<u32> = (0..40)
+        .map(|i| (i * 13 % cpu.config.vocab_size) as u32)
+        .collect();
+    let mut stats = Vec::new();
+    for policy in Policy::ALL {
+        let config = CacheConfig {
+            policy,
+            budget: Budget::Tokens(16),
+            seed: 3,
+            ..Default::default()
+        };
+        let plan = config.plan(40).unwrap();
+        let mut sc = cpu.new_session_for(plan, 40, steps).unwrap();
+        let mut sg = gpu.new_session_for(plan, 40, steps).unwrap();
+        let mut lc = cpu.forward(&mut sc, &prompt, false).unwrap();
+        let mut lg = gpu.forward(&mut sg, &prompt, false).unwrap();
+        let mut worst = 0f32;
+        for _ in 0..steps {
+            worst = worst.max(max_rel_error(&lg, &lc));
+            let next = argmax(&lc);
+            lc = cpu.forward(&mut sc, &[next], false).unwrap();
+            lg = gpu.forward(&mut sg, &[next], false).unwrap();
+        }
+        let (kc, kg) = (
+            cpu.cache_stats(&sc, true).unwrap(),
+            gpu.cache_stats(&sg, true).unwrap(),
+        );
+        let name = policy.name();
+        println!(
+            "{arch} {name:>9}: max relative logit error {worst:.2e}, kept sets equal: {}",
+            kc.positions == kg.positions
+        );
+        assert!(worst <= 1e-4, "{arch} {name}: {worst}");
+        assert_eq!(kc.positions, kg.positions, "{arch} {name}");
+        stats.push((kc, kg));
+    }
+    stats
+}
