@@ -83,32 +83,17 @@ pub fn write_summaries(results: &[SummaryResult], ratios: &[f32], dir: &Path) ->
         "Mean over {docs} documents; columns are the KV cache as a fraction of the prompt.\n"
     );
     for (title, file, value) in metrics {
-        md += &format!(
-            "\n### {title}\n\n| policy | {} |\n|---|{}\n",
-            ratios
-                .iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(" | "),
-            "---|".repeat(ratios.len())
-        );
-        let mut series = Vec::new();
-        for &p in &policies {
-            let points: Vec<(f64, f64)> = ratios
-                .iter()
-                .map(|&r| (r as f64, mean(results, p, r, value)))
-                .collect();
-            md += &format!(
-                "| {} | {} |\n",
-                p.name(),
-                points
+        let series: Series = policies
+            .iter()
+            .map(|&p| {
+                let points = ratios
                     .iter()
-                    .map(|(_, y)| format!("{y:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
-            series.push((p, points));
-        }
+                    .map(|&r| (r as f64, mean(results, p, r, value)))
+                    .collect();
+                (p, points)
+            })
+            .collect();
+        md += &format!("\n### {title}\n\n{}", table(ratios, &series, 4));
         plot(&dir.join(format!("{file}.png")), &series)?;
     }
     md += &legend(&policies);
@@ -133,36 +118,45 @@ pub fn write_perplexity(
             .find(|x| x.policy == p && (p == Policy::Full || x.kv_ratio == Some(r)))
     };
     let tokens = results.first().map_or(0, |x| x.tokens);
-    let mut md = format!(
-        "Streaming perplexity over {tokens} tokens fed one at a time; columns are the cache budget as a fraction of the text.\n\n| policy | {} |\n|---|{}\n",
-        ratios
-            .iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|".repeat(ratios.len())
-    );
-    let mut series = Vec::new();
-    for &p in &policies {
-        let points: Vec<(f64, f64)> = ratios
-            .iter()
-            .filter_map(|&r| at(p, r).map(|x| (r as f64, x.perplexity)))
-            .collect();
-        md += &format!(
-            "| {} | {} |\n",
-            p.name(),
-            points
+    let series: Series = policies
+        .iter()
+        .map(|&p| {
+            let points = ratios
                 .iter()
-                .map(|(_, y)| format!("{y:.3}"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-        series.push((p, points));
-    }
+                .filter_map(|&r| at(p, r).map(|x| (r as f64, x.perplexity)))
+                .collect();
+            (p, points)
+        })
+        .collect();
+    let mut md = format!(
+        "Streaming perplexity over {tokens} tokens fed one at a time; columns are the cache budget as a fraction of the text.\n\n{}",
+        table(ratios, &series, 3)
+    );
     plot(&dir.join("perplexity.png"), &series)?;
     md += &legend(&policies);
     write(&dir.join("perplexity.md"), &md)?;
     Ok(md)
+}
+
+/// One line of (cache fraction, value) points per policy.
+type Series = Vec<(Policy, Vec<(f64, f64)>)>;
+
+/// A Markdown table: a column per ratio, a row per policy, values to `decimals` places.
+fn table(ratios: &[f32], series: &Series, decimals: usize) -> String {
+    let header: Vec<String> = ratios.iter().map(|r| r.to_string()).collect();
+    let mut md = format!(
+        "| policy | {} |\n|---|{}\n",
+        header.join(" | "),
+        "---|".repeat(ratios.len())
+    );
+    for (p, points) in series {
+        let cells: Vec<String> = points
+            .iter()
+            .map(|(_, y)| format!("{y:.decimals$}"))
+            .collect();
+        md += &format!("| {} | {} |\n", p.name(), cells.join(" | "));
+    }
+    md
 }
 
 fn legend(policies: &[Policy]) -> String {
@@ -175,7 +169,7 @@ fn legend(policies: &[Policy]) -> String {
 
 /// A line plot: x (cache fraction) across, y down the axis scaled to the data, one coloured
 /// line with square markers per policy, grey axes with a tick at every x value.
-fn plot(path: &Path, series: &[(Policy, Vec<(f64, f64)>)]) -> Result<()> {
+fn plot(path: &Path, series: &Series) -> Result<()> {
     let (w, h, m) = (640usize, 400usize, 30usize);
     let points = series.iter().flat_map(|s| s.1.iter());
     let (x0, x1) = points
