@@ -20,6 +20,16 @@ pub struct AttentionSpec<'a> {
     pub positions: &'a Positions,
 }
 
+/// One sequence's part in a batched decode step.
+pub struct SeqStep<'a, C> {
+    pub cache: &'a mut C,
+    /// Original position of the sequence's new token.
+    pub position: usize,
+    pub score: Option<StepScore>,
+    /// What the sequence keeps after this step's attention, when it evicts.
+    pub keep: Option<Keep>,
+}
+
 pub trait Backend {
     /// Weights as the backend stores them (f32 on the CPU; f16, bf16 or f32 on a GPU).
     type Weight;
@@ -59,7 +69,8 @@ pub trait Backend {
         rows: usize,
         dim: usize,
     ) -> Result<()>;
-    /// out[r] = src[first_row + r] for `rows` rows of `dim`.
+    /// out[out_row + r] = src[first_row + r] for `rows` rows of `dim`.
+    #[allow(clippy::too_many_arguments)]
     fn copy_rows(
         &self,
         src: &Self::Buf,
@@ -67,6 +78,7 @@ pub trait Backend {
         rows: usize,
         dim: usize,
         out: &mut Self::Buf,
+        out_row: usize,
     ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn norm(
@@ -131,6 +143,47 @@ pub trait Backend {
         score: Option<&StepScore>,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// One decode token for each sequence of a batch: row i of `qkv` is seqs[i]'s new token and
+    /// row i of `out` receives its attention output; then each sequence evicts as its `keep`
+    /// says. The default runs the single-sequence ops row by row; GPU backends override it
+    /// with kernels that take the whole batch at once.
+    fn attention_batch(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &Self::Buf,
+        seqs: &mut [SeqStep<'_, Self::Cache>],
+        layer: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let qkv_width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+        let out_width = spec.heads * spec.head_dim;
+        let mut row_qkv = self.scratch(qkv_width)?;
+        let mut row_out = self.scratch(out_width)?;
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            self.copy_rows(qkv, i, 1, qkv_width, &mut row_qkv, 0)?;
+            let score = seq.score.as_ref();
+            let cache = &mut *seq.cache;
+            self.attention(
+                spec,
+                &row_qkv,
+                1,
+                seq.position,
+                cache,
+                layer,
+                score,
+                &mut row_out,
+            )?;
+            if let Some(keep) = &seq.keep {
+                self.evict(cache, layer, keep)?;
+            }
+            self.copy_rows(&row_out, 0, 1, out_width, out, i)?;
+        }
+        Ok(())
+    }
+    /// Device memory free for caches and activations, where the backend can tell.
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
     /// Evicts down to `keep.budget` tokens in every kv head of the layer (lowest scores among
     /// the tokens that are neither sinks nor recent, earliest first on ties), compacts the
     /// survivors in position order and gives back memory beyond the cache's capacity.

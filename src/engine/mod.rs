@@ -363,7 +363,7 @@ impl<B: Backend> Model<B> {
     fn last_row(&self, x: &B::Buf, rows: usize) -> Result<B::Buf> {
         let h = self.config.hidden;
         let mut last = self.backend.zeros(h)?;
-        self.backend.copy_rows(x, rows - 1, 1, h, &mut last)?;
+        self.backend.copy_rows(x, rows - 1, 1, h, &mut last, 0)?;
         Ok(last)
     }
 }

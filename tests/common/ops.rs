@@ -240,7 +240,7 @@ fn add_positions<B: Backend>(
     let mut xb = b.upload(x)?;
     b.add_positions(&mut xb, &b.upload_weight(table.to_vec())?, first, rows, dim)?;
     let mut last = b.zeros(dim)?;
-    b.copy_rows(&xb, rows - 1, 1, dim, &mut last)?;
+    b.copy_rows(&xb, rows - 1, 1, dim, &mut last, 0)?;
     let mut out = b.download(&xb, rows * dim)?;
     out.extend(b.download(&last, dim)?);
     Ok(out)

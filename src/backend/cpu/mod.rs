@@ -127,11 +127,12 @@ impl Backend for CpuBackend {
         rows: usize,
         dim: usize,
         out: &mut Vec<f32>,
+        out_row: usize,
     ) -> Result<()> {
-        let start = first_row * dim;
+        let (start, to) = (first_row * dim, out_row * dim);
         check_len("copy source", src, start + rows * dim)?;
-        check_len("copy destination", out, rows * dim)?;
-        out[..rows * dim].copy_from_slice(&src[start..start + rows * dim]);
+        check_len("copy destination", out, to + rows * dim)?;
+        out[to..to + rows * dim].copy_from_slice(&src[start..start + rows * dim]);
         Ok(())
     }
 

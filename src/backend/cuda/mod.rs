@@ -369,12 +369,16 @@ impl Backend for CudaBackend {
         rows: usize,
         dim: usize,
         out: &mut CudaSlice<f32>,
+        out_row: usize,
     ) -> Result<()> {
         check("copy source", src.len(), (first_row + rows) * dim)?;
-        check("copy destination", out.len(), rows * dim)?;
+        check("copy destination", out.len(), (out_row + rows) * dim)?;
         let view = src.slice(first_row * dim..(first_row + rows) * dim);
         self.stream
-            .memcpy_dtod(&view, &mut out.slice_mut(..rows * dim))
+            .memcpy_dtod(
+                &view,
+                &mut out.slice_mut(out_row * dim..(out_row + rows) * dim),
+            )
             .map_err(cuda_err)
     }
 
@@ -526,6 +530,14 @@ impl Backend for CudaBackend {
         self.launch(&self.k.argmax, (1, 1), 1024, &args)?;
         let id = self.stream.clone_dtoh(&self.token).map_err(cuda_err)?;
         Ok(id[0])
+    }
+
+    fn free_memory(&self) -> Option<usize> {
+        self.stream
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free)
     }
 
     fn kv_value_bytes(&self) -> usize {

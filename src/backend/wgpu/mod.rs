@@ -266,15 +266,16 @@ impl Backend for WgpuBackend {
         rows: usize,
         dim: usize,
         out: &mut WgpuBuf,
+        out_row: usize,
     ) -> Result<()> {
         check_len("copy source", src.len, (first_row + rows) * dim)?;
-        check_len("copy destination", out.len, rows * dim)?;
+        check_len("copy destination", out.len, (out_row + rows) * dim)?;
         let bytes = |n: usize| 4 * n as u64;
         self.gpu.copy(
             &src.buffer,
             bytes(first_row * dim),
             &out.buffer,
-            0,
+            bytes(out_row * dim),
             bytes(rows * dim),
         );
         Ok(())
