@@ -5,29 +5,9 @@
 // eviction candidates. Positions: rope_dims > 0 selects rotary (pairs: 0 = interleaved (2i, 2i+1),
 // 1 = halves (i, i + dims/2)); slopes != 0 selects ALiBi.
 
-// One block per (row, head) over heads then kv heads: rotate q into `q` (wt, [rows][heads][hd]);
-// rotate k and copy v into cache slots len + row, with their positions and zero scores.
-extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads, u32 hd, u32 first_pos,
-                                       u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q,
-                                       wt* k_cache, wt* v_cache, u32* pos, float* score, u32 capacity,
-                                       u32 len) {
-    u32 r = blockIdx.x, hh = blockIdx.y;
-    u32 stride = (heads + 2 * kv_heads) * hd;
-    u32 p = first_pos + r;
-    const float* src;
-    wt* dst;
-    if (hh < heads) {
-        src = qkv + (size_t)r * stride + hh * hd;
-        dst = q + ((size_t)r * heads + hh) * hd;
-    } else {
-        u32 g = hh - heads;
-        size_t slot = (size_t)g * capacity + len + r;
-        src = qkv + (size_t)r * stride + (heads + g) * hd;
-        dst = k_cache + slot * hd;
-        const float* vsrc = qkv + (size_t)r * stride + (heads + kv_heads + g) * hd;
-        for (u32 d = threadIdx.x; d < hd; d += blockDim.x) v_cache[slot * hd + d] = from_f32(vsrc[d]);
-        if (threadIdx.x == 0) { pos[slot] = p; score[slot] = 0.0f; }
-    }
+// dst = src at position p: the first rope_dims dimensions rotated, all converted to storage.
+__device__ void rotate_store(const float* src, wt* dst, u32 hd, u32 p, u32 rope_dims, u32 rope_halves,
+                             const float* inv_freq) {
     for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
         if (d >= rope_dims) { dst[d] = from_f32(src[d]); continue; }
         u32 half = rope_dims / 2;
@@ -38,6 +18,27 @@ extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads
         float xa = src[a], xb = src[b];
         dst[d] = from_f32(d == a ? xa * cs - xb * sn : xb * cs + xa * sn);
     }
+}
+
+// One block per (row, head) over heads then kv heads: rotate q into `q` (wt, [rows][heads][hd]);
+// rotate k and copy v into cache slots len + row, with their positions and zero scores.
+extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads, u32 hd, u32 first_pos,
+                                       u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q,
+                                       wt* k_cache, wt* v_cache, u32* pos, float* score, u32 capacity,
+                                       u32 len) {
+    u32 r = blockIdx.x, hh = blockIdx.y;
+    const float* row = qkv + (size_t)r * (heads + 2 * kv_heads) * hd;
+    u32 p = first_pos + r;
+    if (hh < heads) {
+        rotate_store(row + hh * hd, q + ((size_t)r * heads + hh) * hd, hd, p, rope_dims, rope_halves, inv_freq);
+        return;
+    }
+    u32 g = hh - heads;
+    size_t slot = (size_t)g * capacity + len + r;
+    rotate_store(row + (heads + g) * hd, k_cache + slot * hd, hd, p, rope_dims, rope_halves, inv_freq);
+    const float* vsrc = row + (heads + kv_heads + g) * hd;
+    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) v_cache[slot * hd + d] = from_f32(vsrc[d]);
+    if (threadIdx.x == 0) { pos[slot] = p; score[slot] = 0.0f; }
 }
 
 __device__ __forceinline__ float alibi(const float* slopes, u32 h, u32 key_pos, u32 query_pos) {
@@ -105,150 +106,232 @@ extern "C" __global__ void attn_prefill_columns(const float* s, float* score, u3
     score[(size_t)g * capacity + j] += acc;
 }
 
-// ---- Decode: one query row, split over chunks of key slots (flash-decoding).
+// ---- Decode: one new token for each sequence of a batch, split over spans of key slots
+// (flash-decoding), then combined.
 
-#define CHUNK 32
+#define SUB 32                        // keys per step of a block's loop
 #define WARPS 4
+#define KEYS_PER_WARP (SUB / WARPS)
 #define VEC (16 / sizeof(wt))
 #define MAX_HD 512
+#define MAX_PASSES (MAX_HD / (32 * VEC))
 
-// Grid (heads, chunks), WARPS warps. Each warp takes every WARPS-th key of the chunk; its lanes
-// cover the head dimension with 16-byte loads, and the keys' loads are issued together. Writes
-// each key's logit to `logits` [heads][len] and the chunk's max, sum of exponentials and
-// unnormalised output to the partial buffers. Needs head_dim % VEC == 0 and <= MAX_HD.
-extern "C" __global__ void attn_decode_partial(const wt* q, const wt* k_cache, const wt* v_cache,
-                                               const u32* pos, u32 capacity, u32 len, u32 heads,
-                                               u32 kv_heads, u32 hd, u32 qpos, float scale,
-                                               const float* slopes, float* logits, float* part_m,
-                                               float* part_s, float* part_o) {
-    __shared__ float e[CHUNK];
-    __shared__ float red[WARPS][MAX_HD];
-    const u32 per_warp = CHUNK / WARPS;
-    u32 h = blockIdx.x, c = blockIdx.y;
-    u32 g = h / (heads / kv_heads);
-    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    u32 start = c * CHUNK, n = min(len - start, (u32)CHUNK);
-    const wt* qh = q + (size_t)h * hd;
-    size_t base = (size_t)g * capacity + start;
-
-    float d[per_warp];
-#pragma unroll
-    for (u32 jj = 0; jj < per_warp; jj++) d[jj] = 0.0f;
-    for (u32 t = lane * VEC; t < hd; t += 32 * VEC) {
-        uint4 qraw = *(const uint4*)(qh + t);
-        const wt* qv = (const wt*)&qraw;
-        uint4 kraw[per_warp];
-#pragma unroll
-        for (u32 jj = 0; jj < per_warp; jj++) {
-            u32 j = warp + jj * WARPS;
-            kraw[jj] = j < n ? *(const uint4*)(k_cache + (base + j) * hd + t) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (u32 jj = 0; jj < per_warp; jj++) {
-            const wt* kv = (const wt*)&kraw[jj];
-#pragma unroll
-            for (u32 u = 0; u < VEC; u++) d[jj] += to_f32(qv[u]) * to_f32(kv[u]);
-        }
+// Grid (seqs, heads + kv_heads), 128 threads: sequence z's token goes to cache slot len - 1.
+extern "C" __global__ void decode_append(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd,
+                                         u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q) {
+    u32 z = blockIdx.x, hh = blockIdx.y;
+    const SeqDesc& d = b.s[z];
+    const float* row = qkv + (size_t)z * (heads + 2 * kv_heads) * hd;
+    if (hh < heads) {
+        rotate_store(row + hh * hd, q + ((size_t)z * heads + hh) * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq);
+        return;
     }
-#pragma unroll
-    for (u32 jj = 0; jj < per_warp; jj++) {
-        u32 j = warp + jj * WARPS;
-        float dot = warp_sum(d[jj]);
-        if (lane == 0 && j < n) {
-            u32 kp = pos[base + j];
-            e[j] = kp <= qpos ? dot * scale + alibi(slopes, h, kp, qpos) : NEG_INF;
-        }
-    }
-    __syncthreads();
-    float m = NEG_INF;
-    for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
-        logits[(size_t)h * len + start + j] = e[j];
-        m = fmaxf(m, e[j]);
-    }
-    m = block_reduce(m, true);
-    float s = 0.0f;
-    for (u32 j = threadIdx.x; j < n; j += blockDim.x) {
-        e[j] = expf(e[j] - m);
-        s += e[j];
-    }
-    s = block_reduce(s, false);
-
-    // Each warp sums its keys' values over the dimensions its lanes cover, then warps add up.
-    for (u32 t = lane * VEC; t < hd; t += 32 * VEC) {
-        float o[VEC];
-#pragma unroll
-        for (u32 u = 0; u < VEC; u++) o[u] = 0.0f;
-        uint4 vraw[per_warp];
-#pragma unroll
-        for (u32 jj = 0; jj < per_warp; jj++) {
-            u32 j = warp + jj * WARPS;
-            vraw[jj] = j < n ? *(const uint4*)(v_cache + (base + j) * hd + t) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (u32 jj = 0; jj < per_warp; jj++) {
-            u32 j = warp + jj * WARPS;
-            if (j >= n) break;
-            const wt* vv = (const wt*)&vraw[jj];
-#pragma unroll
-            for (u32 u = 0; u < VEC; u++) o[u] += e[j] * to_f32(vv[u]);
-        }
-#pragma unroll
-        for (u32 u = 0; u < VEC; u++) red[warp][t + u] = o[u];
-    }
-    __syncthreads();
-    size_t pc = (size_t)h * gridDim.y + c;
-    for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
-        float o = 0.0f;
-        for (u32 w = 0; w < WARPS; w++) o += red[w][t];
-        part_o[pc * hd + t] = o;
-    }
-    if (threadIdx.x == 0) { part_m[pc] = m; part_s[pc] = s; }
+    u32 g = hh - heads;
+    size_t slot = (size_t)g * d.capacity + d.len - 1;
+    rotate_store(row + (heads + g) * hd, d.k + slot * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq);
+    const float* vsrc = row + (heads + kv_heads + g) * hd;
+    for (u32 t = threadIdx.x; t < hd; t += blockDim.x) d.v[slot * hd + t] = from_f32(vsrc[t]);
+    if (threadIdx.x == 0) { d.pos[slot] = d.qpos; d.score[slot] = 0.0f; }
 }
 
-// Grid kv_heads, 256 threads. For each query head of the group: combines the chunks into out
-// [heads][hd] and, when scoring, the log-sum-exp of its noisy logits; then adds the group's
-// noisy probabilities into the kv head's scores, heads in order so the sums are reproducible.
-extern "C" __global__ void attn_decode_finish(const float* part_m, const float* part_s,
-                                              const float* part_o, u32 chunks, u32 hd, float* out,
-                                              const float* logits, const u32* pos, float* score,
-                                              u32 capacity, u32 len, u32 heads, u32 kv_heads, u32 qpos,
-                                              u32 scoring, u32 noise, float tau, u32 seed, u32 layer) {
-    __shared__ float lse[64];
-    u32 g = blockIdx.x, group = heads / kv_heads;
-    const u32* kpos = pos + (size_t)g * capacity;
-    for (u32 h = g * group; h < (g + 1) * group; h++) {
-        float m = NEG_INF;
-        for (u32 c = 0; c < chunks; c++) m = fmaxf(m, part_m[h * chunks + c]);
-        float s = 0.0f;
-        for (u32 c = 0; c < chunks; c++) s += part_s[h * chunks + c] * expf(part_m[h * chunks + c] - m);
-        for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
-            float o = 0.0f;
-            for (u32 c = 0; c < chunks; c++) o += part_o[((size_t)h * chunks + c) * hd + t] * expf(part_m[h * chunks + c] - m);
-            out[(size_t)h * hd + t] = o / s;
-        }
-        if (!scoring) continue;
-        float my = NEG_INF;
-        for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-            float x = logits[(size_t)h * len + j];
-            if (x > NEG_INF) my = fmaxf(my, (x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau);
-        }
-        my = block_reduce(my, true);
-        float sy = 0.0f;
-        for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-            float x = logits[(size_t)h * len + j];
-            if (x > NEG_INF) sy += expf((x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau - my);
-        }
-        sy = block_reduce(sy, false);
-        if (threadIdx.x == 0) lse[h - g * group] = my + logf(sy);
+// Asks L2 to fetch `bytes` (a multiple of 16) from a 16-byte aligned address.
+__device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#else
+    for (u32 off = 0; off < bytes; off += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"((const char*)p + off));
+#endif
+}
+
+__device__ __forceinline__ float dot16(uint4 a, uint4 b) {
+    const wt* x = (const wt*)&a;
+    const wt* y = (const wt*)&b;
+    float acc = 0.0f;
+#pragma unroll
+    for (u32 u = 0; u < VEC; u++) acc += to_f32(x[u]) * to_f32(y[u]);
+    return acc;
+}
+
+// Grid (heads, splits, seqs), WARPS warps. Block (h, c, z) covers key slots [c * span, (c + 1) *
+// span) of sequence z in steps of SUB keys with an online softmax: each warp takes every WARPS-th
+// key, its lanes cover the head dimension with 16-byte loads. Writes the span's max, sum of
+// exponentials and unnormalised output to part_stat [seq][head][split][4] and part_o; when the
+// sequence scores, also the noisy logits y = (x + g) / tau to logits [seq][head][max_len] and
+// their max and sum of exponentials. Needs head_dim % VEC == 0 and <= MAX_HD.
+extern "C" __global__ void decode_partial(const wt* q, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 span,
+                                          u32 splits, u32 max_len, float scale, const float* slopes,
+                                          u32 layer, float* logits, float* part_stat, float* part_o) {
+    __shared__ float e[SUB];
+    __shared__ float red[WARPS][MAX_HD];
+    u32 h = blockIdx.x, c = blockIdx.y, z = blockIdx.z;
+    const SeqDesc& d = b.s[z];
+    u32 start = c * span;
+    if (start >= d.len) return;
+    u32 end = min(d.len, start + span);
+    u32 g = h / (heads / kv_heads);
+    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    u32 passes = (hd + 32 * VEC - 1) / (32 * VEC);
+    size_t base = (size_t)g * d.capacity;
+    const wt* qh = q + ((size_t)z * heads + h) * hd;
+    uint4 qraw[MAX_PASSES];
+    float o[MAX_PASSES][VEC];
+#pragma unroll
+    for (u32 p = 0; p < MAX_PASSES; p++) {
+        u32 t = p * 32 * VEC + lane * VEC;
+        qraw[p] = p < passes && t < hd ? *(const uint4*)(qh + t) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (u32 u = 0; u < VEC; u++) o[p][u] = 0.0f;
     }
-    if (!scoring) return;
-    __syncthreads();
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-        float acc = 0.0f;
-        for (u32 h = g * group; h < (g + 1) * group; h++) {
-            float x = logits[(size_t)h * len + j];
-            if (x > NEG_INF) acc += expf((x + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau - lse[h - g * group]);
+    float m = NEG_INF, s = 0.0f, my = NEG_INF, sy = 0.0f;
+    float* ly = logits + ((size_t)z * heads + h) * max_len;
+    for (u32 j0 = start; j0 < end; j0 += SUB) {
+        u32 n = min(end - j0, (u32)SUB);
+        if (threadIdx.x == 0) prefetch_l2(d.v + (base + j0) * hd, n * hd * sizeof(wt));
+        float dot[KEYS_PER_WARP];
+#pragma unroll
+        for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) dot[jj] = 0.0f;
+#pragma unroll
+        for (u32 p = 0; p < MAX_PASSES; p++) {
+            u32 t = p * 32 * VEC + lane * VEC;
+            if (p >= passes || t >= hd) break;
+            uint4 kraw[KEYS_PER_WARP];
+#pragma unroll
+            for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) {
+                u32 j = warp + jj * WARPS;
+                kraw[jj] = j < n ? *(const uint4*)(d.k + (base + j0 + j) * hd + t) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) dot[jj] += dot16(qraw[p], kraw[jj]);
         }
-        score[(size_t)g * capacity + j] += acc;
+#pragma unroll
+        for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) {
+            u32 j = warp + jj * WARPS;
+            float x = warp_sum(dot[jj]);
+            if (lane == 0 && j < n) {
+                u32 kp = d.pos[base + j0 + j];
+                e[j] = kp <= d.qpos ? x * scale + alibi(slopes, h, kp, d.qpos) : NEG_INF;
+            }
+        }
+        __syncthreads();
+        // Every warp holds the step's logits, one per lane, and updates the same running sums.
+        float x = lane < n ? e[lane] : NEG_INF;
+        float m_new = fmaxf(m, warp_max(x));
+        float keep = m_new == NEG_INF ? 1.0f : expf(m - m_new);
+        float pj = x == NEG_INF ? 0.0f : expf(x - m_new);
+        s = s * keep + warp_sum(pj);
+        m = m_new;
+        if (d.scoring && warp == 0) {
+            float y = NEG_INF;
+            if (lane < n && x > NEG_INF) {
+                u32 kp = d.pos[base + j0 + lane];
+                y = (x + (d.noise ? gumbel(d.seed, layer, h, d.qpos, kp) : 0.0f)) / d.tau;
+            }
+            if (lane < n) ly[j0 + lane] = y;
+            float my_new = fmaxf(my, warp_max(y));
+            float ey = y == NEG_INF ? 0.0f : expf(y - my_new);
+            sy = (my_new == NEG_INF ? sy : sy * expf(my - my_new)) + warp_sum(ey);
+            my = my_new;
+        }
+        // The warp's keys' weights, shuffled before lanes past head_dim leave the loop below.
+        float w[KEYS_PER_WARP];
+#pragma unroll
+        for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) w[jj] = __shfl_sync(0xffffffffu, pj, warp + jj * WARPS);
+#pragma unroll
+        for (u32 p = 0; p < MAX_PASSES; p++) {
+            u32 t = p * 32 * VEC + lane * VEC;
+            if (p >= passes || t >= hd) break;
+            uint4 vraw[KEYS_PER_WARP];
+#pragma unroll
+            for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) {
+                u32 j = warp + jj * WARPS;
+                vraw[jj] = j < n ? *(const uint4*)(d.v + (base + j0 + j) * hd + t) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (u32 u = 0; u < VEC; u++) o[p][u] *= keep;
+#pragma unroll
+            for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) {
+                const wt* vv = (const wt*)&vraw[jj];
+#pragma unroll
+                for (u32 u = 0; u < VEC; u++) o[p][u] += w[jj] * to_f32(vv[u]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (u32 p = 0; p < MAX_PASSES; p++) {
+        u32 t = p * 32 * VEC + lane * VEC;
+        if (p >= passes || t >= hd) break;
+#pragma unroll
+        for (u32 u = 0; u < VEC; u++) red[warp][t + u] = o[p][u];
+    }
+    __syncthreads();
+    size_t pc = ((size_t)z * heads + h) * splits + c;
+    for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
+        float acc = 0.0f;
+        for (u32 w = 0; w < WARPS; w++) acc += red[w][t];
+        part_o[pc * hd + t] = acc;
+    }
+    if (threadIdx.x == 0) {
+        part_stat[pc * 4 + 0] = m;
+        part_stat[pc * 4 + 1] = s;
+        part_stat[pc * 4 + 2] = my;
+        part_stat[pc * 4 + 3] = sy;
+    }
+}
+
+// Grid (kv_heads, parts, seqs), 256 threads. Combines the spans of each query head of kv head g
+// into out [seq][head][hd]; when scoring, adds the group's noisy probabilities exp(y - lse)
+// into the kv head's scores, heads in order so the sums are reproducible. The parts share the
+// output elements and the keys.
+extern "C" __global__ void decode_finish(SeqBatch b, const float* part_stat, const float* part_o,
+                                         const float* logits, float* out, u32 heads, u32 kv_heads, u32 hd,
+                                         u32 span, u32 splits, u32 max_len) {
+    __shared__ float head_m[64], head_inv[64], head_lse[64];
+    u32 g = blockIdx.x, z = blockIdx.z, group = heads / kv_heads;
+    const SeqDesc& d = b.s[z];
+    u32 used = (d.len + span - 1) / span;
+    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    size_t head0 = (size_t)z * heads + g * group;
+    for (u32 i = warp; i < group; i += warps) {
+        const float* st = part_stat + (head0 + i) * splits * 4;
+        float m = NEG_INF, my = NEG_INF;
+        for (u32 c = lane; c < used; c += 32) {
+            m = fmaxf(m, st[c * 4]);
+            my = fmaxf(my, st[c * 4 + 2]);
+        }
+        m = warp_max(m);
+        my = warp_max(my);
+        float s = 0.0f, sy = 0.0f;
+        for (u32 c = lane; c < used; c += 32) {
+            s += st[c * 4 + 1] * expf(st[c * 4] - m);
+            if (d.scoring && st[c * 4 + 2] > NEG_INF) sy += st[c * 4 + 3] * expf(st[c * 4 + 2] - my);
+        }
+        s = warp_sum(s);
+        sy = warp_sum(sy);
+        if (lane == 0) {
+            head_m[i] = m;
+            head_inv[i] = 1.0f / s;
+            head_lse[i] = my + logf(sy);
+        }
+    }
+    __syncthreads();
+    u32 first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
+    for (u32 k = first; k < group * hd; k += stride) {
+        u32 i = k / hd, t = k % hd;
+        const float* st = part_stat + (head0 + i) * splits * 4;
+        const float* po = part_o + (head0 + i) * splits * hd + t;
+        float acc = 0.0f;
+#pragma unroll 4
+        for (u32 c = 0; c < used; c++) acc += po[(size_t)c * hd] * expf(st[c * 4] - head_m[i]);
+        out[(head0 + i) * hd + t] = acc * head_inv[i];
+    }
+    if (!d.scoring) return;
+    for (u32 j = first; j < d.len; j += stride) {
+        float acc = 0.0f;
+        for (u32 i = 0; i < group; i++) {
+            float y = logits[(head0 + i) * max_len + j];
+            if (y > NEG_INF) acc += expf(y - head_lse[i]);
+        }
+        d.score[(size_t)g * d.capacity + j] += acc;
     }
 }

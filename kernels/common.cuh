@@ -81,3 +81,26 @@ __device__ __forceinline__ float gumbel(u32 seed, u32 layer, u32 head, u32 qpos,
     float u = ((float)(h >> 9) + 0.5f) / 8388608.0f;
     return -logf(-logf(u));
 }
+
+// One sequence of a batched decode step; the layout matches SeqDesc in
+// src/backend/cuda/attention.rs. Passed by value in a SeqBatch kernel parameter.
+#define MAX_SEQS 32
+struct SeqDesc {
+    wt* k;
+    wt* v;
+    u32* pos;
+    float* score;
+    u32 capacity;      // slots per kv head
+    u32 len;           // tokens held, this step's token included
+    u32 qpos;          // position of this step's token
+    u32 scoring;       // add this step's (noisy) probabilities into the scores
+    u32 noise;
+    float tau;
+    u32 seed;
+    u32 evict;         // evict one token per kv head after this step
+    u32 sinks;
+    u32 window_start;  // first position of the recent window
+};
+struct SeqBatch {
+    SeqDesc s[MAX_SEQS];
+};

@@ -9,20 +9,21 @@ __device__ __forceinline__ bool before(float sa, u32 pa, float sb, u32 pb) {
     return sa < sb || (sa == sb && pa < pb);
 }
 
-// One eviction per kv head (a decode step): find the minimum candidate and move the last slot
-// into its place. Grid kv_heads, 256 threads (a power of two).
-extern "C" __global__ void evict_one(wt* k, wt* v, u32* pos, float* score, u32 capacity, u32 len,
-                                     u32 hd, u32 sinks, u32 window_start) {
+// One eviction per kv head of each sequence that evicts this step: find the minimum candidate
+// and move the last slot into its place. Grid (kv_heads, seqs), 256 threads (a power of two).
+extern "C" __global__ void decode_evict(SeqBatch b, u32 hd) {
     __shared__ float best_s[256];
     __shared__ u32 best_p[256];
     __shared__ u32 best_j[256];
-    size_t base = (size_t)blockIdx.x * capacity;
+    const SeqDesc& d = b.s[blockIdx.y];
+    if (!d.evict) return;
+    size_t base = (size_t)blockIdx.x * d.capacity;
     float bs = 0.0f;
     u32 bp = 0xffffffffu, bj = 0xffffffffu;
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-        u32 p = pos[base + j];
-        float s = score[base + j];
-        if (candidate(p, sinks, window_start) && (bj == 0xffffffffu || before(s, p, bs, bp))) {
+    for (u32 j = threadIdx.x; j < d.len; j += blockDim.x) {
+        u32 p = d.pos[base + j];
+        float s = d.score[base + j];
+        if (candidate(p, d.sinks, d.window_start) && (bj == 0xffffffffu || before(s, p, bs, bp))) {
             bs = s; bp = p; bj = j;
         }
     }
@@ -39,13 +40,13 @@ extern "C" __global__ void evict_one(wt* k, wt* v, u32* pos, float* score, u32 c
         }
         __syncthreads();
     }
-    u32 victim = best_j[0], last = len - 1;
+    u32 victim = best_j[0], last = d.len - 1;
     if (victim == 0xffffffffu || victim == last) return;
-    for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
-        k[(base + victim) * hd + d] = k[(base + last) * hd + d];
-        v[(base + victim) * hd + d] = v[(base + last) * hd + d];
+    for (u32 t = threadIdx.x; t < hd; t += blockDim.x) {
+        d.k[(base + victim) * hd + t] = d.k[(base + last) * hd + t];
+        d.v[(base + victim) * hd + t] = d.v[(base + last) * hd + t];
     }
-    if (threadIdx.x == 0) { pos[base + victim] = pos[base + last]; score[base + victim] = score[base + last]; }
+    if (threadIdx.x == 0) { d.pos[base + victim] = d.pos[base + last]; d.score[base + victim] = d.score[base + last]; }
 }
 
 // Many evictions (after a prefill): keep[g][j] = 0 for the evict_count lowest candidates, found

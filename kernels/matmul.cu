@@ -3,11 +3,24 @@
 
 #define VEC (16 / sizeof(wt))
 
-// out[r][o] = x[r] . w[o] (+ bias[o]) for ROWS rows: one warp per output, reading each weight
-// row once with 16-byte loads. ROWS is a template parameter so the sums stay in registers.
+// Weights are read once per token and never reused: load them around L1.
+__device__ __forceinline__ uint4 load_stream(const wt* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+// out[r][o] = x[r] . w[o] (+ bias[o]) for ROWS rows, or out[r][o] += that when `accumulate`
+// (a residual add folded into the product). One warp per output: each lane keeps four 16-byte
+// loads of the weight row in flight, which measured fastest on an H100 (2.3-3.05 TB/s from
+// 4096x4096 to 50400x4096 in f16, against 2.0-2.95 for eight loads and 256-thread blocks).
+// ROWS is a template parameter so the sums stay in registers.
 template <int ROWS>
 __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* out, u32 n_out, u32 n_in,
-                          u32 has_bias) {
+                          u32 has_bias, u32 accumulate) {
+    const int LOADS = 4;
     u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     u32 o = blockIdx.x * (blockDim.x >> 5) + warp;
     if (o >= n_out) return;
@@ -16,17 +29,15 @@ __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* ou
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
     if (n_in % VEC == 0) {
-        // Eight 16-byte loads per lane are issued before any is used, so a warp keeps 4 KiB of
-        // its row in flight: decode is bound by memory latency and bandwidth, not arithmetic.
-        for (u32 base = lane * VEC; base < n_in; base += 32 * VEC * 8) {
-            uint4 raw[8];
+        for (u32 base = lane * VEC; base < n_in; base += 32 * VEC * LOADS) {
+            uint4 raw[LOADS];
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
+            for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
-                raw[u] = i < n_in ? *(const uint4*)(wr + i) : make_uint4(0, 0, 0, 0);
+                raw[u] = i < n_in ? load_stream(wr + i) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
+            for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
                 if (i >= n_in) break;
                 const wt* wv = (const wt*)&raw[u];
@@ -52,15 +63,16 @@ __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* ou
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         float s = warp_sum(acc[r]);
-        if (lane == 0) out[(size_t)r * n_out + o] = has_bias ? s + to_f32(bias[o]) : s;
+        if (has_bias) s += to_f32(bias[o]);
+        if (lane == 0) out[(size_t)r * n_out + o] = accumulate ? out[(size_t)r * n_out + o] + s : s;
     }
 }
 
-// Grid: ceil(n_out / 8) blocks of 256 threads.
+// Grid: ceil(n_out / 4) blocks of 128 threads.
 #define GEMV(R)                                                                                   \
     extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,   \
-                                       u32 n_out, u32 n_in, u32 has_bias) {                      \
-        gemv_rows<R>(x, w, bias, out, n_out, n_in, has_bias);                                    \
+                                       u32 n_out, u32 n_in, u32 has_bias, u32 accumulate) {      \
+        gemv_rows<R>(x, w, bias, out, n_out, n_in, has_bias, accumulate);                        \
     }
 GEMV(1)
 GEMV(2)

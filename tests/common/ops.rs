@@ -2,7 +2,7 @@
 //! oracle from the same seeded random inputs, compared by relative error; cached positions and
 //! kept-token sets compared exactly except where two candidates' scores are near-ties.
 
-use keyformer::backend::{AttentionSpec, Backend};
+use keyformer::backend::{AttentionSpec, Backend, SeqStep};
 use keyformer::engine::sampling::{Sampler, SamplingParams};
 use keyformer::kv::{CacheShape, Keep, StepScore};
 use keyformer::model::config::{Activation, NormKind, Positions, RopePairs};
@@ -218,6 +218,16 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
                 record(format!("{label} {what}"), error);
             }
         }
+        let spec = AttentionSpec {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            positions: &positions,
+        };
+        for (what, error) in attention_batch_rows(b, &spec, &mut rng).unwrap() {
+            record(format!("attention batch {name} dim {hd} {what}"), error);
+        }
     }
     rows
 }
@@ -325,24 +335,33 @@ struct Trace {
     positions_before_evict: Vec<Vec<Vec<u32>>>,
 }
 
-/// Prefill 45 tokens, evict to 20, then 12 decode steps each followed by an eviction.
+const KEEP: Keep = Keep {
+    budget: 20,
+    sinks: 2,
+    recent: 6,
+};
+
+fn trace_shape(spec: &AttentionSpec, keep: Option<&Keep>, tokens: usize) -> CacheShape {
+    CacheShape {
+        layers: 2,
+        kv_heads: spec.kv_heads,
+        head_dim: spec.head_dim,
+        capacity: keep.map_or(tokens, |k| k.budget + 1),
+    }
+}
+
+/// A prompt (the first input), then one decode step per further input, each followed by an
+/// eviction when there is a `keep`.
 fn trace<B: Backend>(
     b: &B,
     spec: &AttentionSpec,
     score: Option<&StepScore>,
+    keep: Option<&Keep>,
     inputs: &[Vec<f32>],
 ) -> Result<Trace> {
-    let keep = Keep {
-        budget: 20,
-        sinks: 2,
-        recent: 6,
-    };
-    let shape = CacheShape {
-        layers: 2,
-        kv_heads: spec.kv_heads,
-        head_dim: spec.head_dim,
-        capacity: keep.budget + 1,
-    };
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let tokens = inputs.iter().map(|i| i.len() / width).sum();
+    let shape = trace_shape(spec, keep, tokens);
     let mut cache = b.new_cache(&shape)?;
     let q_dim = spec.heads * spec.head_dim;
     let mut t = Trace {
@@ -372,7 +391,9 @@ fn trace<B: Backend>(
         let (positions, scores) = sorted_slots(b, &cache, score.is_some())?;
         t.positions_before_evict.push(positions);
         t.scores_before_evict.push(scores);
-        b.evict(&mut cache, 1, &keep)?;
+        if let Some(keep) = keep {
+            b.evict(&mut cache, 1, keep)?;
+        }
         t.positions.push(sorted_slots(b, &cache, false)?.0);
     }
     if score.is_some() {
@@ -410,10 +431,15 @@ fn attention_and_evict<B: Backend>(
     let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
     let mut inputs = vec![rng.values(45 * width, 1.5)];
     inputs.extend((0..12).map(|_| rng.values(width, 1.5)));
-    let got = trace(b, spec, score, &inputs)?;
-    let want = trace(&CpuBackend, spec, score, &inputs)?;
+    let got = trace(b, spec, score, Some(&KEEP), &inputs)?;
+    let want = trace(&CpuBackend, spec, score, Some(&KEEP), &inputs)?;
+    Ok(compare_traces(&got, &want, score.is_some()))
+}
+
+/// Output error and kept-set agreement (near-ties excepted) of a trace against the CPU's.
+fn compare_traces(got: &Trace, want: &Trace, scoring: bool) -> Vec<(&'static str, f32)> {
     let mut errors = vec![("output", rel_error(&got.outputs, &want.outputs))];
-    if score.is_some() {
+    if scoring {
         // Kept sets may differ only where the CPU saw two candidates within NEAR_TIE.
         for (step, (g, w)) in got.positions.iter().zip(&want.positions).enumerate() {
             for (head, (gh, wh)) in g.iter().zip(w).enumerate() {
@@ -436,7 +462,7 @@ fn attention_and_evict<B: Backend>(
                     println!(
                         "  (near-tie at step {step} head {head}: kept sets differ within {NEAR_TIE})"
                     );
-                    return Ok(errors);
+                    return errors;
                 }
             }
         }
@@ -450,6 +476,95 @@ fn attention_and_evict<B: Backend>(
                 1.0
             },
         ));
+    }
+    errors
+}
+
+/// Three sequences with prompts of different lengths and different policies decode together
+/// through attention_batch (evicting inside it); each must match the CPU running it alone.
+fn attention_batch_rows<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    rng: &mut Rng,
+) -> Result<Vec<(String, f32)>> {
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let q_dim = spec.heads * spec.head_dim;
+    let h2o = StepScore {
+        noise: false,
+        tau: 1.0,
+        seed: 0,
+    };
+    let noisy = StepScore {
+        noise: true,
+        tau: 1.3,
+        seed: 4,
+    };
+    let plans = [
+        (None, None),
+        (Some(h2o), Some(KEEP)),
+        (Some(noisy), Some(KEEP)),
+    ];
+    let (prompts, steps) = ([45, 12, 30], 10);
+    let inputs: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|&p| {
+            let mut seq = vec![rng.values(p * width, 1.5)];
+            seq.extend((0..steps).map(|_| rng.values(width, 1.5)));
+            seq
+        })
+        .collect();
+    let mut traces: Vec<Trace> = Vec::new();
+    let mut caches = Vec::new();
+    for ((score, keep), seq) in plans.iter().zip(&inputs) {
+        let shape = trace_shape(spec, keep.as_ref(), prompts.iter().max().unwrap() + steps);
+        let mut cache = b.new_cache(&shape)?;
+        let rows = seq[0].len() / width;
+        let mut out = b.zeros(rows * q_dim)?;
+        let qkv = b.upload(&seq[0])?;
+        b.attention(spec, &qkv, rows, 0, &mut cache, 1, score.as_ref(), &mut out)?;
+        if let Some(keep) = keep {
+            b.evict(&mut cache, 1, keep)?;
+        }
+        traces.push(Trace {
+            outputs: b.download(&out, rows * q_dim)?,
+            scores: vec![],
+            positions: vec![sorted_slots(b, &cache, false)?.0],
+            scores_before_evict: vec![],
+            positions_before_evict: vec![],
+        });
+        caches.push(cache);
+    }
+    for step in 1..=steps {
+        let rows: Vec<f32> = inputs.iter().flat_map(|s| s[step].clone()).collect();
+        let mut out = b.zeros(plans.len() * q_dim)?;
+        let mut seqs: Vec<SeqStep<'_, B::Cache>> = caches
+            .iter_mut()
+            .zip(&plans)
+            .zip(prompts)
+            .map(|((cache, (score, keep)), prompt)| SeqStep {
+                cache,
+                position: prompt + step - 1,
+                score: *score,
+                keep: *keep,
+            })
+            .collect();
+        b.attention_batch(spec, &b.upload(&rows)?, &mut seqs, 1, &mut out)?;
+        let out = b.download(&out, plans.len() * q_dim)?;
+        for (i, t) in traces.iter_mut().enumerate() {
+            t.outputs.extend(&out[i * q_dim..(i + 1) * q_dim]);
+            t.positions.push(sorted_slots(b, &caches[i], false)?.0);
+        }
+    }
+    let mut errors = Vec::new();
+    for (i, ((score, keep), seq)) in plans.iter().zip(&inputs).enumerate() {
+        if score.is_some() {
+            traces[i].scores = sorted_slots(b, &caches[i], true)?.1.concat();
+        }
+        let want = trace(&CpuBackend, spec, score.as_ref(), keep.as_ref(), seq)?;
+        for (what, error) in compare_traces(&traces[i], &want, score.is_some()) {
+            let policy = ["full", "h2o", "keyformer"][i];
+            errors.push((format!("{policy} {what}"), error));
+        }
     }
     Ok(errors)
 }

@@ -2,17 +2,19 @@
 //! score accumulation, and eviction on the device.
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr};
 
 use super::kernels::Arg;
 use super::{CudaBackend, cuda_err};
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Positions, RopePairs};
 
-/// Key slots per block of the split decode attention (CHUNK in kernels/attention.cu).
-const CHUNK: usize = 32;
+/// Keys per step of a decode block's loop (SUB in kernels/attention.cu); spans are multiples.
+const SUB: usize = 32;
+/// Sequences per batched decode launch (MAX_SEQS in kernels/common.cuh).
+const MAX_SEQS: usize = 32;
 /// Upper bound on the prefill logits tile, in bytes.
 const TILE_BYTES: usize = 512 << 20;
 
@@ -33,6 +35,51 @@ pub struct CudaCache {
     pub layers: Vec<CudaLayer>,
     /// The model's rotary inverse frequencies or ALiBi slopes, uploaded on first use.
     position_table: Option<CudaSlice<f32>>,
+}
+
+/// One sequence of a batched decode step, laid out as SeqDesc in kernels/common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct SeqDesc {
+    k: u64,
+    v: u64,
+    pos: u64,
+    score: u64,
+    capacity: u32,
+    len: u32,
+    qpos: u32,
+    scoring: u32,
+    noise: u32,
+    tau: f32,
+    seed: u32,
+    evict: u32,
+    sinks: u32,
+    window_start: u32,
+}
+
+/// The sequences of one decode launch, passed to the kernels by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SeqBatch {
+    s: [SeqDesc; MAX_SEQS],
+}
+
+// SAFETY: plain data in the layout the kernels declare.
+unsafe impl DeviceRepr for SeqBatch {}
+
+impl CudaLayer {
+    /// The layer's buffers as a decode descriptor holding `len` tokens.
+    fn desc(&self, b: &CudaBackend, len: usize) -> SeqDesc {
+        SeqDesc {
+            k: b.ptr(&self.k),
+            v: b.ptr(&self.v),
+            pos: b.ptr(&self.pos),
+            score: b.ptr(&self.score),
+            capacity: self.capacity as u32,
+            len: len as u32,
+            ..SeqDesc::default()
+        }
+    }
 }
 
 fn new_layer(b: &CudaBackend, shape: &CacheShape, capacity: usize) -> Result<CudaLayer> {
@@ -99,6 +146,55 @@ fn rebuild(
     Ok(())
 }
 
+/// Checks the head shape the kernels support and uploads the cache's position table once;
+/// returns the table and the ALiBi slopes pointers (0 when unused).
+fn positions(b: &CudaBackend, spec: &AttentionSpec, cache: &mut CudaCache) -> Result<(u64, u64)> {
+    let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
+    // The decode kernels read heads with 16-byte loads into fixed-size shared arrays.
+    let vec = 16 / b.dtype.bytes();
+    if hd % vec != 0 || hd > 512 || heads / kv_heads > 64 {
+        return Err(Error::Backend {
+            backend: "cuda",
+            reason: format!(
+                "head_dim {hd} must be a multiple of {vec} and at most 512, with at most 64 query heads per kv head"
+            ),
+        });
+    }
+    if cache.position_table.is_none() {
+        let table = match spec.positions {
+            Positions::Rotary { inv_freq, .. } => inv_freq.clone(),
+            Positions::Alibi { slopes } => slopes.clone(),
+            Positions::Learned => vec![0.0],
+        };
+        cache.position_table = Some(b.upload(&table)?);
+    }
+    let table = b.ptr(cache.position_table.as_ref().expect("uploaded above"));
+    let slopes = if matches!(spec.positions, Positions::Alibi { .. }) {
+        table
+    } else {
+        0
+    };
+    Ok((table, slopes))
+}
+
+fn rope(spec: &AttentionSpec) -> (u32, u32) {
+    match spec.positions {
+        Positions::Rotary { dims, pairs, .. } => {
+            (*dims as u32, (*pairs == RopePairs::Halves) as u32)
+        }
+        _ => (0, 0),
+    }
+}
+
+fn check_layer(cache: &CudaCache, layer: usize) -> Result<()> {
+    if layer >= cache.layers.len() {
+        return Err(Error::InvalidInput(format!(
+            "layer {layer} is outside the cache"
+        )));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     b: &CudaBackend,
@@ -111,44 +207,21 @@ pub fn attention(
     score: Option<&StepScore>,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
+    if rows == 1 {
+        let mut seq = [SeqStep {
+            cache,
+            position: first_pos,
+            score: score.copied(),
+            keep: None,
+        }];
+        return decode(b, spec, qkv, &mut seq, layer, out);
+    }
     let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
     super::check("qkv", qkv.len(), rows * (heads + 2 * kv_heads) * hd)?;
     super::check("attention output", out.len(), rows * heads * hd)?;
-    // The decode kernels read heads with 16-byte loads into fixed-size shared arrays.
-    let vec = 16 / b.dtype.bytes();
-    if hd % vec != 0 || hd > 512 || heads / kv_heads > 64 {
-        return Err(Error::Backend {
-            backend: "cuda",
-            reason: format!(
-                "head_dim {hd} must be a multiple of {vec} and at most 512, with at most 64 query heads per kv head"
-            ),
-        });
-    }
-    if layer >= cache.layers.len() {
-        return Err(Error::InvalidInput(format!(
-            "layer {layer} is outside the cache"
-        )));
-    }
-    if cache.position_table.is_none() {
-        let table = match spec.positions {
-            Positions::Rotary { inv_freq, .. } => inv_freq.clone(),
-            Positions::Alibi { slopes } => slopes.clone(),
-            Positions::Learned => vec![0.0],
-        };
-        cache.position_table = Some(b.upload(&table)?);
-    }
-    let table = b.ptr(cache.position_table.as_ref().expect("uploaded above"));
-    let (rope_dims, rope_halves) = match spec.positions {
-        Positions::Rotary { dims, pairs, .. } => {
-            (*dims as u32, (*pairs == RopePairs::Halves) as u32)
-        }
-        _ => (0, 0),
-    };
-    let slopes = if matches!(spec.positions, Positions::Alibi { .. }) {
-        table
-    } else {
-        0
-    };
+    check_layer(cache, layer)?;
+    let (table, slopes) = positions(b, spec, cache)?;
+    let (rope_dims, rope_halves) = rope(spec);
     let shape = cache.shape;
     let l = &mut cache.layers[layer];
     if l.len + rows > l.capacity {
@@ -190,11 +263,7 @@ pub fn attention(
         score,
         layer: layer as u32,
     };
-    if rows == 1 {
-        decode(b, &step, &q, l, first_pos, out)
-    } else {
-        prefill(b, &step, &q, l, rows, first_pos, out)
-    }
+    prefill(b, &step, &q, l, rows, first_pos, out)
 }
 
 struct Step<'a> {
@@ -223,66 +292,146 @@ impl Step<'_> {
     }
 }
 
-fn decode(
+/// One decode token for each sequence (row i of qkv and out is seqs[i]), in launches of up to
+/// MAX_SEQS sequences: append, split attention, combine with score accumulation, and the
+/// one-token eviction of the sequences whose `keep` asks for it.
+pub fn decode(
     b: &CudaBackend,
-    s: &Step,
-    q: &CudaSlice<u8>,
-    l: &CudaLayer,
-    qpos: usize,
+    spec: &AttentionSpec,
+    qkv: &CudaSlice<f32>,
+    seqs: &mut [SeqStep<'_, CudaCache>],
+    layer: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let (len, chunks) = (l.len, l.len.div_ceil(CHUNK));
-    let logits = b.uninit::<f32>(s.heads * len)?;
-    let part_m = b.uninit::<f32>(s.heads * chunks)?;
-    let part_s = b.uninit::<f32>(s.heads * chunks)?;
-    let part_o = b.uninit::<f32>(s.heads * chunks * s.hd)?;
-    let args = [
-        Arg::P(b.ptr(q)),
-        Arg::P(b.ptr(&l.k)),
-        Arg::P(b.ptr(&l.v)),
-        Arg::P(b.ptr(&l.pos)),
-        Arg::U(l.capacity as u32),
-        Arg::U(len as u32),
-        Arg::U(s.heads as u32),
-        Arg::U(s.kv_heads as u32),
-        Arg::U(s.hd as u32),
-        Arg::U(qpos as u32),
-        Arg::F(s.scale),
-        Arg::P(s.slopes),
-        Arg::P(b.ptr(&logits)),
-        Arg::P(b.ptr(&part_m)),
-        Arg::P(b.ptr(&part_s)),
-        Arg::P(b.ptr(&part_o)),
-    ];
-    b.launch(
-        &b.k.attn_decode_partial,
-        (s.heads as u32, chunks as u32),
-        128,
-        &args,
-    )?;
-    let [noise, tau, seed, layer] = s.score_args();
-    let args = [
-        Arg::P(b.ptr(&part_m)),
-        Arg::P(b.ptr(&part_s)),
-        Arg::P(b.ptr(&part_o)),
-        Arg::U(chunks as u32),
-        Arg::U(s.hd as u32),
-        Arg::P(b.ptr(out)),
-        Arg::P(b.ptr(&logits)),
-        Arg::P(b.ptr(&l.pos)),
-        Arg::P(b.ptr(&l.score)),
-        Arg::U(l.capacity as u32),
-        Arg::U(len as u32),
-        Arg::U(s.heads as u32),
-        Arg::U(s.kv_heads as u32),
-        Arg::U(qpos as u32),
-        Arg::U(s.score.is_some() as u32),
-        noise,
-        tau,
-        seed,
-        layer,
-    ];
-    b.launch(&b.k.attn_decode_finish, (s.kv_heads as u32, 1), 256, &args)
+    let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
+    let (width, out_width) = ((heads + 2 * kv_heads) * hd, heads * hd);
+    super::check("qkv", qkv.len(), seqs.len() * width)?;
+    super::check("attention output", out.len(), seqs.len() * out_width)?;
+    let (rope_dims, rope_halves) = rope(spec);
+    for (launch, group) in seqs.chunks_mut(MAX_SEQS).enumerate() {
+        let first_row = launch * MAX_SEQS;
+        let n = group.len();
+        let mut batch = SeqBatch {
+            s: [SeqDesc::default(); MAX_SEQS],
+        };
+        let (mut table, mut slopes, mut max_len, mut scoring) = (0, 0, 0, false);
+        for (desc, seq) in batch.s.iter_mut().zip(group.iter_mut()) {
+            check_layer(seq.cache, layer)?;
+            (table, slopes) = positions(b, spec, seq.cache)?;
+            let shape = seq.cache.shape;
+            let l = &mut seq.cache.layers[layer];
+            if l.len + 1 > l.capacity {
+                let len = l.len;
+                rebuild(b, &shape, l, len + 1, None, len)?;
+            }
+            let len = l.len + 1;
+            *desc = l.desc(b, len);
+            desc.qpos = seq.position as u32;
+            if let Some(sc) = &seq.score {
+                (desc.scoring, desc.noise, desc.tau, desc.seed) =
+                    (1, sc.noise as u32, sc.tau, sc.seed);
+            }
+            // The usual step of an evicting policy drops one token per kv head here; anything
+            // else goes through `evict` below.
+            if let Some(k) = &seq.keep
+                && len == k.budget + 1
+                && k.sinks + k.recent <= k.budget
+                && l.capacity <= shape.capacity
+            {
+                desc.evict = 1;
+                desc.sinks = k.sinks as u32;
+                desc.window_start = (seq.position + 1).saturating_sub(k.recent) as u32;
+            }
+            max_len = max_len.max(len);
+            scoring |= desc.scoring == 1;
+        }
+        // Enough blocks to fill the card twice over, in spans of whole SUB-key steps.
+        let want = (4 * b.sms).div_ceil(n * heads).max(1);
+        let span = max_len.div_ceil(want).div_ceil(SUB).max(1) * SUB;
+        let splits = max_len.div_ceil(span);
+        let q = b.uninit::<u8>(n * heads * hd * b.dtype.bytes())?;
+        let logits = b.uninit::<f32>(if scoring { n * heads * max_len } else { 1 })?;
+        let part_stat = b.uninit::<f32>(n * heads * splits * 4)?;
+        let part_o = b.uninit::<f32>(n * heads * splits * hd)?;
+        let qkv_at = b.ptr(qkv) + (first_row * width * 4) as u64;
+        let out_at = b.ptr(out) + (first_row * out_width * 4) as u64;
+        let seqs_arg = || Arg::Seqs(Box::new(batch));
+        let args = [
+            Arg::P(qkv_at),
+            seqs_arg(),
+            Arg::U(heads as u32),
+            Arg::U(kv_heads as u32),
+            Arg::U(hd as u32),
+            Arg::U(rope_dims),
+            Arg::U(rope_halves),
+            Arg::P(table),
+            Arg::P(b.ptr(&q)),
+        ];
+        b.launch(
+            &b.k.decode_append,
+            (n as u32, (heads + kv_heads) as u32),
+            128,
+            &args,
+        )?;
+        let args = [
+            Arg::P(b.ptr(&q)),
+            seqs_arg(),
+            Arg::U(heads as u32),
+            Arg::U(kv_heads as u32),
+            Arg::U(hd as u32),
+            Arg::U(span as u32),
+            Arg::U(splits as u32),
+            Arg::U(max_len as u32),
+            Arg::F(spec.scale),
+            Arg::P(slopes),
+            Arg::U(layer as u32),
+            Arg::P(b.ptr(&logits)),
+            Arg::P(b.ptr(&part_stat)),
+            Arg::P(b.ptr(&part_o)),
+        ];
+        b.launch3(
+            &b.k.decode_partial,
+            (heads as u32, splits as u32, n as u32),
+            128,
+            &args,
+        )?;
+        let group_width = (heads / kv_heads * hd).max(if scoring { max_len } else { 0 });
+        let parts = (2 * b.sms)
+            .div_ceil(kv_heads * n)
+            .clamp(1, group_width.div_ceil(256));
+        let args = [
+            seqs_arg(),
+            Arg::P(b.ptr(&part_stat)),
+            Arg::P(b.ptr(&part_o)),
+            Arg::P(b.ptr(&logits)),
+            Arg::P(out_at),
+            Arg::U(heads as u32),
+            Arg::U(kv_heads as u32),
+            Arg::U(hd as u32),
+            Arg::U(span as u32),
+            Arg::U(splits as u32),
+            Arg::U(max_len as u32),
+        ];
+        b.launch3(
+            &b.k.decode_finish,
+            (kv_heads as u32, parts as u32, n as u32),
+            256,
+            &args,
+        )?;
+        if batch.s[..n].iter().any(|d| d.evict == 1) {
+            let args = [seqs_arg(), Arg::U(hd as u32)];
+            b.launch(&b.k.decode_evict, (kv_heads as u32, n as u32), 256, &args)?;
+        }
+        for (desc, seq) in batch.s.iter().zip(group.iter_mut()) {
+            let l = &mut seq.cache.layers[layer];
+            l.len = desc.len as usize - desc.evict as usize;
+            l.seen = seq.position + 1;
+            if let Some(keep) = seq.keep.as_ref().filter(|_| desc.evict == 0) {
+                evict(b, seq.cache, layer, keep)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A batch of column-major products C_i = op(A_i) B_i through cuBLAS: A_i at a + i * stride_a
@@ -459,18 +608,17 @@ pub fn evict(b: &CudaBackend, cache: &mut CudaCache, layer: usize, keep: &Keep) 
         let window_start = l.seen.saturating_sub(keep.recent) as u32;
         let evict_count = l.len - keep.budget;
         if evict_count == 1 && l.capacity <= shape.capacity {
-            let args = [
-                Arg::P(b.ptr(&l.k)),
-                Arg::P(b.ptr(&l.v)),
-                Arg::P(b.ptr(&l.pos)),
-                Arg::P(b.ptr(&l.score)),
-                Arg::U(l.capacity as u32),
-                Arg::U(l.len as u32),
-                Arg::U(shape.head_dim as u32),
-                Arg::U(keep.sinks as u32),
-                Arg::U(window_start),
-            ];
-            b.launch(&b.k.evict_one, (shape.kv_heads as u32, 1), 256, &args)?;
+            let mut batch = SeqBatch {
+                s: [SeqDesc::default(); MAX_SEQS],
+            };
+            batch.s[0] = SeqDesc {
+                evict: 1,
+                sinks: keep.sinks as u32,
+                window_start,
+                ..l.desc(b, l.len)
+            };
+            let args = [Arg::Seqs(Box::new(batch)), Arg::U(shape.head_dim as u32)];
+            b.launch(&b.k.decode_evict, (shape.kv_heads as u32, 1), 256, &args)?;
             l.len -= 1;
         } else {
             let n = shape.kv_heads * l.len;

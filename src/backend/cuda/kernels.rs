@@ -69,9 +69,10 @@ pub struct Kernels {
     pub attn_append: CudaFunction,
     pub attn_prefill_softmax: CudaFunction,
     pub attn_prefill_columns: CudaFunction,
-    pub attn_decode_partial: CudaFunction,
-    pub attn_decode_finish: CudaFunction,
-    pub evict_one: CudaFunction,
+    pub decode_append: CudaFunction,
+    pub decode_partial: CudaFunction,
+    pub decode_finish: CudaFunction,
+    pub decode_evict: CudaFunction,
     pub evict_rank: CudaFunction,
     pub compact_index: CudaFunction,
     pub compact_copy: CudaFunction,
@@ -106,9 +107,10 @@ impl Kernels {
             attn_append: f(4, "attn_append")?,
             attn_prefill_softmax: f(4, "attn_prefill_softmax")?,
             attn_prefill_columns: f(4, "attn_prefill_columns")?,
-            attn_decode_partial: f(4, "attn_decode_partial")?,
-            attn_decode_finish: f(4, "attn_decode_finish")?,
-            evict_one: f(5, "evict_one")?,
+            decode_append: f(4, "decode_append")?,
+            decode_partial: f(4, "decode_partial")?,
+            decode_finish: f(4, "decode_finish")?,
+            decode_evict: f(5, "decode_evict")?,
             evict_rank: f(5, "evict_rank")?,
             compact_index: f(5, "compact_index")?,
             compact_copy: f(5, "compact_copy")?,
@@ -117,11 +119,12 @@ impl Kernels {
     }
 }
 
-/// A kernel argument: a u32, a device pointer (0 for null) or an f32.
+/// A kernel argument: a u32, a device pointer (0 for null), an f32 or a decode batch.
 pub enum Arg {
     U(u32),
     P(u64),
     F(f32),
+    Seqs(Box<super::attention::SeqBatch>),
 }
 
 pub fn launch(
@@ -136,6 +139,7 @@ pub fn launch(
             Arg::U(v) => builder.arg(v),
             Arg::P(v) => builder.arg(v),
             Arg::F(v) => builder.arg(v),
+            Arg::Seqs(v) => builder.arg(v.as_ref()),
         };
     }
     // SAFETY: every kernel's parameter list is the argument list its caller passes, and the

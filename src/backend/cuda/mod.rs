@@ -14,7 +14,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig
 pub use attention::{CudaCache, CudaLayer};
 use kernels::{Arg, Kernels};
 
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
@@ -94,6 +94,8 @@ pub struct CudaBackend {
     device_name: String,
     /// One u32 on the device for the sampled token.
     token: CudaSlice<u32>,
+    /// Streaming multiprocessors, for sizing grids.
+    sms: usize,
 }
 
 /// A CUDA library's name and the function that checks it can be loaded.
@@ -139,6 +141,9 @@ impl CudaBackend {
             let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
             let token = stream.alloc_zeros::<u32>(1).map_err(cuda_err)?;
             let device_name = format!("{} (sm_{major}{minor})", ctx.name().map_err(cuda_err)?);
+            let sms = ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(cuda_err)? as usize;
             Ok(CudaBackend {
                 stream,
                 blas,
@@ -146,6 +151,7 @@ impl CudaBackend {
                 k,
                 device_name,
                 token,
+                sms,
             })
         });
         opened.unwrap_or_else(|_| {
@@ -171,11 +177,22 @@ impl CudaBackend {
         block: u32,
         args: &[Arg],
     ) -> Result<()> {
+        self.launch3(f, (grid.0, grid.1, 1), block, args)
+    }
+
+    /// As `launch`, with a three-dimensional grid.
+    fn launch3(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         kernels::launch(
             &self.stream,
             f,
             LaunchConfig {
-                grid_dim: (grid.0, grid.1, 1),
+                grid_dim: grid,
                 block_dim: (block, 1, 1),
                 shared_mem_bytes: 0,
             },
@@ -435,11 +452,12 @@ impl Backend for CudaBackend {
                 Arg::U(n_out as u32),
                 Arg::U(n_in as u32),
                 Arg::U(bias.is_some() as u32),
+                Arg::U(0),
             ];
             return self.launch(
                 &self.k.gemv[rows - 1],
-                (n_out.div_ceil(8) as u32, 1),
-                256,
+                (n_out.div_ceil(4) as u32, 1),
+                128,
                 &args,
             );
         }
@@ -560,6 +578,17 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         attention::attention(self, spec, qkv, rows, first_pos, cache, layer, score, out)
+    }
+
+    fn attention_batch(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &CudaSlice<f32>,
+        seqs: &mut [SeqStep<'_, CudaCache>],
+        layer: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        attention::decode(self, spec, qkv, seqs, layer, out)
     }
 
     fn evict(&self, cache: &mut CudaCache, layer: usize, keep: &Keep) -> Result<()> {
