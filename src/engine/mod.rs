@@ -1,8 +1,10 @@
 //! Sessions and the forward pass, written once for every backend.
 
+pub mod batch;
 pub mod conversation;
 pub mod generate;
 pub mod loglik;
+pub mod planner;
 pub mod sampling;
 pub mod select;
 
