@@ -1,6 +1,6 @@
-//! Batched and continuous generation on the CPU backend: every sequence of a batch produces
-//! exactly the tokens it produces alone (greedy, f32), whatever its neighbours' prompt lengths
-//! and cache policies; continuous batching retires finished sequences and admits waiting ones
+//! Batched and continuous generation on the CPU backend (and, where present, on the GPU
+//! backends in f32): every sequence of a batch produces exactly the tokens it produces alone
+//! (greedy), whatever its neighbours' prompt lengths and cache policies; continuous batching retires finished sequences and admits waiting ones
 //! without changing anyone's tokens; the planner refuses a request that can never fit.
 
 mod common;
@@ -8,9 +8,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{fixture, load_cpu, random_prompt, smollm2_path};
+use keyformer::backend::cuda::CudaDtype;
+use keyformer::engine::select::{AnyModel, BackendChoice, BackendOptions};
 use keyformer::{
-    BatchLimits, Budget, CacheConfig, CpuBackend, Error, Footprint, GenerateParams, Model, Planner,
-    Policy, RequestId, Scheduler, StopReason,
+    Backend, BatchLimits, Budget, CacheConfig, Error, Footprint, GenerateParams, Model, Planner,
+    Policy, RequestId, Scheduler, StopReason, with_model,
 };
 
 const ARCHS: [&str; 4] = ["gpt2", "gptj", "mpt", "llama"];
@@ -52,7 +54,7 @@ fn requests(vocab: usize, max_new: usize) -> Vec<(Vec<u32>, GenerateParams)> {
 }
 
 /// What each request produces alone, through the single-sequence generator.
-fn solo(model: &Model<CpuBackend>, requests: &[(Vec<u32>, GenerateParams)]) -> Vec<Vec<u32>> {
+fn solo<B: Backend>(model: &Model<B>, requests: &[(Vec<u32>, GenerateParams)]) -> Vec<Vec<u32>> {
     requests
         .iter()
         .map(|(prompt, p)| model.generate(prompt, p, &mut |_, _| true).unwrap().tokens)
@@ -68,8 +70,8 @@ struct Batched {
     most_running: usize,
 }
 
-fn batched(
-    model: &Model<CpuBackend>,
+fn batched<B: Backend>(
+    model: &Model<B>,
     limits: BatchLimits,
     requests: &[(Vec<u32>, GenerateParams)],
     stop_after: Option<(RequestId, usize)>,
@@ -101,31 +103,61 @@ fn batched(
     out
 }
 
+/// Runs the requests of `requests` alone and all together, and checks they agree.
+fn every_sequence_matches_its_solo_run<B: Backend>(model: &Model<B>, what: &str) {
+    let requests = requests(model.config.vocab_size, 30);
+    let want = solo(model, &requests);
+    let got = batched(model, BatchLimits::default(), &requests, None);
+    assert_eq!(got.most_running, requests.len(), "{what}: all run together");
+    for (id, (_, p)) in requests.iter().enumerate() {
+        let g = &got.generations[&id];
+        let policy = p.cache.policy.name();
+        assert_eq!(g.tokens, want[id], "{what} request {id} ({policy})");
+        assert_eq!(got.streamed[&id], g.tokens, "{what} request {id}: callback");
+        assert_eq!(g.stop, StopReason::MaxTokens);
+        if p.cache.policy != Policy::Full {
+            assert!(
+                g.stats.evictions > 0,
+                "{what} request {id} ({policy}) evicts"
+            );
+        }
+    }
+    println!(
+        "{what}: {} sequences of prompt lengths 3..29 and five policies match their solo runs",
+        requests.len()
+    );
+}
+
 #[test]
 fn every_sequence_of_a_batch_matches_its_solo_run() {
     for arch in ARCHS {
         let model = load_cpu(&fixture(&format!("tiny-{arch}")));
-        let requests = requests(model.config.vocab_size, 30);
-        let want = solo(&model, &requests);
-        let got = batched(&model, BatchLimits::default(), &requests, None);
-        assert_eq!(got.most_running, requests.len(), "{arch}: all run together");
-        for (id, (_, p)) in requests.iter().enumerate() {
-            let g = &got.generations[&id];
-            let policy = p.cache.policy.name();
-            assert_eq!(g.tokens, want[id], "{arch} request {id} ({policy})");
-            assert_eq!(got.streamed[&id], g.tokens, "{arch} request {id}: callback");
-            assert_eq!(g.stop, StopReason::MaxTokens);
-            if p.cache.policy != Policy::Full {
-                assert!(
-                    g.stats.evictions > 0,
-                    "{arch} request {id} ({policy}) evicts"
-                );
+        every_sequence_matches_its_solo_run(&model, arch);
+    }
+}
+
+/// The same on each GPU backend present, in f32 (batched matrix products may round
+/// differently from single rows, so f16 is left to the cross-backend tests).
+#[test]
+fn gpu_batches_match_their_solo_runs_in_f32() {
+    for backend in [BackendChoice::Cuda, BackendChoice::Wgpu] {
+        let options = BackendOptions {
+            backend,
+            dtype: CudaDtype::F32,
+            ..Default::default()
+        };
+        for arch in ARCHS {
+            match AnyModel::load(&fixture(&format!("tiny-{arch}")), &options, &mut |_, _| {}) {
+                Ok((model, _)) => with_model!(&model, m => every_sequence_matches_its_solo_run(
+                    &**m,
+                    &format!("{} {arch}", m.backend.name())
+                )),
+                Err(e) => {
+                    println!("SKIP {backend:?}: {e}");
+                    break;
+                }
             }
         }
-        println!(
-            "{arch}: {} sequences of prompt lengths 3..29 and five policies match their solo runs",
-            requests.len()
-        );
     }
 }
 
