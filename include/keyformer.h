@@ -2,9 +2,10 @@
  * keyformer's C API: run decoder-only language models with a Keyformer-reduced KV cache.
  *
  * OBJECTS. A kf_model is a loaded model (kf_model_load, kf_model_free). A kf_session is a
- * chat that keeps its KV cache between turns (kf_session_new, kf_session_free). Both are
- * opaque handles. Parameter structs start from their kf_*_default() function; then set the
- * fields you need.
+ * chat that keeps its KV cache between turns (kf_session_new, kf_session_free). A kf_batch
+ * decodes many requests on one model together (kf_batch_new, kf_batch_free). All are opaque
+ * handles. Parameter structs start from their kf_*_default() function; then set the fields
+ * you need.
  *
  * ERRORS. Every function that can fail returns a kf_status: KF_OK (0) or an error code, and
  * kf_last_error() then gives the calling thread's message. Bad input never crashes the
@@ -24,10 +25,11 @@
  * KF_ERR_BUFFER_TOO_SMALL.
  *
  * THREADS. Every function may be called from any thread. A model runs one call at a time:
- * kf_generate, kf_loglik, kf_tokenize, kf_session_chat and kf_session_cache_positions (on any
- * of its sessions) hold it for the whole call, and another such call on the same model, from
- * another thread or from inside a callback of the running one, fails at once with
- * KF_ERR_BUSY; nothing waits. Load one model per thread to run them in parallel.
+ * kf_generate, kf_loglik, kf_tokenize, kf_session_chat, kf_session_cache_positions (on any
+ * of its sessions), kf_batch_new, kf_batch_submit and kf_batch_run (on any of its batches)
+ * hold it for the whole call, and another such call on the same model, from another thread
+ * or from inside a callback of the running one, fails at once with KF_ERR_BUSY; nothing
+ * waits. Load one model per thread to run them in parallel.
  * kf_cache_stats, kf_session_cache_stats, kf_model_describe, kf_last_error and kf_version never
  * wait and never fail busy: call them from a callback, or from another thread while a
  * generation runs. A callback runs on the thread that made the call, before the call returns,
@@ -185,6 +187,11 @@ typedef enum kf_dtype {
     KF_DTYPE_BF16 = 1,
     KF_DTYPE_F32 = 2,
 } kf_dtype;
+
+/**
+ * Requests decoded together on one model (opaque).
+ */
+typedef struct kf_batch kf_batch;
 
 /**
  * A loaded model (opaque).
@@ -389,6 +396,34 @@ typedef struct kf_loglik_result {
      */
     bool greedy;
 } kf_loglik_result;
+
+/**
+ * How a batch admits requests; start from kf_batch_params_default(). Requests run in order
+ * of submission, as many at once as these allow; the others wait for a place.
+ */
+typedef struct kf_batch_params {
+    /**
+     * Most requests decoded together; 0 admits as many as fit in memory. Default 0.
+     */
+    size_t max_batch;
+    /**
+     * Bytes for the KV caches and activations of the requests running at once; 0 takes the
+     * GPU's free memory when the batch is made, less a tenth (at least 512 MiB), or 2 GiB on
+     * the CPU. On a GPU a limit above that is lowered to it. Default 0.
+     */
+    size_t memory_limit;
+} kf_batch_params;
+
+/**
+ * Called once per generated token of a batch request, as kf_token_callback is, with the
+ * number kf_batch_submit gave the request. Return 0 to go on, non-zero to stop that request
+ * after this token (the others go on).
+ */
+typedef int (*kf_batch_callback)(void *user_data,
+                                 uint64_t request,
+                                 uint32_t token,
+                                 const char *piece,
+                                 size_t piece_len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -650,6 +685,77 @@ enum kf_status kf_session_cache_positions(struct kf_session *session,
                                           uint32_t *positions,
                                           size_t capacity,
                                           size_t *count);
+
+/**
+ * The default batch parameters: see each field.
+ */
+struct kf_batch_params kf_batch_params_default(void);
+
+/**
+ * Makes a batch on a model: requests submitted to it are decoded together, each with its own
+ * KV cache, policy and budget, and each produces exactly the tokens kf_generate produces for
+ * it alone (up to rounding on a GPU). params may be NULL for the defaults. On KF_OK *batch
+ * is a new handle, to be freed with kf_batch_free; it keeps the model alive. Errors:
+ * KF_ERR_NULL_ARGUMENT, KF_ERR_INVALID_HANDLE, KF_ERR_BUSY.
+ *
+ * # Safety
+ * params is NULL or a valid kf_batch_params; batch is NULL or writable.
+ */
+enum kf_status kf_batch_new(struct kf_model *model,
+                            const struct kf_batch_params *params,
+                            struct kf_batch **batch);
+
+/**
+ * Frees a batch and the results it holds; NULL is a no-op. Errors: KF_ERR_INVALID_HANDLE.
+ */
+enum kf_status kf_batch_free(struct kf_batch *batch);
+
+/**
+ * Adds a request to a batch: a raw prompt (no chat template) and its generation parameters
+ * (NULL for the defaults), checked now. It runs at the next kf_batch_run, which calls
+ * on_token (when not NULL) with user_data for each of its tokens. *request gets its number
+ * in the batch (0, 1, ... in order of submission) for the callback and kf_batch_result.
+ * Errors: kf_generate's argument errors, KF_ERR_BUSY (the model or the batch is running
+ * another call: submit between runs), and KF_ERR_INVALID_ARGUMENT when the request could
+ * not run even alone in the batch's memory (the message gives the bytes it needs and the
+ * bytes the batch has).
+ *
+ * # Safety
+ * prompt is NULL or NUL-terminated; params is NULL or valid, its stop strings read during
+ * the call only; on_token is a valid function until the kf_batch_run that runs the request
+ * returns; request is NULL or writable.
+ */
+enum kf_status kf_batch_submit(struct kf_batch *batch,
+                               const char *prompt,
+                               const struct kf_generate_params *params,
+                               kf_batch_callback on_token,
+                               void *user_data,
+                               uint64_t *request);
+
+/**
+ * Runs every request submitted since the last run to its end: new prompts are prefilled
+ * between decode steps, each step decodes one token of every running request together, and
+ * a finished request's place goes to the next waiting one. Callbacks run on the calling
+ * thread. Errors: KF_ERR_INVALID_HANDLE, KF_ERR_BUSY, KF_ERR_BACKEND; after an error the
+ * requests that had not finished give KF_ERR_INVALID_STATE from kf_batch_result, and the
+ * batch takes new requests.
+ */
+enum kf_status kf_batch_run(struct kf_batch *batch);
+
+/**
+ * A finished request's text, as kf_generate_alloc returns it (a new string to free with
+ * kf_string_free), and its token counts, stop reason, timings and final cache statistics in
+ * *result when result is not NULL. Errors: KF_ERR_NULL_ARGUMENT, KF_ERR_INVALID_HANDLE,
+ * KF_ERR_BUSY (during kf_batch_run), KF_ERR_INVALID_ARGUMENT (no such request),
+ * KF_ERR_INVALID_STATE (not run yet, or its run failed).
+ *
+ * # Safety
+ * text is NULL or writable; result is NULL or writable.
+ */
+enum kf_status kf_batch_result(struct kf_batch *batch,
+                               uint64_t request,
+                               char **text,
+                               struct kf_generation *result);
 
 #ifdef __cplusplus
 }  // extern "C"

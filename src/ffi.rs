@@ -1,9 +1,10 @@
 //! keyformer's C API: run decoder-only language models with a Keyformer-reduced KV cache.
 //!
 //! OBJECTS. A kf_model is a loaded model (kf_model_load, kf_model_free). A kf_session is a
-//! chat that keeps its KV cache between turns (kf_session_new, kf_session_free). Both are
-//! opaque handles. Parameter structs start from their kf_*_default() function; then set the
-//! fields you need.
+//! chat that keeps its KV cache between turns (kf_session_new, kf_session_free). A kf_batch
+//! decodes many requests on one model together (kf_batch_new, kf_batch_free). All are opaque
+//! handles. Parameter structs start from their kf_*_default() function; then set the fields
+//! you need.
 //!
 //! ERRORS. Every function that can fail returns a kf_status: KF_OK (0) or an error code, and
 //! kf_last_error() then gives the calling thread's message. Bad input never crashes the
@@ -23,10 +24,11 @@
 //! KF_ERR_BUFFER_TOO_SMALL.
 //!
 //! THREADS. Every function may be called from any thread. A model runs one call at a time:
-//! kf_generate, kf_loglik, kf_tokenize, kf_session_chat and kf_session_cache_positions (on any
-//! of its sessions) hold it for the whole call, and another such call on the same model, from
-//! another thread or from inside a callback of the running one, fails at once with
-//! KF_ERR_BUSY; nothing waits. Load one model per thread to run them in parallel.
+//! kf_generate, kf_loglik, kf_tokenize, kf_session_chat, kf_session_cache_positions (on any
+//! of its sessions), kf_batch_new, kf_batch_submit and kf_batch_run (on any of its batches)
+//! hold it for the whole call, and another such call on the same model, from another thread
+//! or from inside a callback of the running one, fails at once with KF_ERR_BUSY; nothing
+//! waits. Load one model per thread to run them in parallel.
 //! kf_cache_stats, kf_session_cache_stats, kf_model_describe, kf_last_error and kf_version never
 //! wait and never fail busy: call them from a callback, or from another thread while a
 //! generation runs. A callback runs on the thread that made the call, before the call returns,
@@ -35,6 +37,7 @@
 //! has returned (a model, when its last session is freed too).
 #![allow(non_camel_case_types)]
 
+mod batch;
 mod convert;
 mod handles;
 mod run;
@@ -44,7 +47,7 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::Mutex;
 
 use crate::engine::select::AnyModel;
-use handles::{ModelHandle, SessionHandle};
+use handles::{BatchHandle, ModelHandle, SessionHandle};
 use run::{Callback, TextOut};
 use status::{guard, out_arg, slice_arg, str_arg};
 
@@ -144,6 +147,23 @@ pub struct kf_model {
 /// A chat that keeps its KV cache between turns (opaque).
 pub struct kf_session {
     _opaque: [u8; 0],
+}
+
+/// Requests decoded together on one model (opaque).
+pub struct kf_batch {
+    _opaque: [u8; 0],
+}
+
+/// How a batch admits requests; start from kf_batch_params_default(). Requests run in order
+/// of submission, as many at once as these allow; the others wait for a place.
+#[repr(C)]
+pub struct kf_batch_params {
+    /// Most requests decoded together; 0 admits as many as fit in memory. Default 0.
+    pub max_batch: usize,
+    /// Bytes for the KV caches and activations of the requests running at once; 0 takes the
+    /// GPU's free memory when the batch is made, less a tenth (at least 512 MiB), or 2 GiB on
+    /// the CPU. On a GPU a limit above that is lowered to it. Default 0.
+    pub memory_limit: usize,
 }
 
 /// How to load a model; start from kf_model_params_default().
@@ -270,6 +290,19 @@ pub struct kf_loglik_result {
 pub type kf_token_callback = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
+        token: u32,
+        piece: *const c_char,
+        piece_len: usize,
+    ) -> c_int,
+>;
+
+/// Called once per generated token of a batch request, as kf_token_callback is, with the
+/// number kf_batch_submit gave the request. Return 0 to go on, non-zero to stop that request
+/// after this token (the others go on).
+pub type kf_batch_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        request: u64,
         token: u32,
         piece: *const c_char,
         piece_len: usize,
@@ -744,5 +777,124 @@ pub unsafe extern "C" fn kf_session_cache_positions(
         };
         let kept = run::positions(&s, layer, kv_head)?;
         status::fill(&kept, positions, count, "the positions")
+    })
+}
+
+/// The default batch parameters: see each field.
+#[unsafe(no_mangle)]
+pub extern "C" fn kf_batch_params_default() -> kf_batch_params {
+    kf_batch_params {
+        max_batch: 0,
+        memory_limit: 0,
+    }
+}
+
+/// Makes a batch on a model: requests submitted to it are decoded together, each with its own
+/// KV cache, policy and budget, and each produces exactly the tokens kf_generate produces for
+/// it alone (up to rounding on a GPU). params may be NULL for the defaults. On KF_OK *batch
+/// is a new handle, to be freed with kf_batch_free; it keeps the model alive. Errors:
+/// KF_ERR_NULL_ARGUMENT, KF_ERR_INVALID_HANDLE, KF_ERR_BUSY.
+///
+/// # Safety
+/// params is NULL or a valid kf_batch_params; batch is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kf_batch_new(
+    model: *mut kf_model,
+    params: *const kf_batch_params,
+    batch: *mut *mut kf_batch,
+) -> kf_status {
+    guard(|| {
+        let m = handles::model(model)?;
+        // SAFETY: the caller's promises above.
+        let out = unsafe { out_arg(batch, "batch")? };
+        let defaults = kf_batch_params_default();
+        // SAFETY: as above.
+        let params = unsafe { params.as_ref() }.unwrap_or(&defaults);
+        let state = batch::new(&m, &convert::batch_limits(params))?;
+        *out = handles::add_batch(BatchHandle { model: m, state });
+        Ok(())
+    })
+}
+
+/// Frees a batch and the results it holds; NULL is a no-op. Errors: KF_ERR_INVALID_HANDLE.
+#[unsafe(no_mangle)]
+pub extern "C" fn kf_batch_free(batch: *mut kf_batch) -> kf_status {
+    guard(|| handles::remove(batch as usize, "kf_batch"))
+}
+
+/// Adds a request to a batch: a raw prompt (no chat template) and its generation parameters
+/// (NULL for the defaults), checked now. It runs at the next kf_batch_run, which calls
+/// on_token (when not NULL) with user_data for each of its tokens. *request gets its number
+/// in the batch (0, 1, ... in order of submission) for the callback and kf_batch_result.
+/// Errors: kf_generate's argument errors, KF_ERR_BUSY (the model or the batch is running
+/// another call: submit between runs), and KF_ERR_INVALID_ARGUMENT when the request could
+/// not run even alone in the batch's memory (the message gives the bytes it needs and the
+/// bytes the batch has).
+///
+/// # Safety
+/// prompt is NULL or NUL-terminated; params is NULL or valid, its stop strings read during
+/// the call only; on_token is a valid function until the kf_batch_run that runs the request
+/// returns; request is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kf_batch_submit(
+    batch: *mut kf_batch,
+    prompt: *const c_char,
+    params: *const kf_generate_params,
+    on_token: kf_batch_callback,
+    user_data: *mut c_void,
+    request: *mut u64,
+) -> kf_status {
+    guard(|| {
+        let b = handles::batch(batch)?;
+        // SAFETY: the caller's promises above.
+        let (prompt, params, out, on_token) = unsafe {
+            (
+                str_arg(prompt, "prompt")?,
+                convert::generate_params(params)?,
+                out_arg(request, "request")?,
+                batch::BatchCallback::new(on_token, user_data),
+            )
+        };
+        *out = batch::submit(&b, prompt, params, on_token)?;
+        Ok(())
+    })
+}
+
+/// Runs every request submitted since the last run to its end: new prompts are prefilled
+/// between decode steps, each step decodes one token of every running request together, and
+/// a finished request's place goes to the next waiting one. Callbacks run on the calling
+/// thread. Errors: KF_ERR_INVALID_HANDLE, KF_ERR_BUSY, KF_ERR_BACKEND; after an error the
+/// requests that had not finished give KF_ERR_INVALID_STATE from kf_batch_result, and the
+/// batch takes new requests.
+#[unsafe(no_mangle)]
+pub extern "C" fn kf_batch_run(batch: *mut kf_batch) -> kf_status {
+    guard(|| {
+        let b = handles::batch(batch)?;
+        batch::run(&b)
+    })
+}
+
+/// A finished request's text, as kf_generate_alloc returns it (a new string to free with
+/// kf_string_free), and its token counts, stop reason, timings and final cache statistics in
+/// *result when result is not NULL. Errors: KF_ERR_NULL_ARGUMENT, KF_ERR_INVALID_HANDLE,
+/// KF_ERR_BUSY (during kf_batch_run), KF_ERR_INVALID_ARGUMENT (no such request),
+/// KF_ERR_INVALID_STATE (not run yet, or its run failed).
+///
+/// # Safety
+/// text is NULL or writable; result is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kf_batch_result(
+    batch: *mut kf_batch,
+    request: u64,
+    text: *mut *mut c_char,
+    result: *mut kf_generation,
+) -> kf_status {
+    guard(|| {
+        // SAFETY: the caller's promises above.
+        let out = unsafe { TextOut::alloc(text)? };
+        let b = handles::batch(batch)?;
+        let generation = batch::result(&b, request)?;
+        // SAFETY: as above.
+        unsafe { run::report(generation, out, result) }
     })
 }

@@ -12,7 +12,9 @@ pub mod model;
 
 pub use backend::Backend;
 pub use backend::cpu::CpuBackend;
+pub use engine::batch::{RequestId, Scheduler};
 pub use engine::generate::{GenerateParams, Generation, Generator, StopReason};
+pub use engine::planner::{BatchLimits, Footprint, Planner};
 pub use engine::sampling::SamplingParams;
 pub use error::{Error, Result};
 pub use kv::policy::{Budget, CacheConfig, Policy};

@@ -4,7 +4,7 @@
 mod common;
 
 use common::reference::Reference;
-use common::{fixture, load_cpu, long_context_fixture, max_rel_error};
+use common::{fixture, load_cpu, long_context_fixture, max_rel_error, random_prompt};
 use keyformer::engine::sampling::argmax;
 use keyformer::kv::policy::CachePlan;
 use keyformer::{Budget, CacheConfig, CpuBackend, Model, Policy};
@@ -15,15 +15,7 @@ const DECODE: usize = 64;
 
 /// A fixed pseudo-random prompt (seeded; the seed is printed by the tests that use it).
 fn prompt(vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed;
-    (0..PROMPT)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % vocab as u64) as u32
-        })
-        .collect()
+    random_prompt(vocab, PROMPT, seed)
 }
 
 fn plan(policy: Policy, budget: Budget, prompt_len: usize) -> CachePlan {

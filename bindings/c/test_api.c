@@ -1,6 +1,6 @@
 /* Tests the C API's contract: every error path (NULLs, invalid UTF-8, zero-size and small
  * buffers, out-of-range parameters, freed and foreign handles, busy models), the thread-safety
- * rule, sessions, statistics and log-likelihood.
+ * rule, sessions, statistics, log-likelihood and batches.
  *
  *     test_api MODEL
  *
@@ -400,6 +400,138 @@ static void test_loglik(kf_model *m) {
                   KF_ERR_INVALID_ARGUMENT, "loglik: token outside the vocabulary");
 }
 
+/* Token ids as a callback sees them. */
+struct tokens {
+    uint32_t ids[16];
+    size_t n;
+};
+
+static int collect(void *user_data, uint32_t token, const char *piece, size_t len) {
+    struct tokens *t = user_data;
+    (void)piece, (void)len;
+    if (t->n < 16) t->ids[t->n++] = token;
+    return 0;
+}
+
+struct batch_request {
+    uint64_t request;
+    struct tokens got;
+    int wrong_request;
+    size_t stop_after; /* 0: never */
+    /* Calls back into the library from inside the run. */
+    kf_model *model;
+    kf_batch *batch;
+    kf_status inner_generate, inner_submit;
+};
+
+static int collect_batch(void *user_data, uint64_t request, uint32_t token, const char *piece,
+                         size_t len) {
+    struct batch_request *r = user_data;
+    uint64_t ignored;
+    r->wrong_request |= request != r->request;
+    collect(&r->got, token, piece, len);
+    if (r->model) {
+        kf_generate_params p = small_params();
+        r->inner_generate = generate(r->model, "Hi", &p);
+        r->inner_submit = kf_batch_submit(r->batch, "Hi", &p, NULL, NULL, &ignored);
+        r->model = NULL;
+    }
+    return r->stop_after && r->got.n >= r->stop_after;
+}
+
+static void test_batch(kf_model *m) {
+    static const char *prompts[] = {
+        "The capital of France is",
+        "Keyformer keeps a recent window and the key tokens of the KV cache. In short,",
+        "Once upon a time, in a small village,",
+        "The capital of France is",
+    };
+    static const int policies[] = {KF_POLICY_FULL, KF_POLICY_KEYFORMER, KF_POLICY_H2O,
+                                   KF_POLICY_WINDOW};
+    enum { N = 4 };
+    kf_generate_params p[N];
+    struct tokens solo[N] = {{{0}, 0}};
+    char *solo_text[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = small_params();
+        p[i].max_new_tokens = 8 - i;
+        p[i].cache.policy = policies[i];
+        p[i].cache.kv_budget = 4;
+        if (policies[i] == KF_POLICY_FULL) p[i].cache.kv_budget = 0;
+        solo_text[i] = NULL;
+        kf_generate_alloc(m, prompts[i], &p[i], collect, &solo[i], &solo_text[i], NULL);
+    }
+
+    kf_batch *b = NULL;
+    kf_batch_params bp = kf_batch_params_default();
+    expect(bp.max_batch == 0 && bp.memory_limit == 0, "batch: defaults");
+    expect_status(kf_batch_new(NULL, &bp, &b), KF_ERR_NULL_ARGUMENT, "batch: NULL model");
+    expect_status(kf_batch_new(m, &bp, NULL), KF_ERR_NULL_ARGUMENT, "batch: NULL out handle");
+    bp.memory_limit = 100000;
+    expect_status(kf_batch_new(m, &bp, &b), KF_OK, "batch: new with 100 kB");
+    uint64_t id = 99;
+    expect_status(kf_batch_submit(b, prompts[0], &p[0], NULL, NULL, &id),
+                  KF_ERR_INVALID_ARGUMENT, "batch: a request that can never fit is refused");
+    expect(strstr(kf_last_error(), "can never run") && strstr(kf_last_error(), "100000 bytes"),
+           "batch: the message gives the bytes");
+    expect(id == 99, "batch: no request number written on failure");
+    expect_status(kf_batch_free(b), KF_OK, "batch: free");
+
+    bp = kf_batch_params_default();
+    bp.max_batch = 2; /* four requests, two at a time */
+    expect_status(kf_batch_new(m, &bp, &b), KF_OK, "batch: new, two at a time");
+    expect_status(kf_batch_submit(b, NULL, &p[0], NULL, NULL, &id), KF_ERR_NULL_ARGUMENT,
+                  "batch: NULL prompt");
+    expect_status(kf_batch_submit(b, "", &p[0], NULL, NULL, &id), KF_ERR_INVALID_ARGUMENT,
+                  "batch: empty prompt");
+    expect_status(kf_batch_submit(b, "Hi", &p[0], NULL, NULL, NULL), KF_ERR_NULL_ARGUMENT,
+                  "batch: NULL request out");
+    struct batch_request r[N];
+    int numbered = 1;
+    for (int i = 0; i < N; i++) {
+        memset(&r[i], 0, sizeof r[i]);
+        r[i].request = i;
+        if (i == 1) r[i].model = m, r[i].batch = b;
+        if (i == 3) r[i].stop_after = 2;
+        expect_status(kf_batch_submit(b, prompts[i], &p[i], collect_batch, &r[i], &id), KF_OK,
+                      "batch: submit");
+        numbered &= id == (uint64_t)i;
+    }
+    expect(numbered, "batch: requests are numbered 0, 1, ... in order");
+    char *text = NULL;
+    kf_generation result;
+    expect_status(kf_batch_result(b, 0, &text, &result), KF_ERR_INVALID_STATE,
+                  "batch: result before the run");
+    expect_status(kf_batch_run(b), KF_OK, "batch: run");
+    expect(r[1].inner_generate == KF_ERR_BUSY && r[1].inner_submit == KF_ERR_BUSY,
+           "batch: kf_generate and kf_batch_submit inside a batch callback are BUSY");
+    for (int i = 0; i < N; i++) {
+        char what[128];
+        snprintf(what, sizeof what, "batch: request %d result", i);
+        expect_status(kf_batch_result(b, i, &text, &result), KF_OK, what);
+        size_t want = i == 3 ? 2 : solo[i].n;
+        int same = !r[i].wrong_request && r[i].got.n == want && result.generated_tokens == want &&
+                   memcmp(r[i].got.ids, solo[i].ids, want * sizeof(uint32_t)) == 0;
+        snprintf(what, sizeof what, "batch: request %d has its solo tokens (%zu)", i, want);
+        expect(same, what);
+        if (i < 3) {
+            snprintf(what, sizeof what, "batch: request %d has its solo text", i);
+            expect(text && solo_text[i] && strcmp(text, solo_text[i]) == 0, what);
+        }
+        kf_string_free(text);
+        text = NULL;
+    }
+    expect(result.stop_reason == KF_STOP_CALLBACK, "batch: a callback stops its request");
+    expect_status(kf_batch_result(b, 7, &text, NULL), KF_ERR_INVALID_ARGUMENT,
+                  "batch: result of an unknown request");
+    expect_status(kf_batch_run(b), KF_OK, "batch: a run with nothing new");
+    expect_status(kf_batch_free((kf_batch *)m), KF_ERR_INVALID_HANDLE,
+                  "batch: a model passed as a batch");
+    expect_status(kf_batch_free(b), KF_OK, "batch: free");
+    expect_status(kf_batch_run(b), KF_ERR_INVALID_HANDLE, "batch: used after free");
+    for (int i = 0; i < N; i++) kf_string_free(solo_text[i]);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s MODEL\n", argv[0]);
@@ -433,6 +565,7 @@ int main(int argc, char **argv) {
     test_threads(m);
     test_sessions(m);
     test_loglik(m);
+    test_batch(m);
 
     int on_stack;
     expect_status(generate((kf_model *)&on_stack, "Hi", NULL), KF_ERR_INVALID_HANDLE,

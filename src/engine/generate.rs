@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::engine::Session;
 use crate::engine::sampling::{Sampler, SamplingParams};
 use crate::error::{Error, Result};
-use crate::kv::policy::CacheConfig;
+use crate::kv::policy::{CacheConfig, CachePlan};
 use crate::kv::stats::CacheStats;
 use crate::model::Model;
 use crate::model::tokenizer::TextTokenizer;
@@ -87,8 +87,8 @@ pub struct Generator<'m, B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Checks the parameters, plans the cache and runs the prefill.
-    pub fn start(&self, prompt: &[u32], params: &GenerateParams) -> Result<Generator<'_, B>> {
+    /// Checks a request's parameters and prompt, and plans its cache.
+    pub fn plan_request(&self, prompt: &[u32], params: &GenerateParams) -> Result<CachePlan> {
         params.sampling.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
@@ -100,7 +100,12 @@ impl<B: Backend> Model<B> {
                 self.config.max_context
             )));
         }
-        let plan = params.cache.plan(prompt.len())?;
+        params.cache.plan(prompt.len())
+    }
+
+    /// Checks the parameters, plans the cache and runs the prefill.
+    pub fn start(&self, prompt: &[u32], params: &GenerateParams) -> Result<Generator<'_, B>> {
+        let plan = self.plan_request(prompt, params)?;
         let mut session = self.new_session_for(plan, prompt.len(), params.max_new_tokens)?;
         let t0 = Instant::now();
         let logits = self.forward_logits(&mut session, prompt, false)?;
@@ -145,32 +150,56 @@ impl<B: Backend> Model<B> {
 impl<B: Backend> Generator<'_, B> {
     /// The next token and the text it completes, or None once generation has stopped.
     pub fn next_token(&mut self) -> Result<Option<(u32, String)>> {
-        if self.stop.is_some() {
-            return Ok(None);
+        if let Some(input) = self.input() {
+            let logits = self
+                .model
+                .forward_logits(&mut self.session, &[input], false)?;
+            self.sample(&logits)?;
         }
-        if self.tokens.len() >= self.params.max_new_tokens {
+        self.hand_out()
+    }
+
+    /// Whether generation has stopped; reaching max tokens stops it.
+    pub(crate) fn ended(&mut self) -> bool {
+        if self.stop.is_none() && self.tokens.len() >= self.params.max_new_tokens {
             self.stop = Some(StopReason::MaxTokens);
+        }
+        self.stop.is_some()
+    }
+
+    /// The token to run through the model before the next one can be sampled: None when a
+    /// sampled token is waiting or generation has stopped (a full context stops it).
+    pub(crate) fn input(&mut self) -> Option<u32> {
+        if self.sampled.is_some() || self.ended() {
+            return None;
+        }
+        if self.session.position >= self.model.config.max_context {
+            self.stop = Some(StopReason::Context);
+            return None;
+        }
+        // The previous token has not been through the model yet.
+        self.tokens.last().copied()
+    }
+
+    /// Samples the next token from one row of logits on the device.
+    pub(crate) fn sample(&mut self, logits: &B::Buf) -> Result<()> {
+        let vocab = self.model.config.vocab_size;
+        let next = self
+            .model
+            .backend
+            .sample(logits, vocab, &mut self.sampler)?;
+        self.sampled = Some(next);
+        Ok(())
+    }
+
+    /// Hands out the sampled token and the text it completes, or None once generation has
+    /// stopped (at an end-of-sequence token or a stop string too).
+    pub(crate) fn hand_out(&mut self) -> Result<Option<(u32, String)>> {
+        if self.ended() {
             return Ok(None);
         }
-        let next = match self.sampled.take() {
-            Some(first) => first,
-            None => {
-                // The previous token has not been through the model yet.
-                let Some(&last) = self.tokens.last() else {
-                    return Ok(None);
-                };
-                if self.session.position >= self.model.config.max_context {
-                    self.stop = Some(StopReason::Context);
-                    return Ok(None);
-                }
-                let logits = self
-                    .model
-                    .forward_logits(&mut self.session, &[last], false)?;
-                let vocab = self.model.config.vocab_size;
-                self.model
-                    .backend
-                    .sample(&logits, vocab, &mut self.sampler)?
-            }
+        let Some(next) = self.sampled.take() else {
+            return Ok(None);
         };
         if self.params.stop_at_eos && self.model.config.eos.contains(&next) {
             self.stop = Some(StopReason::Eos);

@@ -1,8 +1,10 @@
 //! Sessions and the forward pass, written once for every backend.
 
+pub mod batch;
 pub mod conversation;
 pub mod generate;
 pub mod loglik;
+pub mod planner;
 pub mod sampling;
 pub mod select;
 
@@ -12,7 +14,8 @@ use crate::kv::policy::{CachePlan, Policy};
 use crate::kv::stats::{CacheStats, LayerStats};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::Model;
-use crate::model::config::Activation;
+use crate::model::config::{Activation, ModelConfig};
+use crate::model::weights::{Linear, Norm};
 
 /// One sequence: its KV cache, its cache plan and where it is in generation.
 pub struct Session<B: Backend> {
@@ -33,8 +36,9 @@ pub struct Session<B: Backend> {
     workspace: Option<Workspace<B>>,
 }
 
-/// The activations of one forward pass.
+/// The activations of one forward pass over `rows` rows.
 struct Workspace<B: Backend> {
+    rows: usize,
     x: B::Buf,
     normed: B::Buf,
     qkv: B::Buf,
@@ -42,6 +46,81 @@ struct Workspace<B: Backend> {
     proj: B::Buf,
     mlp_mid: B::Buf,
     mlp_act: B::Buf,
+}
+
+impl<B: Backend> Workspace<B> {
+    fn new(model: &Model<B>, rows: usize) -> Result<Workspace<B>> {
+        let b = &model.backend;
+        let [x, normed, qkv, attn, proj, mlp_mid, mlp_act] =
+            activation_widths(&model.config).map(|width| b.scratch(rows * width));
+        Ok(Workspace {
+            rows,
+            x: x?,
+            normed: normed?,
+            qkv: qkv?,
+            attn: attn?,
+            proj: proj?,
+            mlp_mid: mlp_mid?,
+            mlp_act: mlp_act?,
+        })
+    }
+}
+
+/// Values per row of each workspace buffer, in the order of `Workspace`'s fields.
+fn activation_widths(c: &ModelConfig) -> [usize; 7] {
+    let mlp_in = if c.activation == Activation::SwiGlu {
+        2 * c.ffn_hidden
+    } else {
+        c.ffn_hidden
+    };
+    let h = c.hidden;
+    [
+        h,
+        h,
+        c.q_dim() + 2 * c.kv_dim(),
+        c.q_dim(),
+        h,
+        mlp_in,
+        c.ffn_hidden,
+    ]
+}
+
+/// How a layer's attention runs: `(layer, qkv rows, out rows)`.
+type Attend<'a, B> =
+    dyn FnMut(usize, &<B as Backend>::Buf, &mut <B as Backend>::Buf) -> Result<()> + 'a;
+
+impl<B: Backend> Session<B> {
+    /// What running `rows` new tokens does to the cache: this step's score accumulation, and
+    /// what eviction keeps when the cache outgrows its budget.
+    fn cache_step(&self, rows: usize) -> (Option<StepScore>, Option<Keep>) {
+        let score = self.plan.scoring.map(|sc| StepScore {
+            noise: sc.noise,
+            tau: sc.tau(self.step, self.steps),
+            seed: sc.seed,
+        });
+        let keep = self
+            .plan
+            .budget
+            .filter(|&k| self.cached + rows > k)
+            .map(|budget| Keep {
+                budget,
+                sinks: self.plan.sinks,
+                recent: self.plan.recent,
+            });
+        (score, keep)
+    }
+
+    /// Counts `rows` tokens run through every layer, and what `keep` evicted.
+    fn advance(&mut self, rows: usize, keep: Option<&Keep>) {
+        self.position += rows;
+        self.step += 1;
+        self.cached += rows;
+        if let Some(keep) = keep {
+            let per_layer_head = self.cached - keep.budget;
+            self.evictions += (per_layer_head * self.shape.layers * self.shape.kv_heads) as u64;
+            self.cached = keep.budget;
+        }
+    }
 }
 
 impl<B: Backend> Model<B> {
@@ -65,8 +144,7 @@ impl<B: Backend> Model<B> {
         prompt_len: usize,
         max_new: usize,
     ) -> Result<Session<B>> {
-        let needed = (prompt_len + max_new).min(self.config.max_context);
-        let capacity = plan.budget.map_or(needed, |k| needed.min(k + 1));
+        let capacity = plan.capacity(prompt_len, max_new, self.config.max_context);
         self.session_with(plan, capacity, max_new)
     }
 
@@ -160,32 +238,80 @@ impl<B: Backend> Model<B> {
         if rows == 0 {
             return Err(Error::InvalidInput("no tokens to run".into()));
         }
-        if s.position + rows > c.max_context {
-            return Err(Error::InvalidInput(format!(
-                "{} tokens exceed the model's context of {} tokens",
-                s.position + rows,
-                c.max_context
-            )));
-        }
-        let (h, f) = (c.hidden, c.ffn_hidden);
-        let mlp_in_width = if c.activation == Activation::SwiGlu {
-            2 * f
-        } else {
-            f
-        };
+        self.check_context(s, rows)?;
         // Decode steps reuse one set of buffers; a prefill gets its own for its row count.
         let mut ws = match s.workspace.take() {
             Some(ws) if rows == 1 => ws,
-            _ => Workspace {
-                x: b.scratch(rows * h)?,
-                normed: b.scratch(rows * h)?,
-                qkv: b.scratch(rows * (c.q_dim() + 2 * c.kv_dim()))?,
-                attn: b.scratch(rows * c.q_dim())?,
-                proj: b.scratch(rows * h)?,
-                mlp_mid: b.scratch(rows * mlp_in_width)?,
-                mlp_act: b.scratch(rows * f)?,
-            },
+            _ => Workspace::new(self, rows)?,
         };
+        b.embed(&w.embed, tokens, c.hidden, &mut ws.x)?;
+        if let Some(table) = &w.pos_embed {
+            b.add_positions(&mut ws.x, table, s.position, rows, c.hidden)?;
+        }
+        let spec = self.attention_spec();
+        let (score, keep) = s.cache_step(rows);
+        self.layers(&mut ws, rows, &mut |layer, qkv, attn| {
+            b.attention(
+                &spec,
+                qkv,
+                rows,
+                s.position,
+                &mut s.cache,
+                layer,
+                score.as_ref(),
+                attn,
+            )?;
+            // Evict after each layer's attention, so a long prompt never sits in every layer
+            // at once.
+            if let Some(keep) = &keep {
+                b.evict(&mut s.cache, layer, keep)?;
+            }
+            Ok(())
+        })?;
+        s.advance(rows, keep.as_ref());
+
+        // Only the rows whose logits are wanted go through the final norm and the head.
+        let logits = if all_rows || rows == 1 {
+            self.head(&ws.x, rows, &mut ws.normed)?
+        } else {
+            let last = self.row(&ws.x, rows - 1, c.hidden)?;
+            self.head(&last, 1, &mut ws.normed)?
+        };
+        if rows == 1 {
+            s.workspace = Some(ws);
+        }
+        Ok(logits)
+    }
+
+    /// The model's context must hold `rows` more tokens after the session's.
+    fn check_context(&self, s: &Session<B>, rows: usize) -> Result<()> {
+        let context = self.config.max_context;
+        if s.position + rows > context {
+            return Err(Error::InvalidInput(format!(
+                "{} tokens exceed the model's context of {context} tokens",
+                s.position + rows
+            )));
+        }
+        Ok(())
+    }
+
+    fn attention_spec(&self) -> AttentionSpec<'_> {
+        let c = &self.config;
+        AttentionSpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attn_scale,
+            positions: &c.positions,
+        }
+    }
+
+    /// Every layer over `rows` rows of `ws.x`, in place. `attend(layer, qkv, out)` runs the
+    /// attention of a layer from its fused [q | k | v] rows into `out`: over one session's
+    /// cache, or over each row's own session in a batch.
+    fn layers(&self, ws: &mut Workspace<B>, rows: usize, attend: &mut Attend<'_, B>) -> Result<()> {
+        let (c, w, b) = (&self.config, &self.weights, &self.backend);
+        let (h, f) = (c.hidden, c.ffn_hidden);
         let Workspace {
             x,
             normed,
@@ -194,176 +320,92 @@ impl<B: Backend> Model<B> {
             proj,
             mlp_mid,
             mlp_act,
-        } = &mut ws;
-
-        b.embed(&w.embed, tokens, h, x)?;
-        if let Some(table) = &w.pos_embed {
-            b.add_positions(x, table, s.position, rows, h)?;
-        }
-        let spec = AttentionSpec {
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            scale: c.attn_scale,
-            positions: &c.positions,
+            ..
+        } = ws;
+        let linear = |lin: &Linear<B::Weight>, input: &B::Buf, out: &mut B::Buf| {
+            b.linear(
+                input,
+                rows,
+                &lin.weight,
+                lin.bias.as_ref(),
+                lin.n_out,
+                lin.n_in,
+                out,
+            )
         };
-        let score = s.plan.scoring.map(|sc| StepScore {
-            noise: sc.noise,
-            tau: sc.tau(s.step, s.steps),
-            seed: sc.seed,
-        });
-        // Evict after each layer's attention, so a long prompt never sits in every layer at once.
-        let keep = s
-            .plan
-            .budget
-            .filter(|&k| s.cached + rows > k)
-            .map(|budget| Keep {
-                budget,
-                sinks: s.plan.sinks,
-                recent: s.plan.recent,
-            });
-        for (i, l) in w.layers.iter().enumerate() {
-            let an = &l.attn_norm;
+        let norm = |n: &Norm<B::Weight>, input: &B::Buf, out: &mut B::Buf| {
             b.norm(
                 c.norm,
-                &*x,
-                &an.weight,
-                an.bias.as_ref(),
+                input,
+                &n.weight,
+                n.bias.as_ref(),
                 c.norm_eps,
                 rows,
                 h,
-                normed,
-            )?;
-            let lin = &l.qkv;
-            b.linear(
-                &*normed,
-                rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                lin.n_out,
-                lin.n_in,
-                qkv,
-            )?;
-            b.attention(
-                &spec,
-                &*qkv,
-                rows,
-                s.position,
-                &mut s.cache,
-                i,
-                score.as_ref(),
-                attn,
-            )?;
-            if let Some(keep) = &keep {
-                b.evict(&mut s.cache, i, keep)?;
-            }
-            let lin = &l.attn_out;
-            b.linear(
-                &*attn,
-                rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                lin.n_out,
-                lin.n_in,
-                proj,
-            )?;
+                out,
+            )
+        };
+        for (i, l) in w.layers.iter().enumerate() {
+            norm(&l.attn_norm, x, normed)?;
+            linear(&l.qkv, normed, qkv)?;
+            attend(i, qkv, attn)?;
+            linear(&l.attn_out, attn, proj)?;
             if let Some(mn) = &l.mlp_norm {
-                b.add(x, &*proj, rows * h)?;
-                b.norm(
-                    c.norm,
-                    &*x,
-                    &mn.weight,
-                    mn.bias.as_ref(),
-                    c.norm_eps,
-                    rows,
-                    h,
-                    normed,
-                )?;
+                b.add(x, proj, rows * h)?;
+                norm(mn, x, normed)?;
             }
             // The MLP reads `normed`: the attention's norm in a parallel block, its own otherwise.
-            let lin = &l.mlp_in;
-            b.linear(
-                &*normed,
-                rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                lin.n_out,
-                lin.n_in,
-                mlp_mid,
-            )?;
+            linear(&l.mlp_in, normed, mlp_mid)?;
             b.activation(c.activation, mlp_mid, rows, f, mlp_act)?;
             let mid = if c.activation == Activation::SwiGlu {
                 &*mlp_act
             } else {
                 &*mlp_mid
             };
-            let lin = &l.mlp_out;
             if l.mlp_norm.is_none() {
-                b.add(x, &*proj, rows * h)?;
+                b.add(x, proj, rows * h)?;
             }
-            b.linear(
-                mid,
-                rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                lin.n_out,
-                lin.n_in,
-                proj,
-            )?;
-            b.add(x, &*proj, rows * h)?;
+            linear(&l.mlp_out, mid, proj)?;
+            b.add(x, proj, rows * h)?;
         }
-        s.position += rows;
-        s.step += 1;
-        s.cached += rows;
-        if let Some(keep) = &keep {
-            s.evictions += ((s.cached - keep.budget) * c.layers * c.kv_heads) as u64;
-            s.cached = keep.budget;
-        }
+        Ok(())
+    }
 
-        // Only the rows whose logits are wanted go through the final norm and the head.
-        let out_rows = if all_rows { rows } else { 1 };
-        let last;
-        let final_in: &B::Buf = if all_rows || rows == 1 {
-            &*x
-        } else {
-            last = self.last_row(&*x, rows)?;
-            &last
-        };
+    /// The final norm and the output head over `rows` rows of `x`: logits [rows][vocab].
+    fn head(&self, x: &B::Buf, rows: usize, normed: &mut B::Buf) -> Result<B::Buf> {
+        let (c, w, b) = (&self.config, &self.weights, &self.backend);
+        let (h, v) = (c.hidden, c.vocab_size);
         let fnorm = &w.final_norm;
         b.norm(
             c.norm,
-            final_in,
+            x,
             &fnorm.weight,
             fnorm.bias.as_ref(),
             c.norm_eps,
-            out_rows,
+            rows,
             h,
             normed,
         )?;
-        let v = c.vocab_size;
-        let mut logits = b.scratch(out_rows * v)?;
+        let mut logits = b.scratch(rows * v)?;
         match &w.lm_head {
             Some(lin) => b.linear(
-                &*normed,
-                out_rows,
+                normed,
+                rows,
                 &lin.weight,
                 lin.bias.as_ref(),
                 v,
                 h,
                 &mut logits,
             )?,
-            None => b.linear(&*normed, out_rows, &w.embed, None, v, h, &mut logits)?,
-        }
-        if rows == 1 {
-            s.workspace = Some(ws);
+            None => b.linear(normed, rows, &w.embed, None, v, h, &mut logits)?,
         }
         Ok(logits)
     }
 
-    fn last_row(&self, x: &B::Buf, rows: usize) -> Result<B::Buf> {
-        let h = self.config.hidden;
-        let mut last = self.backend.zeros(h)?;
-        self.backend.copy_rows(x, rows - 1, 1, h, &mut last, 0)?;
-        Ok(last)
+    /// Row `row` of `width`-wide rows, in a buffer of its own.
+    fn row(&self, x: &B::Buf, row: usize, width: usize) -> Result<B::Buf> {
+        let mut out = self.backend.scratch(width)?;
+        self.backend.copy_rows(x, row, 1, width, &mut out, 0)?;
+        Ok(out)
     }
 }

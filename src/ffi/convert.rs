@@ -6,9 +6,13 @@ use std::sync::Mutex;
 
 use super::handles::snapshot;
 use super::status::{Failure, Outcome, buffer_arg, fill, out_arg, slice_arg, str_arg};
-use super::{kf_cache_params, kf_generate_params, kf_model_params, kf_policy, kf_stats, kf_status};
+use super::{
+    kf_batch_params, kf_cache_params, kf_generate_params, kf_model_params, kf_policy, kf_stats,
+    kf_status,
+};
 use crate::backend::cuda::CudaDtype;
 use crate::engine::generate::GenerateParams;
+use crate::engine::planner::BatchLimits;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::select::{BackendChoice, BackendOptions};
 use crate::kv::policy::{Budget, CacheConfig, Policy};
@@ -128,6 +132,14 @@ pub fn backend_options(p: &kf_model_params) -> Outcome<BackendOptions> {
         device: p.device as usize,
         dtype,
     })
+}
+
+/// Zero means "as many as fit" and "the default memory".
+pub fn batch_limits(p: &kf_batch_params) -> BatchLimits {
+    BatchLimits {
+        max_batch: Some(p.max_batch).filter(|&n| n > 0),
+        memory: Some(p.memory_limit).filter(|&m| m > 0),
+    }
 }
 
 /// The cache settings; their ranges are checked where they are used (`CacheConfig::plan`).

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
+use super::batch::BatchState;
 use super::status::{Failure, Outcome, null};
-use super::{kf_model, kf_session, kf_status};
+use super::{kf_batch, kf_model, kf_session, kf_status};
 use crate::engine::select::AnyModel;
 use crate::kv::stats::CacheStats;
 
@@ -37,9 +38,17 @@ pub struct SessionHandle {
     pub latest: Mutex<Option<CacheStats>>,
 }
 
+/// Requests decoded together on a model it keeps alive.
+pub struct BatchHandle {
+    pub model: Arc<ModelHandle>,
+    /// Locked by every call on the batch; kf_batch_run holds it throughout.
+    pub state: Mutex<BatchState>,
+}
+
 enum Entry {
     Model(Arc<ModelHandle>),
     Session(Arc<SessionHandle>),
+    Batch(Arc<BatchHandle>),
 }
 
 impl Entry {
@@ -47,6 +56,7 @@ impl Entry {
         match self {
             Entry::Model(_) => "kf_model",
             Entry::Session(_) => "kf_session",
+            Entry::Batch(_) => "kf_batch",
         }
     }
 }
@@ -73,6 +83,10 @@ pub fn add_session(handle: SessionHandle) -> *mut kf_session {
     add(Arc::new(handle), Entry::Session) as *mut kf_session
 }
 
+pub fn add_batch(handle: BatchHandle) -> *mut kf_batch {
+    add(Arc::new(handle), Entry::Batch) as *mut kf_batch
+}
+
 /// The live entry at `address`, which must be of `kind`.
 fn find<'m>(
     live: &'m BTreeMap<usize, Entry>,
@@ -96,14 +110,21 @@ fn find<'m>(
 pub fn model(p: *const kf_model) -> Outcome<Arc<ModelHandle>> {
     match find(&live(), p as usize, "kf_model")? {
         Entry::Model(m) => Ok(m.clone()),
-        Entry::Session(_) => unreachable!("find checks the kind"),
+        _ => unreachable!("find checks the kind"),
     }
 }
 
 pub fn session(p: *const kf_session) -> Outcome<Arc<SessionHandle>> {
     match find(&live(), p as usize, "kf_session")? {
         Entry::Session(s) => Ok(s.clone()),
-        Entry::Model(_) => unreachable!("find checks the kind"),
+        _ => unreachable!("find checks the kind"),
+    }
+}
+
+pub fn batch(p: *const kf_batch) -> Outcome<Arc<BatchHandle>> {
+    match find(&live(), p as usize, "kf_batch")? {
+        Entry::Batch(b) => Ok(b.clone()),
+        _ => unreachable!("find checks the kind"),
     }
 }
 

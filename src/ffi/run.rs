@@ -33,12 +33,18 @@ impl Callback {
     /// Whether generation goes on after this token.
     fn call(&self, token: u32, piece: &str) -> bool {
         let Some(f) = self.f else { return true };
-        let mut bytes = Vec::with_capacity(piece.len() + 1);
-        bytes.extend_from_slice(piece.as_bytes());
-        bytes.push(0);
+        let bytes = c_piece(piece);
         // SAFETY: `new`'s contract; the piece outlives the call.
         unsafe { f(self.user_data, token, bytes.as_ptr().cast(), piece.len()) == 0 }
     }
+}
+
+/// A token's text as callbacks get it: its bytes and a NUL.
+pub fn c_piece(piece: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(piece.len() + 1);
+    bytes.extend_from_slice(piece.as_bytes());
+    bytes.push(0);
+    bytes
 }
 
 /// A generation token by token: the engine's Generator, or a chat turn.

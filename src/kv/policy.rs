@@ -120,6 +120,14 @@ impl CachePlan {
     pub fn key_slots(&self) -> usize {
         self.budget.map_or(0, |k| k - self.recent - self.sinks)
     }
+
+    /// Cache slots per layer and kv head for a prompt of `prompt_len` tokens followed by up to
+    /// `max_new` tokens, within a context of `context`: an evicting plan holds its budget plus
+    /// the one slot a decode step appends before evicting.
+    pub fn capacity(&self, prompt_len: usize, max_new: usize, context: usize) -> usize {
+        let needed = (prompt_len + max_new).min(context);
+        self.budget.map_or(needed, |k| needed.min(k + 1))
+    }
 }
 
 impl CacheConfig {

@@ -33,6 +33,19 @@ pub fn load_cpu(path: &Path) -> Model<CpuBackend> {
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
+/// `len` pseudo-random token ids below `vocab` from `seed`.
+pub fn random_prompt(vocab: usize, len: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
 /// max |a - b| / max |b|: the error relative to the reference's scale.
 pub fn max_rel_error(actual: &[f32], reference: &[f32]) -> f32 {
     assert_eq!(actual.len(), reference.len(), "length mismatch");

@@ -6,9 +6,10 @@
 """
 
 from ._native import KeyformerError, lib
-from .model import Generation, LogLikelihood, Model, Session, Stats, Stream
+from .model import Batch, Generation, LogLikelihood, Model, Session, Stats, Stream
 
 __all__ = [
+    "Batch",
     "Generation",
     "KeyformerError",
     "LogLikelihood",

@@ -115,11 +115,16 @@ class ModelInfo(Structure):
     ]
 
 
+class BatchParams(Structure):
+    _fields_ = [("max_batch", c_size_t), ("memory_limit", c_size_t)]
+
+
 class LoglikResult(Structure):
     _fields_ = [("logprob", c_double), ("greedy", c_bool)]
 
 
 TOKEN_CALLBACK = CFUNCTYPE(c_int, c_void_p, c_uint32, POINTER(c_char), c_size_t)
+BATCH_CALLBACK = CFUNCTYPE(c_int, c_void_p, c_uint64, c_uint32, POINTER(c_char), c_size_t)
 
 _STATUS = c_int
 _PROTOTYPES = {
@@ -185,6 +190,25 @@ _PROTOTYPES = {
     "kf_session_cache_positions": (
         _STATUS,
         [c_void_p, c_size_t, c_size_t, POINTER(c_uint32), c_size_t, POINTER(c_size_t)],
+    ),
+    "kf_batch_params_default": (BatchParams, []),
+    "kf_batch_new": (_STATUS, [c_void_p, POINTER(BatchParams), POINTER(c_void_p)]),
+    "kf_batch_free": (_STATUS, [c_void_p]),
+    "kf_batch_submit": (
+        _STATUS,
+        [
+            c_void_p,
+            c_char_p,
+            POINTER(GenerateParams),
+            BATCH_CALLBACK,
+            c_void_p,
+            POINTER(c_uint64),
+        ],
+    ),
+    "kf_batch_run": (_STATUS, [c_void_p]),
+    "kf_batch_result": (
+        _STATUS,
+        [c_void_p, c_uint64, POINTER(c_void_p), POINTER(Generation)],
     ),
 }
 

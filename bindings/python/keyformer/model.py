@@ -127,12 +127,11 @@ class _Options:
         self.params = p
 
 
-def _generate(call, on_token: Optional[OnToken], options) -> Generation:
-    """Runs one generating C call (kf_generate_alloc or kf_session_chat_alloc)."""
-    opts = _Options(**options)
-    raised = []
+def _guarded(on_token: OnToken, raised: list):
+    """A C token callback's body: calls on_token with the piece's text; an exception it raises
+    stops generation and is kept in `raised` for after the C call returns."""
 
-    def trampoline(_user, token, piece, length):
+    def call(token, piece, length):
         try:
             go_on = on_token(token, ctypes.string_at(piece, length).decode(errors="replace"))
             return 0 if go_on is None or go_on else 1
@@ -140,13 +139,13 @@ def _generate(call, on_token: Optional[OnToken], options) -> Generation:
             raised.append(e)
             return 1
 
-    callback = n.TOKEN_CALLBACK(trampoline) if on_token else n.TOKEN_CALLBACK()
-    text = ctypes.c_void_p()
-    g = n.Generation()
-    code = call(ctypes.byref(opts.params), callback, None, ctypes.byref(text), ctypes.byref(g))
+    return call
+
+
+def _generation(code, text, g) -> Generation:
+    """A finished generation from a C call that returned `code`, a kf_*_alloc text and a
+    kf_generation; frees the text."""
     try:
-        if raised:
-            raise raised[0]
         check(code)
         out = ctypes.string_at(text.value).decode(errors="replace")
     finally:
@@ -160,6 +159,26 @@ def _generate(call, on_token: Optional[OnToken], options) -> Generation:
         decode_ms=g.decode_ms,
         stats=Stats._from(g.stats),
     )
+
+
+def _generate(call, on_token: Optional[OnToken], options) -> Generation:
+    """Runs one generating C call (kf_generate_alloc or kf_session_chat_alloc)."""
+    opts = _Options(**options)
+    raised = []
+    if on_token:
+        guarded = _guarded(on_token, raised)
+        callback = n.TOKEN_CALLBACK(
+            lambda _user, token, piece, length: guarded(token, piece, length)
+        )
+    else:
+        callback = n.TOKEN_CALLBACK()
+    text = ctypes.c_void_p()
+    g = n.Generation()
+    code = call(ctypes.byref(opts.params), callback, None, ctypes.byref(text), ctypes.byref(g))
+    if raised:
+        lib.kf_string_free(text)
+        raise raised[0]
+    return _generation(code, text, g)
 
 
 def _stats(call) -> Stats:
@@ -322,6 +341,19 @@ class Model:
     def chat(self, system: Optional[str] = None) -> "Session":
         return Session(self, system)
 
+    def batch(self, max_batch=0, memory_limit=0) -> "Batch":
+        return Batch(self, max_batch, memory_limit)
+
+    def generate_batch(
+        self, prompts: Sequence[str], max_batch=0, memory_limit=0, **options
+    ) -> List[Generation]:
+        """Generates from every prompt, decoding them together (see Batch); each gets exactly
+        what generate() gives it alone."""
+        with self.batch(max_batch, memory_limit) as batch:
+            requests = [batch.submit(prompt, **options) for prompt in prompts]
+            batch.run()
+            return [batch.result(r) for r in requests]
+
 
 class Session:
     """A chat that keeps its KV cache between turns: each turn runs only its new text. The
@@ -378,3 +410,77 @@ class Session:
                 )
             )
         return list(out)
+
+
+class Batch:
+    """Requests decoded together on one model, each with its own generation and cache
+    keywords and its own KV cache: submit() them, run() them all, then read each result().
+    At most max_batch run at once (0: as many as fit in memory_limit bytes, 0 meaning the
+    GPU's free memory or 2 GiB on the CPU); the others wait for a place. Submit between runs."""
+
+    def __init__(self, model: Model, max_batch=0, memory_limit=0):
+        p = lib.kf_batch_params_default()
+        p.max_batch = max_batch
+        p.memory_limit = memory_limit
+        handle = ctypes.c_void_p()
+        check(lib.kf_batch_new(model._handle, ctypes.byref(p), ctypes.byref(handle)))
+        self._handle = handle
+        self._callbacks = []  # alive until the run that calls them returns
+        self._raised = []
+
+    def close(self):
+        if self._handle:
+            check(lib.kf_batch_free(self._handle))
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) and lib is not None:
+            lib.kf_batch_free(self._handle)
+
+    def submit(self, prompt: str, on_token: Optional[OnToken] = None, **options) -> int:
+        """Queues a raw prompt; returns its request number. Raises KeyformerError at once for
+        bad options, or a request that could never fit in the batch's memory."""
+        opts = _Options(**options)
+        if on_token:
+            guarded = _guarded(on_token, self._raised)
+            callback = n.BATCH_CALLBACK(
+                lambda _user, _request, token, piece, length: guarded(token, piece, length)
+            )
+        else:
+            callback = n.BATCH_CALLBACK()
+        request = ctypes.c_uint64()
+        check(
+            lib.kf_batch_submit(
+                self._handle,
+                prompt.encode(),
+                ctypes.byref(opts.params),
+                callback,
+                None,
+                ctypes.byref(request),
+            )
+        )
+        self._callbacks.append(callback)
+        return request.value
+
+    def run(self):
+        """Runs every request submitted since the last run to its end, calling their
+        on_token callbacks. An exception from a callback stops its request and is raised
+        here once the run is over."""
+        code = lib.kf_batch_run(self._handle)
+        self._callbacks.clear()
+        raised, self._raised = self._raised, []
+        if raised:
+            raise raised[0]
+        check(code)
+
+    def result(self, request: int) -> Generation:
+        text = ctypes.c_void_p()
+        g = n.Generation()
+        code = lib.kf_batch_result(self._handle, request, ctypes.byref(text), ctypes.byref(g))
+        return _generation(code, text, g)

@@ -145,6 +145,56 @@ def test_loglik(model):
         model.loglik([], [1])
 
 
+def test_batch_gives_each_prompt_its_solo_tokens(model):
+    prompts = [PROMPT, "Once upon a time, in a small village,", "Keyformer keeps key tokens",
+               PROMPT]
+    options = [dict(policy="full"), dict(policy="keyformer", kv_budget=4),
+               dict(policy="h2o", kv_budget=4), dict(policy="window", kv_budget=3)]
+    solo = []
+    for prompt, opts in zip(prompts, options):
+        tokens = []
+        g = model.generate(prompt, on_token=lambda t, p, tokens=tokens: tokens.append(t),
+                           max_new_tokens=6, **opts)
+        solo.append((tokens, g.text))
+    with model.batch(max_batch=2) as batch:  # four requests, two at a time
+        streamed = [[] for _ in prompts]
+        requests = [
+            batch.submit(prompt, on_token=lambda t, p, got=got: got.append(t), max_new_tokens=6,
+                         **opts)
+            for prompt, opts, got in zip(prompts, options, streamed)
+        ]
+        assert requests == [0, 1, 2, 3]
+        batch.run()
+        for i, r in enumerate(requests):
+            g = batch.result(r)
+            assert (streamed[i], g.text) == solo[i], i
+            assert g.generated_tokens == 6 and g.stats.policy == options[i]["policy"]
+    texts = [g.text for g in model.generate_batch(prompts[:2], max_new_tokens=6, policy="full")]
+    assert texts[0] == solo[0][1]
+    model.generate(PROMPT, max_new_tokens=1)  # the model is free again
+
+
+def test_batch_errors(model):
+    with model.batch(memory_limit=100_000) as small:
+        with pytest.raises(keyformer.KeyformerError) as e:
+            small.submit(PROMPT)
+        assert e.value.status == "KF_ERR_INVALID_ARGUMENT" and "can never run" in e.value.message
+    with model.batch() as batch:
+        with pytest.raises(keyformer.KeyformerError, match="KF_ERR_INVALID_STATE"):
+            batch.result(batch.submit(PROMPT, max_new_tokens=2))
+        with pytest.raises(keyformer.KeyformerError, match="KF_ERR_INVALID_ARGUMENT"):
+            batch.result(5)
+
+        def boom(token, piece):
+            raise RuntimeError("from a batch callback")
+
+        batch.submit(PROMPT, on_token=boom, max_new_tokens=4)
+        with pytest.raises(RuntimeError, match="from a batch callback"):
+            batch.run()
+        assert batch.result(1).stop_reason == "callback"
+        assert batch.result(0).generated_tokens == 2
+
+
 def test_tokenize(model):
     ids = model.tokenize(PROMPT)
     assert len(ids) == 5 and model.tokenize("") == []

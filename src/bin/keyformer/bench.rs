@@ -6,7 +6,11 @@ use std::time::Instant;
 
 use keyformer::engine::select::AnyModel;
 use keyformer::model::config::ModelConfig;
-use keyformer::{Backend, Model, Result, with_model};
+use keyformer::model::source::splitmix64;
+use keyformer::{
+    Backend, BatchLimits, CacheConfig, GenerateParams, Model, Planner, Result, Scheduler,
+    with_model,
+};
 
 use super::{BackendArgs, CacheArgs, PolicyChoice};
 
@@ -29,6 +33,17 @@ pub struct BenchArgs {
     /// Measure several policies on the same model, one line each (overrides --policy).
     #[arg(long, value_enum, value_delimiter = ',')]
     policies: Vec<PolicyChoice>,
+    /// Decode this many sequences together, each with its own random prompt of
+    /// --prompt-tokens (fewer at a time if they do not fit in memory).
+    #[arg(long, conflicts_with = "max_batch")]
+    batch: Option<usize>,
+    /// Decode as many sequences together as the memory planner says fit.
+    #[arg(long)]
+    max_batch: bool,
+    /// Memory for caches and activations when batching, in MiB (default: the GPU's free
+    /// memory less a safety margin; 2048 on the CPU).
+    #[arg(long)]
+    memory_mib: Option<usize>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -59,13 +74,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice) -> Result<()> {
     let c = &model.config;
     let mut state = args.seed;
-    let prompt: Vec<u32> = (0..args.prompt_tokens)
-        .map(|_| (keyformer::model::source::splitmix64(&mut state) % c.vocab_size as u64) as u32)
-        .collect();
-    let cache = keyformer::CacheConfig {
+    let mut random_prompt = || -> Vec<u32> {
+        (0..args.prompt_tokens)
+            .map(|_| (splitmix64(&mut state) % c.vocab_size as u64) as u32)
+            .collect()
+    };
+    let prompt = random_prompt();
+    let cache = CacheConfig {
         policy: policy.policy(),
         ..args.cache.config(args.seed)
     };
+    if args.batch.is_some() || args.max_batch {
+        return measure_batch(model, args, cache, prompt, &mut random_prompt);
+    }
     let run = |prompt: &[u32], steps: usize| -> Result<(f64, f64, usize, keyformer::CacheStats)> {
         let plan = cache.plan(prompt.len())?;
         let mut s = model.new_session_for(plan, prompt.len(), steps)?;
@@ -126,6 +147,104 @@ fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice)
         avg_kv_bytes / 1e9,
         stats.kv_bytes_held as f64 / (1 << 20) as f64,
         stats.kv_bytes_full as f64 / (1 << 20) as f64,
+    );
+    Ok(())
+}
+
+/// Decode speed of many sequences at once, through the continuous-batching scheduler.
+fn measure_batch<B: Backend>(
+    model: &Model<B>,
+    args: &BenchArgs,
+    cache: CacheConfig,
+    first_prompt: Vec<u32>,
+    random_prompt: &mut dyn FnMut() -> Vec<u32>,
+) -> Result<()> {
+    let memory = BatchLimits {
+        max_batch: None,
+        memory: args.memory_mib.map(|m| m << 20),
+    };
+    let planner = Planner::for_model(model, &memory)?;
+    let params = GenerateParams {
+        max_new_tokens: args.gen_tokens,
+        cache,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let footprint = planner.check(model, &first_prompt, &params)?;
+    let fit = planner.how_many(&footprint);
+    let n = args.batch.unwrap_or(fit);
+    eprintln!(
+        "planner: {:.1} MiB for sequences, {:.2} MiB per sequence (+{:.2} MiB while prefilling): {fit} fit at once",
+        planner.capacity as f64 / (1 << 20) as f64,
+        footprint.steady() as f64 / (1 << 20) as f64,
+        footprint.prefill as f64 / (1 << 20) as f64,
+    );
+    let planner = Planner {
+        max_batch: Some(n),
+        ..planner
+    };
+    let mut prompts = vec![first_prompt];
+    prompts.extend((1..n).map(|_| random_prompt()));
+
+    // Prefill ms summed over sequences, decode ms, decode steps, most sequences decoding
+    // together, and the KV bytes held at the end summed over sequences.
+    let run = |steps: usize| -> Result<(f64, f64, usize, usize, usize)> {
+        let mut s = Scheduler::new(model, planner.clone());
+        for prompt in &prompts {
+            s.submit(
+                prompt.clone(),
+                GenerateParams {
+                    max_new_tokens: steps,
+                    ..params.clone()
+                },
+            )?;
+        }
+        let t0 = Instant::now();
+        let (mut prefill_ms, mut kv_bytes, mut most, mut rounds) = (0.0, 0, 0, 0);
+        while s.running() + s.waiting() > 0 {
+            rounds += 1;
+            let mut tokens = 0;
+            for (_, g) in s.step(&mut |_, _, _| {
+                tokens += 1;
+                true
+            })? {
+                prefill_ms += g.prefill_ms;
+                kv_bytes += g.stats.kv_bytes_held;
+            }
+            most = most.max(tokens);
+        }
+        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // The first round only hands out the tokens the prefills sampled.
+        Ok((
+            prefill_ms,
+            total_ms - prefill_ms,
+            rounds - 1,
+            most,
+            kv_bytes,
+        ))
+    };
+    // Warm up kernels, libraries and allocators at the measured shapes first.
+    run(2)?;
+    let (prefill_ms, decode_ms, rounds, most, kv_bytes) = run(args.gen_tokens)?;
+
+    let c = &model.config;
+    // The first token of each sequence comes from its prefill; the rest from decode steps.
+    let decoded = n * args.gen_tokens.saturating_sub(1);
+    let ms_per_step = decode_ms / rounds.max(1) as f64;
+    println!(
+        "{} {} policy {} prompt {} gen {} batch {n} ({most} at once): prefill {:.1} ms ({:.1} ms per sequence), decode {:.1} tokens/s in all, {:.3} ms per step ({:.1} tokens/s per sequence), cache {:.1} MiB held in all ({:.2} MiB per sequence)",
+        model.backend.name(),
+        c.arch.name(),
+        params.cache.policy.name(),
+        args.prompt_tokens,
+        args.gen_tokens,
+        prefill_ms,
+        prefill_ms / n as f64,
+        decoded as f64 / (decode_ms / 1e3),
+        ms_per_step,
+        1e3 / ms_per_step,
+        kv_bytes as f64 / (1 << 20) as f64,
+        kv_bytes as f64 / n as f64 / (1 << 20) as f64,
     );
     Ok(())
 }
