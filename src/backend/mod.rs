@@ -104,6 +104,23 @@ pub trait Backend {
         n_in: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// residual[rows, n_out] += x . w^T (+ bias): a product added into the residual stream.
+    /// The default computes it into `scratch` and adds; GPU backends add inside the product.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_residual(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        n_out: usize,
+        n_in: usize,
+        scratch: &mut Self::Buf,
+        residual: &mut Self::Buf,
+    ) -> Result<()> {
+        self.linear(x, rows, w, bias, n_out, n_in, scratch)?;
+        self.add(residual, scratch, rows * n_out)
+    }
     /// GELU over rows x width in place, or SwiGLU from fused [gate | up] rows of 2*width into
     /// `out` rows of width.
     fn activation(
@@ -155,6 +172,23 @@ pub trait Backend {
         layer: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
+        if let [seq] = seqs {
+            let cache = &mut *seq.cache;
+            self.attention(
+                spec,
+                qkv,
+                1,
+                seq.position,
+                cache,
+                layer,
+                seq.score.as_ref(),
+                out,
+            )?;
+            return match &seq.keep {
+                Some(keep) => self.evict(cache, layer, keep),
+                None => Ok(()),
+            };
+        }
         let qkv_width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
         let out_width = spec.heads * spec.head_dim;
         let mut row_qkv = self.scratch(qkv_width)?;

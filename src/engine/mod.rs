@@ -8,7 +8,7 @@ pub mod planner;
 pub mod sampling;
 pub mod select;
 
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::error::{Error, Result};
 use crate::kv::policy::{CachePlan, Policy};
 use crate::kv::stats::{CacheStats, LayerStats};
@@ -251,6 +251,16 @@ impl<B: Backend> Model<B> {
         let spec = self.attention_spec();
         let (score, keep) = s.cache_step(rows);
         self.layers(&mut ws, rows, &mut |layer, qkv, attn| {
+            if rows == 1 {
+                // A decode step: backends may fuse the eviction into the attention.
+                let seq = SeqStep {
+                    cache: &mut s.cache,
+                    position: s.position,
+                    score,
+                    keep,
+                };
+                return b.attention_batch(&spec, qkv, &mut [seq], layer, attn);
+            }
             b.attention(
                 &spec,
                 qkv,
@@ -333,6 +343,19 @@ impl<B: Backend> Model<B> {
                 out,
             )
         };
+        let residual =
+            |lin: &Linear<B::Weight>, input: &B::Buf, scratch: &mut B::Buf, x: &mut B::Buf| {
+                b.linear_residual(
+                    input,
+                    rows,
+                    &lin.weight,
+                    lin.bias.as_ref(),
+                    lin.n_out,
+                    lin.n_in,
+                    scratch,
+                    x,
+                )
+            };
         let norm = |n: &Norm<B::Weight>, input: &B::Buf, out: &mut B::Buf| {
             b.norm(
                 c.norm,
@@ -349,9 +372,10 @@ impl<B: Backend> Model<B> {
             norm(&l.attn_norm, x, normed)?;
             linear(&l.qkv, normed, qkv)?;
             attend(i, qkv, attn)?;
-            linear(&l.attn_out, attn, proj)?;
+            // In a parallel block the MLP reads the norm taken before this add, so adding the
+            // attention's output into x now is the same as adding it after the MLP.
+            residual(&l.attn_out, attn, proj, x)?;
             if let Some(mn) = &l.mlp_norm {
-                b.add(x, proj, rows * h)?;
                 norm(mn, x, normed)?;
             }
             // The MLP reads `normed`: the attention's norm in a parallel block, its own otherwise.
@@ -362,11 +386,7 @@ impl<B: Backend> Model<B> {
             } else {
                 &*mlp_mid
             };
-            if l.mlp_norm.is_none() {
-                b.add(x, proj, rows * h)?;
-            }
-            linear(&l.mlp_out, mid, proj)?;
-            b.add(x, proj, rows * h)?;
+            residual(&l.mlp_out, mid, proj, x)?;
         }
         Ok(())
     }

@@ -229,6 +229,7 @@ impl CudaBackend {
         a: (u64, usize),
         b: (u64, usize, cudaDataType),
         c: (u64, usize),
+        beta: f32,
     ) -> Result<()> {
         let op = |t| {
             if t {
@@ -237,7 +238,7 @@ impl CudaBackend {
                 cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let alpha = 1.0f32;
         // SAFETY: the pointers are live device buffers of the sizes the shapes imply.
         unsafe {
             cudarc::cublas::result::gemm_ex(
@@ -263,6 +264,76 @@ impl CudaBackend {
             )
         }
         .map_err(cuda_err)
+    }
+
+    /// out[rows, n_out] = x . w^T (+ bias), or out += that when `accumulate`: GEMV kernels for
+    /// a few rows, cuBLAS for more.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        (n_out, n_in): (usize, usize),
+        out: &mut CudaSlice<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        check("linear input", x.len(), rows * n_in)?;
+        check(
+            "linear weight",
+            w.data.len() / self.dtype.bytes(),
+            n_out * n_in,
+        )?;
+        check("linear output", out.len(), rows * n_out)?;
+        let bias_ptr = bias.map_or(0, |b| self.ptr(&b.data));
+        if rows <= 4 {
+            let args = [
+                Arg::P(self.ptr(x)),
+                Arg::P(self.ptr(&w.data)),
+                Arg::P(bias_ptr),
+                Arg::P(self.ptr(out)),
+                Arg::U(n_out as u32),
+                Arg::U(n_in as u32),
+                Arg::U(bias.is_some() as u32),
+                Arg::U(accumulate as u32),
+            ];
+            return self.launch(
+                &self.k.gemv[rows - 1],
+                (n_out.div_ceil(4) as u32, 1),
+                128,
+                &args,
+            );
+        }
+        // Row-major out[rows][n_out] is column-major out^T = W (n_out x n_in, stored as W^T) . x^T.
+        let xs;
+        let (xp, xt) = if self.dtype == CudaDtype::F32 {
+            (self.ptr(x), cudaDataType::CUDA_R_32F)
+        } else {
+            xs = self.to_storage(x, rows * n_in)?;
+            (self.ptr(&xs), self.dtype.blas_type())
+        };
+        self.gemm(
+            true,
+            false,
+            n_out,
+            rows,
+            n_in,
+            (self.ptr(&w.data), n_in),
+            (xp, n_in, xt),
+            (self.ptr(out), n_out),
+            if accumulate { 1.0 } else { 0.0 },
+        )?;
+        if bias.is_some() {
+            let args = [
+                Arg::P(self.ptr(out)),
+                Arg::P(bias_ptr),
+                Arg::U(rows as u32),
+                Arg::U(n_out as u32),
+            ];
+            self.launch(&self.k.add_bias, blocks(rows * n_out), 256, &args)?;
+        }
+        Ok(())
     }
 
     /// Activations converted to the storage type, for cuBLAS products with the weights.
@@ -435,60 +506,21 @@ impl Backend for CudaBackend {
         n_in: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check("linear input", x.len(), rows * n_in)?;
-        check(
-            "linear weight",
-            w.data.len() / self.dtype.bytes(),
-            n_out * n_in,
-        )?;
-        check("linear output", out.len(), rows * n_out)?;
-        let bias_ptr = bias.map_or(0, |b| self.ptr(&b.data));
-        if rows <= 4 {
-            let args = [
-                Arg::P(self.ptr(x)),
-                Arg::P(self.ptr(&w.data)),
-                Arg::P(bias_ptr),
-                Arg::P(self.ptr(out)),
-                Arg::U(n_out as u32),
-                Arg::U(n_in as u32),
-                Arg::U(bias.is_some() as u32),
-                Arg::U(0),
-            ];
-            return self.launch(
-                &self.k.gemv[rows - 1],
-                (n_out.div_ceil(4) as u32, 1),
-                128,
-                &args,
-            );
-        }
-        // Row-major out[rows][n_out] is column-major out^T = W (n_out x n_in, stored as W^T) . x^T.
-        let xs;
-        let (xp, xt) = if self.dtype == CudaDtype::F32 {
-            (self.ptr(x), cudaDataType::CUDA_R_32F)
-        } else {
-            xs = self.to_storage(x, rows * n_in)?;
-            (self.ptr(&xs), self.dtype.blas_type())
-        };
-        self.gemm(
-            true,
-            false,
-            n_out,
-            rows,
-            n_in,
-            (self.ptr(&w.data), n_in),
-            (xp, n_in, xt),
-            (self.ptr(out), n_out),
-        )?;
-        if bias.is_some() {
-            let args = [
-                Arg::P(self.ptr(out)),
-                Arg::P(bias_ptr),
-                Arg::U(rows as u32),
-                Arg::U(n_out as u32),
-            ];
-            self.launch(&self.k.add_bias, blocks(rows * n_out), 256, &args)?;
-        }
-        Ok(())
+        self.product(x, rows, w, bias, (n_out, n_in), out, false)
+    }
+
+    fn linear_residual(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        n_out: usize,
+        n_in: usize,
+        _scratch: &mut CudaSlice<f32>,
+        residual: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.product(x, rows, w, bias, (n_out, n_in), residual, true)
     }
 
     fn activation(
