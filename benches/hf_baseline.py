@@ -1,5 +1,6 @@
 """Hugging Face transformers on the same shapes as `keyformer bench`: random fp16 weights, eager
-attention, full cache, batch 1. Run on the GPU machine in the same call as the bench:
+attention, full cache, batch 1 or --batch N. Run on the GPU machine in the same call as the
+bench:
 
     python3 benches/hf_baseline.py benches/configs/gptj-6b.json --prompt-tokens 2048 --gen-tokens 64
 """
@@ -15,6 +16,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("config")
 parser.add_argument("--prompt-tokens", type=int, default=2048)
 parser.add_argument("--gen-tokens", type=int, default=64)
+parser.add_argument("--batch", type=int, default=1)
 args = parser.parse_args()
 
 with open(args.config) as f:
@@ -28,7 +30,7 @@ config._attn_implementation = "eager"
 torch.manual_seed(0)
 with torch.device("cuda"):
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float16).eval()
-ids = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device="cuda")
+ids = torch.randint(0, config.vocab_size, (args.batch, args.prompt_tokens), device="cuda")
 
 
 def run(prompt, steps):
@@ -51,5 +53,5 @@ def run(prompt, steps):
 run(ids[:, :64], 4)  # warm-up
 prefill_ms, decode_ms = run(ids, args.gen_tokens)
 print(f"transformers {torch.__version__} {config.model_type} fp16 eager: prompt {args.prompt_tokens} "
-      f"gen {args.gen_tokens}: prefill {prefill_ms:.1f} ms, decode {decode_ms:.3f} ms/token "
-      f"({1e3 / decode_ms:.1f} tokens/s)")
+      f"gen {args.gen_tokens} batch {args.batch}: prefill {prefill_ms:.1f} ms, decode "
+      f"{decode_ms:.3f} ms/step ({args.batch * 1e3 / decode_ms:.1f} tokens/s)")

@@ -3,13 +3,7 @@
 
 extern "C" __global__ void gelu(float* x, u32 n, u32 tanh_form) {
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float v = x[i];
-    if (tanh_form) {
-        x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-    } else {
-        x[i] = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
-    }
+    if (i < n) x[i] = activate(x[i], tanh_form ? 2 : 1);
 }
 
 extern "C" __global__ void swiglu(const float* x, float* out, u32 rows, u32 width) {

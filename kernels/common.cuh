@@ -63,6 +63,13 @@ __device__ float block_reduce(float v, bool is_max) {
     return result;
 }
 
+// Activations fused into other kernels: 0 none, 1 GELU (erf), 2 GELU (tanh form).
+__device__ __forceinline__ float activate(float v, u32 act) {
+    if (act == 1) return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    if (act == 2) return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    return v;
+}
+
 // The Gumbel-noise hash of src/kv/noise.rs, bit for bit.
 __device__ __forceinline__ u32 fmix32(u32 h) {
     h ^= h >> 16;

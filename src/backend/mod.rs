@@ -121,6 +121,29 @@ pub trait Backend {
         self.linear(x, rows, w, bias, n_out, n_in, scratch)?;
         self.add(residual, scratch, rows * n_out)
     }
+    /// The MLP's first product and its activation: mid = act(x . w^T + bias) for GELU, or
+    /// mid = the fused [gate | up] product and out = SwiGLU(mid). The default runs `linear`
+    /// then `activation`; GPU backends apply a GELU inside the product.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_activation(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        (n_out, n_in): (usize, usize),
+        act: Activation,
+        mid: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.linear(x, rows, w, bias, n_out, n_in, mid)?;
+        let width = if act == Activation::SwiGlu {
+            n_out / 2
+        } else {
+            n_out
+        };
+        self.activation(act, mid, rows, width, out)
+    }
     /// GELU over rows x width in place, or SwiGLU from fused [gate | up] rows of 2*width into
     /// `out` rows of width.
     fn activation(

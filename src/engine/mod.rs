@@ -321,7 +321,7 @@ impl<B: Backend> Model<B> {
     /// cache, or over each row's own session in a batch.
     fn layers(&self, ws: &mut Workspace<B>, rows: usize, attend: &mut Attend<'_, B>) -> Result<()> {
         let (c, w, b) = (&self.config, &self.weights, &self.backend);
-        let (h, f) = (c.hidden, c.ffn_hidden);
+        let h = c.hidden;
         let Workspace {
             x,
             normed,
@@ -379,8 +379,17 @@ impl<B: Backend> Model<B> {
                 norm(mn, x, normed)?;
             }
             // The MLP reads `normed`: the attention's norm in a parallel block, its own otherwise.
-            linear(&l.mlp_in, normed, mlp_mid)?;
-            b.activation(c.activation, mlp_mid, rows, f, mlp_act)?;
+            let lin = &l.mlp_in;
+            b.linear_activation(
+                normed,
+                rows,
+                &lin.weight,
+                lin.bias.as_ref(),
+                (lin.n_out, lin.n_in),
+                c.activation,
+                mlp_mid,
+                mlp_act,
+            )?;
             let mid = if c.activation == Activation::SwiGlu {
                 &*mlp_act
             } else {

@@ -122,6 +122,29 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         }
     }
 
+    // The fused products: into the residual stream, and through the MLP's activation.
+    for (rows, n_out, n_in) in [(1, 1000, 256), (7, 130, 96)] {
+        for act in [
+            None,
+            Some(Activation::GeluErf),
+            Some(Activation::GeluTanh),
+            Some(Activation::SwiGlu),
+        ] {
+            let x = rng.values(rows * n_in, 1.0);
+            let w = rng.values(n_out * n_in, 0.2);
+            let bias = rng.values(n_out, 1.0);
+            let residual = rng.values(rows * n_out, 1.0);
+            let inputs = (&x[..], &w[..], &bias[..], &residual[..]);
+            let got = fused_linear(b, inputs, rows, n_out, n_in, act).unwrap();
+            let want = fused_linear(&cpu, inputs, rows, n_out, n_in, act).unwrap();
+            let what = act.map_or("residual".to_string(), |a| format!("{a:?}"));
+            record(
+                format!("linear {what} rows {rows} out {n_out} in {n_in}"),
+                rel_error(&got, &want),
+            );
+        }
+    }
+
     for act in [
         Activation::GeluErf,
         Activation::GeluTanh,
@@ -301,6 +324,49 @@ fn linear<B: Backend>(
         &mut out,
     )?;
     b.download(&out, rows * n_out)
+}
+
+/// linear_residual (act None) or linear_activation, with a bias, from (x, w, bias, residual).
+fn fused_linear<B: Backend>(
+    b: &B,
+    (x, w, bias, residual): (&[f32], &[f32], &[f32], &[f32]),
+    rows: usize,
+    n_out: usize,
+    n_in: usize,
+    act: Option<Activation>,
+) -> Result<Vec<f32>> {
+    let (x, w) = (b.upload(x)?, b.upload_weight(w.to_vec())?);
+    let bias = b.upload_weight(bias.to_vec())?;
+    let mut scratch = b.zeros(rows * n_out)?;
+    let Some(act) = act else {
+        let mut out = b.upload(residual)?;
+        b.linear_residual(
+            &x,
+            rows,
+            &w,
+            Some(&bias),
+            n_out,
+            n_in,
+            &mut scratch,
+            &mut out,
+        )?;
+        return b.download(&out, rows * n_out);
+    };
+    let mut out = b.zeros(rows * n_out / 2)?;
+    b.linear_activation(
+        &x,
+        rows,
+        &w,
+        Some(&bias),
+        (n_out, n_in),
+        act,
+        &mut scratch,
+        &mut out,
+    )?;
+    match act {
+        Activation::SwiGlu => b.download(&out, rows * n_out / 2),
+        _ => b.download(&scratch, rows * n_out),
+    }
 }
 
 fn activation<B: Backend>(

@@ -62,7 +62,7 @@ pub struct Kernels {
     /// gemv[r - 1] multiplies r rows.
     pub gemv: [CudaFunction; 4],
     pub to_wt: CudaFunction,
-    pub add_bias: CudaFunction,
+    pub bias_act: CudaFunction,
     pub gelu: CudaFunction,
     pub swiglu: CudaFunction,
     pub add: CudaFunction,
@@ -100,7 +100,7 @@ impl Kernels {
                 f(2, "gemv4")?,
             ],
             to_wt: f(2, "to_wt")?,
-            add_bias: f(2, "add_bias")?,
+            bias_act: f(2, "bias_act")?,
             gelu: f(3, "gelu")?,
             swiglu: f(3, "swiglu")?,
             add: f(3, "add")?,

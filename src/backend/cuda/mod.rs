@@ -266,8 +266,8 @@ impl CudaBackend {
         .map_err(cuda_err)
     }
 
-    /// out[rows, n_out] = x . w^T (+ bias), or out += that when `accumulate`: GEMV kernels for
-    /// a few rows, cuBLAS for more.
+    /// out[rows, n_out] = x . w^T (+ bias), then the epilogue: GEMV kernels for a few rows,
+    /// cuBLAS for more.
     #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
@@ -277,8 +277,12 @@ impl CudaBackend {
         bias: Option<&CudaWeight>,
         (n_out, n_in): (usize, usize),
         out: &mut CudaSlice<f32>,
-        accumulate: bool,
+        epilogue: Epilogue,
     ) -> Result<()> {
+        let (accumulate, act) = match epilogue {
+            Epilogue::Accumulate => (true, 0),
+            Epilogue::Store(act) => (false, act.map_or(0, activation_code)),
+        };
         check("linear input", x.len(), rows * n_in)?;
         check(
             "linear weight",
@@ -297,6 +301,7 @@ impl CudaBackend {
                 Arg::U(n_in as u32),
                 Arg::U(bias.is_some() as u32),
                 Arg::U(accumulate as u32),
+                Arg::U(act),
             ];
             return self.launch(
                 &self.k.gemv[rows - 1],
@@ -324,14 +329,15 @@ impl CudaBackend {
             (self.ptr(out), n_out),
             if accumulate { 1.0 } else { 0.0 },
         )?;
-        if bias.is_some() {
+        if bias.is_some() || act != 0 {
             let args = [
                 Arg::P(self.ptr(out)),
                 Arg::P(bias_ptr),
                 Arg::U(rows as u32),
                 Arg::U(n_out as u32),
+                Arg::U(act),
             ];
-            self.launch(&self.k.add_bias, blocks(rows * n_out), 256, &args)?;
+            self.launch(&self.k.bias_act, blocks(rows * n_out), 256, &args)?;
         }
         Ok(())
     }
@@ -350,6 +356,24 @@ impl CudaBackend {
             ],
         )?;
         Ok(out)
+    }
+}
+
+/// What a product does with its result.
+#[derive(Clone, Copy)]
+enum Epilogue {
+    /// Stores it, through a GELU when given.
+    Store(Option<Activation>),
+    /// Adds it to what the output holds.
+    Accumulate,
+}
+
+/// The `act` code of kernels/common.cuh's activate(); SwiGLU is never fused.
+fn activation_code(act: Activation) -> u32 {
+    match act {
+        Activation::GeluErf => 1,
+        Activation::GeluTanh => 2,
+        Activation::SwiGlu => 0,
     }
 }
 
@@ -506,7 +530,7 @@ impl Backend for CudaBackend {
         n_in: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), out, false)
+        self.product(x, rows, w, bias, (n_out, n_in), out, Epilogue::Store(None))
     }
 
     fn linear_residual(
@@ -520,7 +544,41 @@ impl Backend for CudaBackend {
         _scratch: &mut CudaSlice<f32>,
         residual: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), residual, true)
+        self.product(
+            x,
+            rows,
+            w,
+            bias,
+            (n_out, n_in),
+            residual,
+            Epilogue::Accumulate,
+        )
+    }
+
+    fn linear_activation(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        (n_out, n_in): (usize, usize),
+        act: Activation,
+        mid: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if act == Activation::SwiGlu {
+            self.product(x, rows, w, bias, (n_out, n_in), mid, Epilogue::Store(None))?;
+            return self.activation(act, mid, rows, n_out / 2, out);
+        }
+        self.product(
+            x,
+            rows,
+            w,
+            bias,
+            (n_out, n_in),
+            mid,
+            Epilogue::Store(Some(act)),
+        )
     }
 
     fn activation(
