@@ -1,5 +1,6 @@
 //! A tiny `keyformer eval` sweep end to end on the CPU (2 papers, 2 ratios, 2 policies):
-//! the results, tables and plots exist and parse.
+//! the results, tables and plots exist and parse, and `eval report` rewrites the same tables
+//! from the JSON.
 
 mod common;
 
@@ -87,5 +88,32 @@ fn tiny_summarize_and_perplexity_sweeps() {
         "perplexity.png",
     ] {
         check_png(&out.join(png));
+    }
+
+    // The tables rewritten from the recorded JSON are the ones the runs wrote.
+    let written: Vec<String> = ["summaries.md", "perplexity.md"]
+        .iter()
+        .map(|f| std::fs::read_to_string(out.join(f)).unwrap())
+        .collect();
+    for f in ["summaries.md", "perplexity.md"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    let status = Command::new(env!("CARGO_BIN_EXE_keyformer"))
+        .args([
+            "eval",
+            "report",
+            out.to_str().unwrap(),
+            "--ratios",
+            "0.3,0.5",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (f, before) in ["summaries.md", "perplexity.md"].iter().zip(&written) {
+        assert_eq!(
+            &std::fs::read_to_string(out.join(f)).unwrap(),
+            before,
+            "{f}"
+        );
     }
 }

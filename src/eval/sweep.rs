@@ -1,7 +1,7 @@
 //! Policy x cache-size sweeps: summaries scored by ROUGE (against the reference summaries and
 //! against the full cache's output) and streaming perplexity, for `keyformer eval`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::engine::generate::GenerateParams;
@@ -11,7 +11,7 @@ use crate::eval::rouge::{rouge_l, rouge_n};
 use crate::kv::policy::{Budget, CacheConfig, Policy};
 use crate::model::Model;
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Rouge {
     pub rouge1: f64,
     pub rouge2: f64,
@@ -28,10 +28,10 @@ impl Rouge {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SummaryResult {
     pub doc: String,
-    #[serde(serialize_with = "policy_name")]
+    #[serde(serialize_with = "policy_name", deserialize_with = "policy_from_name")]
     pub policy: Policy,
     /// None for the full cache.
     pub kv_ratio: Option<f32>,
@@ -45,6 +45,13 @@ pub struct SummaryResult {
 
 fn policy_name<S: serde::Serializer>(p: &Policy, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(p.name())
+}
+
+fn policy_from_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Policy, D::Error> {
+    let name = String::deserialize(d)?;
+    Policy::parse(&name).map_err(serde::de::Error::custom)
 }
 
 /// The runs of a sweep: the full cache once, then every other policy at every ratio.
@@ -102,9 +109,9 @@ pub fn summarize<B: Backend>(
     Ok(results)
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PerplexityResult {
-    #[serde(serialize_with = "policy_name")]
+    #[serde(serialize_with = "policy_name", deserialize_with = "policy_from_name")]
     pub policy: Policy,
     pub kv_ratio: Option<f32>,
     pub tokens: usize,

@@ -17,6 +17,16 @@ pub enum EvalTask {
     Summarize(SummarizeArgs),
     /// Perplexity of a long text fed token by token through each policy's cache.
     Perplexity(PerplexityArgs),
+    /// Rewrites the tables and plots of a recorded run from its JSON results.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The folder a summarize or perplexity run wrote.
+    dir: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.3,0.5,0.7,0.9")]
+    ratios: Vec<f32>,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +108,7 @@ pub fn run(task: EvalTask) -> Result<()> {
     let common = match &task {
         EvalTask::Summarize(a) => &a.common,
         EvalTask::Perplexity(a) => &a.common,
+        EvalTask::Report(a) => return report(a),
     };
     if common.ratios.iter().any(|r| !(*r > 0.0 && *r <= 1.0)) {
         return Err(Error::InvalidInput("every ratio must be in (0, 1]".into()));
@@ -111,6 +122,7 @@ pub fn run(task: EvalTask) -> Result<()> {
     let md = match &task {
         EvalTask::Summarize(a) => with_model!(&model, m => summarize(m, &papers, &policies, a))?,
         EvalTask::Perplexity(a) => with_model!(&model, m => perplexity(m, &papers, &policies, a))?,
+        EvalTask::Report(_) => unreachable!("handled above"),
     };
     println!("{md}");
     eprintln!(
@@ -118,6 +130,33 @@ pub fn run(task: EvalTask) -> Result<()> {
         common.out.display(),
         model.backend_name()
     );
+    Ok(())
+}
+
+fn report(a: &ReportArgs) -> Result<()> {
+    fn read<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Option<T>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+    }
+    let summaries: Option<Vec<sweep::SummaryResult>> = read(&a.dir.join("summaries.json"))?;
+    let perplexity: Option<Vec<sweep::PerplexityResult>> = read(&a.dir.join("perplexity.json"))?;
+    if summaries.is_none() && perplexity.is_none() {
+        return Err(Error::InvalidInput(format!(
+            "{} holds neither summaries.json nor perplexity.json",
+            a.dir.display()
+        )));
+    }
+    if let Some(results) = summaries {
+        println!("{}", report::write_summaries(&results, &a.ratios, &a.dir)?);
+    }
+    if let Some(results) = perplexity {
+        println!("{}", report::write_perplexity(&results, &a.ratios, &a.dir)?);
+    }
     Ok(())
 }
 
