@@ -91,7 +91,7 @@ __device__ __forceinline__ float gumbel(u32 seed, u32 layer, u32 head, u32 qpos,
 
 // One sequence of a batched decode step; the layout matches SeqDesc in
 // src/backend/cuda/attention.rs. Passed by value in a SeqBatch kernel parameter.
-#define MAX_SEQS 32
+#define MAX_SEQS 128
 struct SeqDesc {
     wt* k;
     wt* v;

@@ -14,7 +14,7 @@ use crate::model::config::{Positions, RopePairs};
 /// Keys per step of a decode block's loop (SUB in kernels/attention.cu); spans are multiples.
 const SUB: usize = 32;
 /// Sequences per batched decode launch (MAX_SEQS in kernels/common.cuh).
-const MAX_SEQS: usize = 32;
+const MAX_SEQS: usize = 128;
 /// Upper bound on the prefill logits tile, in bytes.
 const TILE_BYTES: usize = 512 << 20;
 

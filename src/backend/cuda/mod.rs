@@ -641,11 +641,17 @@ impl Backend for CudaBackend {
     }
 
     fn free_memory(&self) -> Option<usize> {
-        self.stream
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, _)| free)
+        use cudarc::driver::result::{device, mem_pool};
+        // Buffers freed by earlier work stay in the driver's pool until it is trimmed, and the
+        // pool counts as used memory.
+        self.stream.synchronize().ok()?;
+        let ctx = self.stream.context();
+        // SAFETY: the device comes from a live context; trimming only returns unused memory.
+        unsafe {
+            let pool = device::get_default_mem_pool(ctx.cu_device()).ok()?;
+            mem_pool::trim_to(pool, 0).ok()?;
+        }
+        ctx.mem_get_info().ok().map(|(free, _)| free)
     }
 
     fn kv_value_bytes(&self) -> usize {

@@ -232,7 +232,7 @@ fn measure_batch<B: Backend>(
     let decoded = n * args.gen_tokens.saturating_sub(1);
     let ms_per_step = decode_ms / rounds.max(1) as f64;
     println!(
-        "{} {} policy {} prompt {} gen {} batch {n} ({most} at once): prefill {:.1} ms ({:.1} ms per sequence), decode {:.1} tokens/s in all, {:.3} ms per step ({:.1} tokens/s per sequence), cache {:.1} MiB held in all ({:.2} MiB per sequence)",
+        "{} {} policy {} prompt {} gen {} batch {n} ({most} at once): prefill {:.1} ms ({:.1} ms per sequence), decode {:.1} tokens/s in all ({:.1} tokens/s counting prefill time), {:.3} ms per step ({:.1} tokens/s per sequence), cache {:.1} MiB held in all ({:.2} MiB per sequence)",
         model.backend.name(),
         c.arch.name(),
         params.cache.policy.name(),
@@ -241,6 +241,7 @@ fn measure_batch<B: Backend>(
         prefill_ms,
         prefill_ms / n as f64,
         decoded as f64 / (decode_ms / 1e3),
+        (n * args.gen_tokens) as f64 / ((prefill_ms + decode_ms) / 1e3),
         ms_per_step,
         1e3 / ms_per_step,
         kv_bytes as f64 / (1 << 20) as f64,
