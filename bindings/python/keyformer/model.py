@@ -243,14 +243,42 @@ class Stream:
         self.close()
 
 
-class Model:
+class _Handle:
+    """Owns a library handle freed by `_free_name` (a kf_*_free function): close(), a with
+    block, or garbage collection frees it once."""
+
+    _free_name = ""
+    _handle = None
+
+    def close(self):
+        if self._handle:
+            check(getattr(lib, self._free_name)(self._handle))
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        # At interpreter exit the library may already be gone: nothing is left to free then.
+        if self._handle and lib is not None:
+            getattr(lib, self._free_name)(self._handle)
+
+
+class Model(_Handle):
     """A loaded model (a .gguf file or a Hugging Face folder). One call at a time runs on a
     model: a second one from another thread raises KeyformerError with status KF_ERR_BUSY.
 
     Generation keywords (generate, stream, Session.send): max_new_tokens, temperature,
     top_k, top_p, seed, stop (strings), stop_at_eos, and the cache keywords policy ("full",
     "window", "streaming", "h2o", "keyformer"), kv_ratio, kv_budget, recent_ratio, sinks,
-    tau_init, tau_end, noise_seed."""
+    tau_init, tau_end, noise_seed.
+
+    close() frees it; its sessions keep it alive until they are closed."""
+
+    _free_name = "kf_model_free"
 
     def __init__(self, path, backend="auto", device=0, dtype="f16"):
         p = lib.kf_model_params_default()
@@ -268,23 +296,6 @@ class Model:
         self.context_length = info.context_length
         self.layers = info.layers
         self.kv_heads = info.kv_heads
-
-    def close(self):
-        """Frees the model (its sessions keep it alive until they are closed)."""
-        if self._handle:
-            check(lib.kf_model_free(self._handle))
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        # At interpreter exit the library may already be gone: nothing is left to free then.
-        if getattr(self, "_handle", None) and lib is not None:
-            lib.kf_model_free(self._handle)
 
     def generate(self, prompt: str, on_token: Optional[OnToken] = None, **options) -> Generation:
         """Generates from a raw prompt (no chat template: use chat() for that)."""
@@ -355,30 +366,17 @@ class Model:
             return [batch.result(r) for r in requests]
 
 
-class Session:
+class Session(_Handle):
     """A chat that keeps its KV cache between turns: each turn runs only its new text. The
     cache keywords must stay the same from turn to turn."""
+
+    _free_name = "kf_session_free"
 
     def __init__(self, model: Model, system: Optional[str] = None):
         handle = ctypes.c_void_p()
         sys_prompt = system.encode() if system is not None else None
         check(lib.kf_session_new(model._handle, sys_prompt, ctypes.byref(handle)))
         self._handle = handle
-
-    def close(self):
-        if self._handle:
-            check(lib.kf_session_free(self._handle))
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None) and lib is not None:
-            lib.kf_session_free(self._handle)
 
     def send(self, message: str, on_token: Optional[OnToken] = None, **options) -> Generation:
         """One turn: the user's message in, the assistant's reply out."""
@@ -412,11 +410,13 @@ class Session:
         return list(out)
 
 
-class Batch:
+class Batch(_Handle):
     """Requests decoded together on one model, each with its own generation and cache
     keywords and its own KV cache: submit() them, run() them all, then read each result().
     At most max_batch run at once (0: as many as fit in memory_limit bytes, 0 meaning the
     GPU's free memory or 2 GiB on the CPU); the others wait for a place. Submit between runs."""
+
+    _free_name = "kf_batch_free"
 
     def __init__(self, model: Model, max_batch=0, memory_limit=0):
         p = lib.kf_batch_params_default()
@@ -427,21 +427,6 @@ class Batch:
         self._handle = handle
         self._callbacks = []  # alive until the run that calls them returns
         self._raised = []
-
-    def close(self):
-        if self._handle:
-            check(lib.kf_batch_free(self._handle))
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None) and lib is not None:
-            lib.kf_batch_free(self._handle)
 
     def submit(self, prompt: str, on_token: Optional[OnToken] = None, **options) -> int:
         """Queues a raw prompt; returns its request number. Raises KeyformerError at once for
