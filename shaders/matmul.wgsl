@@ -1,11 +1,13 @@
 // out[rows, n_out] = x[rows, n_in] . w[n_out, n_in]^T (+ bias), f32 accumulation whatever the
-// weight type. `matmul` tiles many rows; `gemv` serves one row and reads each weight once.
+// weight type, then through a GELU or added into what `out` holds (flags). `matmul` tiles many
+// rows; `gemv` serves one row and reads each weight once.
 
 struct Params {
     rows: u32,
     n_out: u32,
     n_in: u32,
-    has_bias: u32,
+    // Bit 0: add the bias. Bit 1: add the result into out. Bits 2-3: GELU form (gelu.wgsl).
+    flags: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -50,10 +52,15 @@ fn w_quad(o: u32, k: u32) -> vec4<f32> {
 
 fn store(row: u32, o: u32, acc: f32) {
     var y = acc;
-    if p.has_bias != 0u {
+    if (p.flags & 1u) != 0u {
         y += f32(bias[o]);
     }
-    out[row * p.n_out + o] = y;
+    let at = row * p.n_out + o;
+    if (p.flags & 2u) != 0u {
+        out[at] += y;
+    } else {
+        out[at] = gelu(y, p.flags >> 2u);
+    }
 }
 
 // A 64 x 64 output tile per workgroup; each invocation owns 4 rows x 4 outputs, its outputs

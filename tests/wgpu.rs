@@ -129,8 +129,10 @@ fn smollm2_greedy_matches_cpu() {
         .unwrap()
         .encode("The capital of France is")
         .unwrap();
+    // Past the end-of-sequence token too, so all 32 tokens are compared.
     let params = GenerateParams {
         max_new_tokens: 32,
+        stop_at_eos: false,
         ..Default::default()
     };
     let want = cpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
@@ -143,6 +145,7 @@ fn smollm2_greedy_matches_cpu() {
         got.decode_tokens_per_s(),
         t0.elapsed().as_secs_f64()
     );
+    assert_eq!(want.tokens.len(), 32);
     assert_eq!(got.tokens, want.tokens);
 }
 

@@ -160,6 +160,53 @@ impl WgpuBackend {
         self.gpu
             .dispatch(kernel, params, buffers, groups_for(values))
     }
+
+    /// out[rows, n_out] = x . w^T (+ bias), then through a GELU (`gelu` form 1 erf, 2 tanh) or
+    /// added into what `out` holds.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        x: &WgpuBuf,
+        rows: usize,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        (n_out, n_in): (usize, usize),
+        out: &mut WgpuBuf,
+        (accumulate, gelu): (bool, u32),
+    ) -> Result<()> {
+        check_len("linear input", x.len, rows * n_in)?;
+        check_len("linear weight", w.len, n_out * n_in)?;
+        check_len("linear output", out.len, rows * n_out)?;
+        if let Some(b) = bias {
+            check_len("linear bias", b.len, n_out)?;
+        }
+        let params = [
+            word(rows)?,
+            word(n_out)?,
+            word(n_in)?,
+            bias.is_some() as u32 | (accumulate as u32) << 1 | gelu << 2,
+        ];
+        let bias = bias.map_or(&self.unused, |b| &b.buffer);
+        // x and w are bound twice: as scalars and as vec4 runs.
+        let buffers = [
+            (1, &x.buffer),
+            (2, &w.buffer),
+            (3, bias),
+            (4, &out.buffer),
+            (5, &x.buffer),
+            (6, &w.buffer),
+        ];
+        if rows == 1 {
+            // 32 outputs per workgroup.
+            self.gpu
+                .dispatch(&self.kernels.gemv, &params, &buffers, n_out.div_ceil(32))
+        } else {
+            // 64 x 64 tiles.
+            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
+            self.gpu
+                .dispatch(&self.kernels.matmul, &params, &buffers, tiles)
+        }
+    }
 }
 
 impl Backend for WgpuBackend {
@@ -329,38 +376,43 @@ impl Backend for WgpuBackend {
         n_in: usize,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        check_len("linear input", x.len, rows * n_in)?;
-        check_len("linear weight", w.len, n_out * n_in)?;
-        check_len("linear output", out.len, rows * n_out)?;
-        if let Some(b) = bias {
-            check_len("linear bias", b.len, n_out)?;
-        }
-        let params = [
-            word(rows)?,
-            word(n_out)?,
-            word(n_in)?,
-            bias.is_some() as u32,
-        ];
-        let bias = bias.map_or(&self.unused, |b| &b.buffer);
-        // x and w are bound twice: as scalars and as vec4 runs.
-        let buffers = [
-            (1, &x.buffer),
-            (2, &w.buffer),
-            (3, bias),
-            (4, &out.buffer),
-            (5, &x.buffer),
-            (6, &w.buffer),
-        ];
-        if rows == 1 {
-            // 32 outputs per workgroup.
-            self.gpu
-                .dispatch(&self.kernels.gemv, &params, &buffers, n_out.div_ceil(32))
-        } else {
-            // 64 x 64 tiles.
-            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
-            self.gpu
-                .dispatch(&self.kernels.matmul, &params, &buffers, tiles)
-        }
+        self.product(x, rows, w, bias, (n_out, n_in), out, (false, 0))
+    }
+
+    fn linear_residual(
+        &self,
+        x: &WgpuBuf,
+        rows: usize,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        n_out: usize,
+        n_in: usize,
+        _scratch: &mut WgpuBuf,
+        residual: &mut WgpuBuf,
+    ) -> Result<()> {
+        self.product(x, rows, w, bias, (n_out, n_in), residual, (true, 0))
+    }
+
+    fn linear_activation(
+        &self,
+        x: &WgpuBuf,
+        rows: usize,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        (n_out, n_in): (usize, usize),
+        act: Activation,
+        mid: &mut WgpuBuf,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        let gelu = match act {
+            Activation::GeluErf => 1,
+            Activation::GeluTanh => 2,
+            Activation::SwiGlu => {
+                self.product(x, rows, w, bias, (n_out, n_in), mid, (false, 0))?;
+                return self.activation(act, mid, rows, n_out / 2, out);
+            }
+        };
+        self.product(x, rows, w, bias, (n_out, n_in), mid, (false, gelu))
     }
 
     fn activation(
