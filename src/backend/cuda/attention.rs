@@ -67,6 +67,14 @@ pub struct SeqBatch {
 // SAFETY: plain data in the layout the kernels declare.
 unsafe impl DeviceRepr for SeqBatch {}
 
+impl Default for SeqBatch {
+    fn default() -> SeqBatch {
+        SeqBatch {
+            s: [SeqDesc::default(); MAX_SEQS],
+        }
+    }
+}
+
 impl CudaLayer {
     /// The layer's buffers as a decode descriptor holding `len` tokens.
     fn desc(&self, b: &CudaBackend, len: usize) -> SeqDesc {
@@ -146,9 +154,8 @@ fn rebuild(
     Ok(())
 }
 
-/// Checks the head shape the kernels support and uploads the cache's position table once;
-/// returns the table and the ALiBi slopes pointers (0 when unused).
-fn positions(b: &CudaBackend, spec: &AttentionSpec, cache: &mut CudaCache) -> Result<(u64, u64)> {
+/// The head shapes the kernels support.
+fn check_heads(b: &CudaBackend, spec: &AttentionSpec) -> Result<()> {
     let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
     // The decode kernels read heads with 16-byte loads into fixed-size shared arrays.
     let vec = 16 / b.dtype.bytes();
@@ -160,6 +167,16 @@ fn positions(b: &CudaBackend, spec: &AttentionSpec, cache: &mut CudaCache) -> Re
             ),
         });
     }
+    Ok(())
+}
+
+/// Uploads the cache's position table once; returns the table and the ALiBi slopes pointers
+/// (0 when unused).
+fn position_table(
+    b: &CudaBackend,
+    spec: &AttentionSpec,
+    cache: &mut CudaCache,
+) -> Result<(u64, u64)> {
     if cache.position_table.is_none() {
         let table = match spec.positions {
             Positions::Rotary { inv_freq, .. } => inv_freq.clone(),
@@ -220,7 +237,8 @@ pub fn attention(
     super::check("qkv", qkv.len(), rows * (heads + 2 * kv_heads) * hd)?;
     super::check("attention output", out.len(), rows * heads * hd)?;
     check_layer(cache, layer)?;
-    let (table, slopes) = positions(b, spec, cache)?;
+    check_heads(b, spec)?;
+    let (table, slopes) = position_table(b, spec, cache)?;
     let (rope_dims, rope_halves) = rope(spec);
     let shape = cache.shape;
     let l = &mut cache.layers[layer];
@@ -277,7 +295,7 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    fn score_args(&self) -> [Arg; 4] {
+    fn score_args(&self) -> [Arg<'static>; 4] {
         let s = self.score.copied().unwrap_or(StepScore {
             noise: false,
             tau: 1.0,
@@ -307,17 +325,16 @@ pub fn decode(
     let (width, out_width) = ((heads + 2 * kv_heads) * hd, heads * hd);
     super::check("qkv", qkv.len(), seqs.len() * width)?;
     super::check("attention output", out.len(), seqs.len() * out_width)?;
+    check_heads(b, spec)?;
     let (rope_dims, rope_halves) = rope(spec);
     for (launch, group) in seqs.chunks_mut(MAX_SEQS).enumerate() {
         let first_row = launch * MAX_SEQS;
         let n = group.len();
-        let mut batch = SeqBatch {
-            s: [SeqDesc::default(); MAX_SEQS],
-        };
+        let mut batch = SeqBatch::default();
         let (mut table, mut slopes, mut max_len, mut scoring) = (0, 0, 0, false);
         for (desc, seq) in batch.s.iter_mut().zip(group.iter_mut()) {
             check_layer(seq.cache, layer)?;
-            (table, slopes) = positions(b, spec, seq.cache)?;
+            (table, slopes) = position_table(b, spec, seq.cache)?;
             let shape = seq.cache.shape;
             let l = &mut seq.cache.layers[layer];
             if l.len + 1 > l.capacity {
@@ -355,10 +372,9 @@ pub fn decode(
         let part_o = b.uninit::<f32>(n * heads * splits * hd)?;
         let qkv_at = b.ptr(qkv) + (first_row * width * 4) as u64;
         let out_at = b.ptr(out) + (first_row * out_width * 4) as u64;
-        let seqs_arg = || Arg::Seqs(Box::new(batch));
         let args = [
             Arg::P(qkv_at),
-            seqs_arg(),
+            Arg::Seqs(&batch),
             Arg::U(heads as u32),
             Arg::U(kv_heads as u32),
             Arg::U(hd as u32),
@@ -375,7 +391,7 @@ pub fn decode(
         )?;
         let args = [
             Arg::P(b.ptr(&q)),
-            seqs_arg(),
+            Arg::Seqs(&batch),
             Arg::U(heads as u32),
             Arg::U(kv_heads as u32),
             Arg::U(hd as u32),
@@ -400,7 +416,7 @@ pub fn decode(
             .div_ceil(kv_heads * n)
             .clamp(1, group_width.div_ceil(256));
         let args = [
-            seqs_arg(),
+            Arg::Seqs(&batch),
             Arg::P(b.ptr(&part_stat)),
             Arg::P(b.ptr(&part_o)),
             Arg::P(b.ptr(&logits)),
@@ -419,7 +435,7 @@ pub fn decode(
             &args,
         )?;
         if batch.s[..n].iter().any(|d| d.evict == 1) {
-            let args = [seqs_arg(), Arg::U(hd as u32)];
+            let args = [Arg::Seqs(&batch), Arg::U(hd as u32)];
             b.launch(&b.k.decode_evict, (kv_heads as u32, n as u32), 256, &args)?;
         }
         for (desc, seq) in batch.s.iter().zip(group.iter_mut()) {
@@ -608,16 +624,14 @@ pub fn evict(b: &CudaBackend, cache: &mut CudaCache, layer: usize, keep: &Keep) 
         let window_start = l.seen.saturating_sub(keep.recent) as u32;
         let evict_count = l.len - keep.budget;
         if evict_count == 1 && l.capacity <= shape.capacity {
-            let mut batch = SeqBatch {
-                s: [SeqDesc::default(); MAX_SEQS],
-            };
+            let mut batch = SeqBatch::default();
             batch.s[0] = SeqDesc {
                 evict: 1,
                 sinks: keep.sinks as u32,
                 window_start,
                 ..l.desc(b, l.len)
             };
-            let args = [Arg::Seqs(Box::new(batch)), Arg::U(shape.head_dim as u32)];
+            let args = [Arg::Seqs(&batch), Arg::U(shape.head_dim as u32)];
             b.launch(&b.k.decode_evict, (shape.kv_heads as u32, 1), 256, &args)?;
             l.len -= 1;
         } else {

@@ -120,11 +120,11 @@ impl Kernels {
 }
 
 /// A kernel argument: a u32, a device pointer (0 for null), an f32 or a decode batch.
-pub enum Arg {
+pub enum Arg<'a> {
     U(u32),
     P(u64),
     F(f32),
-    Seqs(Box<super::attention::SeqBatch>),
+    Seqs(&'a super::attention::SeqBatch),
 }
 
 pub fn launch(
@@ -139,7 +139,7 @@ pub fn launch(
             Arg::U(v) => builder.arg(v),
             Arg::P(v) => builder.arg(v),
             Arg::F(v) => builder.arg(v),
-            Arg::Seqs(v) => builder.arg(v.as_ref()),
+            Arg::Seqs(v) => builder.arg(*v),
         };
     }
     // SAFETY: every kernel's parameter list is the argument list its caller passes, and the

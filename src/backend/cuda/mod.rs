@@ -175,7 +175,7 @@ impl CudaBackend {
         f: &cudarc::driver::CudaFunction,
         grid: (u32, u32),
         block: u32,
-        args: &[Arg],
+        args: &[Arg<'_>],
     ) -> Result<()> {
         self.launch3(f, (grid.0, grid.1, 1), block, args)
     }
@@ -186,7 +186,7 @@ impl CudaBackend {
         f: &cudarc::driver::CudaFunction,
         grid: (u32, u32, u32),
         block: u32,
-        args: &[Arg],
+        args: &[Arg<'_>],
     ) -> Result<()> {
         kernels::launch(
             &self.stream,
