@@ -6,7 +6,7 @@ pub mod reference;
 
 use std::path::{Path, PathBuf};
 
-use keyformer::{CpuBackend, Model};
+use keyformer::{Backend, CpuBackend, GenerateParams, Generation, Model};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,6 +31,28 @@ pub fn smollm2_path(test: &str) -> Option<PathBuf> {
 pub fn load_cpu(path: &Path) -> Model<CpuBackend> {
     Model::load(path, CpuBackend, &mut |_, _| {})
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// Greedy decoding of "The capital of France is" for `tokens` tokens (past the end of
+/// sequence, so every one is compared) on `gpu` and on the CPU from `path`: the token ids must
+/// be identical. Returns the GPU's generation.
+pub fn greedy_matches_cpu<B: Backend>(path: &Path, gpu: &Model<B>, tokens: usize) -> Generation {
+    let cpu = load_cpu(path);
+    let prompt = cpu
+        .tokenizer()
+        .unwrap()
+        .encode("The capital of France is")
+        .unwrap();
+    let params = GenerateParams {
+        max_new_tokens: tokens,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let want = cpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
+    let got = gpu.generate(&prompt, &params, &mut |_, _| true).unwrap();
+    assert_eq!(want.tokens.len(), tokens);
+    assert_eq!(got.tokens, want.tokens);
+    got
 }
 
 /// `len` pseudo-random token ids below `vocab` from `seed`.
