@@ -196,21 +196,7 @@ pub trait Backend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         if let [seq] = seqs {
-            let cache = &mut *seq.cache;
-            self.attention(
-                spec,
-                qkv,
-                1,
-                seq.position,
-                cache,
-                layer,
-                seq.score.as_ref(),
-                out,
-            )?;
-            return match &seq.keep {
-                Some(keep) => self.evict(cache, layer, keep),
-                None => Ok(()),
-            };
+            return decode_one(self, spec, qkv, seq, layer, out);
         }
         let qkv_width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
         let out_width = spec.heads * spec.head_dim;
@@ -218,21 +204,7 @@ pub trait Backend {
         let mut row_out = self.scratch(out_width)?;
         for (i, seq) in seqs.iter_mut().enumerate() {
             self.copy_rows(qkv, i, 1, qkv_width, &mut row_qkv, 0)?;
-            let score = seq.score.as_ref();
-            let cache = &mut *seq.cache;
-            self.attention(
-                spec,
-                &row_qkv,
-                1,
-                seq.position,
-                cache,
-                layer,
-                score,
-                &mut row_out,
-            )?;
-            if let Some(keep) = &seq.keep {
-                self.evict(cache, layer, keep)?;
-            }
+            decode_one(self, spec, &row_qkv, seq, layer, &mut row_out)?;
             self.copy_rows(&row_out, 0, 1, out_width, out, i)?;
         }
         Ok(())
@@ -253,4 +225,22 @@ pub trait Backend {
     fn cache_positions(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<u32>>>;
     /// The accumulated scores of each kv head of a layer, in slot order (a readback).
     fn cache_scores(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<f32>>>;
+}
+
+/// One sequence's decode token: its attention over its own cache, then its eviction.
+fn decode_one<B: Backend + ?Sized>(
+    b: &B,
+    spec: &AttentionSpec,
+    qkv: &B::Buf,
+    seq: &mut SeqStep<'_, B::Cache>,
+    layer: usize,
+    out: &mut B::Buf,
+) -> Result<()> {
+    let cache = &mut *seq.cache;
+    let score = seq.score.as_ref();
+    b.attention(spec, qkv, 1, seq.position, cache, layer, score, out)?;
+    match &seq.keep {
+        Some(keep) => b.evict(cache, layer, keep),
+        None => Ok(()),
+    }
 }
