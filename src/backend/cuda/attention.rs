@@ -28,6 +28,11 @@ pub struct CudaLayer {
     pub capacity: usize,
     /// Tokens the sequence has seen (the next token's position).
     seen: usize,
+    /// The block the layer had at the cache's capacity, set aside while a prompt longer than
+    /// that holds the layer in a larger temporary block. Eviction compacts back into it, so
+    /// long-lived blocks never move and a prefill allocates and frees only its temporaries:
+    /// reallocating every layer of every admitted sequence fragments the memory pool.
+    parked: Option<Box<CudaLayer>>,
 }
 
 pub struct CudaCache {
@@ -100,6 +105,7 @@ fn new_layer(b: &CudaBackend, shape: &CacheShape, capacity: usize) -> Result<Cud
         len: 0,
         capacity,
         seen: 0,
+        parked: None,
     })
 }
 
@@ -124,7 +130,13 @@ fn rebuild(
     dest: Option<&CudaSlice<u32>>,
     new_len: usize,
 ) -> Result<()> {
-    let mut next = new_layer(b, shape, capacity)?;
+    let mut next = match l.parked.take() {
+        Some(home) if home.capacity == capacity => *home,
+        parked => {
+            l.parked = parked;
+            new_layer(b, shape, capacity)?
+        }
+    };
     if l.len > 0 {
         let args = [
             Arg::P(dest.map_or(0, |d| b.ptr(d))),
@@ -150,7 +162,11 @@ fn rebuild(
     }
     next.len = new_len;
     next.seen = l.seen;
-    *l = next;
+    next.parked = l.parked.take();
+    let old = std::mem::replace(l, next);
+    if old.capacity == shape.capacity && capacity > shape.capacity {
+        l.parked = Some(Box::new(old));
+    }
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! The wgpu device and its one pending command encoder. Ops record their dispatches and copies
-//! into the encoder; it is submitted only when the host needs data back, so a whole forward
-//! pass goes to the GPU as one submission. Consecutive dispatches share one compute pass, and
-//! their parameters share one uniform buffer: per-dispatch passes and buffers cost more host
-//! time than a small model's kernels take on a fast GPU.
+//! into the encoder; it is submitted every few dozen dispatches and when the host needs data
+//! back, so the GPU works while the host records. Consecutive dispatches share one compute
+//! pass, and their parameters share one uniform buffer: per-dispatch passes and buffers cost
+//! more host time than a small model's kernels take on a fast GPU.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, mpsc};
@@ -27,6 +27,11 @@ pub(super) struct Kernel {
 /// Most workgroups one grid dimension may hold.
 const MAX_GROUPS_PER_DIM: u32 = 65535;
 
+/// Dispatches recorded before they are submitted, so that the GPU runs the start of a forward
+/// pass while the host records the rest (measured on the H100: 32 cut SmolLM2's decode from
+/// 7.3 to 4.8 ms per token against one submission per pass).
+const DISPATCHES_PER_SUBMIT: usize = 32;
+
 /// Bytes of the uniform buffer that holds the parameters of a submission's dispatches.
 const PARAMS_BYTES: u64 = 64 << 10;
 
@@ -36,6 +41,7 @@ struct Pending {
     /// first so that it is dropped, and so ended, before the encoder.
     pass: Option<wgpu::ComputePass<'static>>,
     encoder: wgpu::CommandEncoder,
+    dispatches: usize,
 }
 
 /// Dispatch parameters, each at an aligned offset of one uniform buffer. The buffer is reused
@@ -175,6 +181,7 @@ impl Gpu {
             encoder: self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default()),
+            dispatches: 0,
         });
         f(pending)
     }
@@ -245,7 +252,11 @@ impl Gpu {
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(x, y, 1);
+            p.dispatches += 1;
         });
+        if self.pending(|p| p.dispatches) >= DISPATCHES_PER_SUBMIT {
+            self.submit();
+        }
         Ok(())
     }
 
@@ -269,7 +280,7 @@ impl Gpu {
 
     /// Submits everything recorded so far.
     pub fn submit(&self) {
-        if let Some(Pending { pass, encoder }) = self.pending.borrow_mut().take() {
+        if let Some(Pending { pass, encoder, .. }) = self.pending.borrow_mut().take() {
             drop(pass);
             self.queue.submit([encoder.finish()]);
             self.params.borrow_mut().used = 0;
