@@ -2,11 +2,13 @@
 // residual add.
 
 extern "C" __global__ void gelu(float* x, u32 n, u32 tanh_form) {
+    await_inputs();
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = activate(x[i], tanh_form ? 2 : 1);
 }
 
 extern "C" __global__ void swiglu(const float* x, float* out, u32 rows, u32 width) {
+    await_inputs();
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * width) return;
     u32 r = i / width, c = i % width;
@@ -15,6 +17,7 @@ extern "C" __global__ void swiglu(const float* x, float* out, u32 rows, u32 widt
 }
 
 extern "C" __global__ void add(float* x, const float* y, u32 n) {
+    await_inputs();
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }

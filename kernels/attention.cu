@@ -26,6 +26,7 @@ extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads
                                        u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q,
                                        wt* k_cache, wt* v_cache, u32* pos, float* score, u32 capacity,
                                        u32 len) {
+    await_inputs();
     u32 r = blockIdx.x, hh = blockIdx.y;
     const float* row = qkv + (size_t)r * (heads + 2 * kv_heads) * hd;
     u32 p = first_pos + r;
@@ -54,6 +55,7 @@ extern "C" __global__ void attn_prefill_softmax(float* s, wt* p, const u32* pos,
                                                 u32 heads, u32 kv_heads, u32 tile_rows, u32 first_pos,
                                                 float scale, const float* slopes, u32 scoring, u32 noise,
                                                 float tau, u32 seed, u32 layer) {
+    await_inputs();
     u32 h = blockIdx.x, i = blockIdx.y;
     u32 g = h / (heads / kv_heads);
     u32 qpos = first_pos + i;
@@ -97,6 +99,7 @@ extern "C" __global__ void attn_prefill_softmax(float* s, wt* p, const u32* pos,
 // score[g][j] += sum over the group's heads and the tile's rows of S[h][i][j], in a fixed order.
 extern "C" __global__ void attn_prefill_columns(const float* s, float* score, u32 capacity, u32 len,
                                                 u32 heads, u32 kv_heads, u32 tile_rows) {
+    await_inputs();
     u32 g = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
     if (j >= len) return;
     u32 group = heads / kv_heads;
@@ -119,6 +122,7 @@ extern "C" __global__ void attn_prefill_columns(const float* s, float* score, u3
 // Grid (seqs, heads + kv_heads), 128 threads: sequence z's token goes to cache slot len - 1.
 extern "C" __global__ void decode_append(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd,
                                          u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q) {
+    await_inputs();
     u32 z = blockIdx.x, hh = blockIdx.y;
     const SeqDesc& d = b.s[z];
     const float* row = qkv + (size_t)z * (heads + 2 * kv_heads) * hd;
@@ -161,6 +165,7 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b) {
 extern "C" __global__ void decode_partial(const wt* q, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 span,
                                           u32 splits, u32 max_len, float scale, const float* slopes,
                                           u32 layer, float* logits, float* part_stat, float* part_o) {
+    await_inputs();
     __shared__ float e[SUB];
     __shared__ float red[WARPS][MAX_HD];
     u32 h = blockIdx.x, c = blockIdx.y, z = blockIdx.z;
@@ -286,6 +291,7 @@ extern "C" __global__ void decode_partial(const wt* q, SeqBatch b, u32 heads, u3
 extern "C" __global__ void decode_finish(SeqBatch b, const float* part_stat, const float* part_o,
                                          const float* logits, float* out, u32 heads, u32 kv_heads, u32 hd,
                                          u32 span, u32 splits, u32 max_len) {
+    await_inputs();
     __shared__ float head_m[64], head_inv[64], head_lse[64];
     u32 g = blockIdx.x, z = blockIdx.z, group = heads / kv_heads;
     const SeqDesc& d = b.s[z];

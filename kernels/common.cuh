@@ -34,6 +34,17 @@ __device__ __forceinline__ wt from_f32(float x) {
 }
 #endif
 
+// Programmatic dependent launch (sm_90 and later): the backend lets each kernel start while the
+// one before it in the stream is finishing, so launches and the loads of weights that no kernel
+// writes overlap that kernel's tail. Every kernel calls this before it touches memory that other
+// kernels write: it waits for the previous kernel's writes, then lets the next kernel start.
+__device__ __forceinline__ void await_inputs() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

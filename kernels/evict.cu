@@ -12,6 +12,7 @@ __device__ __forceinline__ bool before(float sa, u32 pa, float sb, u32 pb) {
 // One eviction per kv head of each sequence that evicts this step: find the minimum candidate
 // and move the last slot into its place. Grid (kv_heads, seqs), 256 threads (a power of two).
 extern "C" __global__ void decode_evict(SeqBatch b, u32 hd) {
+    await_inputs();
     __shared__ float best_s[256];
     __shared__ u32 best_p[256];
     __shared__ u32 best_j[256];
@@ -56,6 +57,7 @@ extern "C" __global__ void decode_evict(SeqBatch b, u32 hd) {
 
 extern "C" __global__ void evict_rank(const u32* pos, const float* score, u32* keep, u32 capacity, u32 len,
                                       u32 sinks, u32 window_start, u32 evict_count) {
+    await_inputs();
     __shared__ float tile_s[RANK_TILE];
     __shared__ u32 tile_p[RANK_TILE];
     u32 g = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
@@ -81,6 +83,7 @@ extern "C" __global__ void evict_rank(const u32* pos, const float* score, u32* k
 
 // Destination slot of every kept slot, in slot order (one thread per kv head: prefill only).
 extern "C" __global__ void compact_index(const u32* keep, u32* dest, u32 len) {
+    await_inputs();
     const u32* kg = keep + (size_t)blockIdx.x * len;
     u32* dg = dest + (size_t)blockIdx.x * len;
     u32 n = 0;
@@ -92,6 +95,7 @@ extern "C" __global__ void compact_index(const u32* keep, u32* dest, u32 len) {
 extern "C" __global__ void compact_copy(const u32* dest, u32 len, const wt* k, const wt* v, const u32* pos,
                                         const float* score, u32 capacity, wt* nk, wt* nv, u32* npos,
                                         float* nscore, u32 new_capacity, u32 hd) {
+    await_inputs();
     u32 j = blockIdx.x, g = blockIdx.y;
     u32 to = dest ? dest[(size_t)g * len + j] : j;
     if (to == 0xffffffffu) return;

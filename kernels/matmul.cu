@@ -12,15 +12,27 @@ __device__ __forceinline__ uint4 load_stream(const wt* p) {
     return r;
 }
 
+// LOADS 16-byte loads of weight row `wr` for one lane from element `base`, zero past n_in.
+template <int LOADS>
+__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const wt* wr, u32 base, u32 n_in) {
+#pragma unroll
+    for (int u = 0; u < LOADS; u++) {
+        u32 i = base + u * 32 * VEC;
+        raw[u] = i < n_in ? load_stream(wr + i) : make_uint4(0, 0, 0, 0);
+    }
+}
+
 // out[r][o] = act(x[r] . w[o] (+ bias[o])) for ROWS rows (act as in activate()), or
-// out[r][o] += x[r] . w[o] (+ bias[o]) when `accumulate` (a residual add folded in). One warp per output: each lane keeps four 16-byte
-// loads of the weight row in flight, which measured fastest on an H100 (2.3-3.05 TB/s from
-// 4096x4096 to 50400x4096 in f16, against 2.0-2.95 for eight loads and 256-thread blocks).
-// ROWS is a template parameter so the sums stay in registers.
+// out[r][o] += x[r] . w[o] (+ bias[o]) when `accumulate` (a residual add folded in). One warp
+// per output: each lane keeps four 16-byte loads of the weight row in flight, which measured
+// fastest on an H100 (2.3-3.05 TB/s from 4096x4096 to 50400x4096 in f16, against 2.0-2.95 for
+// eight loads and 256-thread blocks). The first loads go out before waiting for the previous
+// kernel, which computes x. ROWS is a template parameter so the sums stay in registers.
 template <int ROWS>
 __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* out, u32 n_out, u32 n_in,
                           u32 has_bias, u32 accumulate, u32 act) {
     const int LOADS = 4;
+    const u32 STEP = 32 * VEC * LOADS;
     u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     u32 o = blockIdx.x * (blockDim.x >> 5) + warp;
     if (o >= n_out) return;
@@ -29,13 +41,11 @@ __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* ou
 #pragma unroll
     for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
     if (n_in % VEC == 0) {
-        for (u32 base = lane * VEC; base < n_in; base += 32 * VEC * LOADS) {
-            uint4 raw[LOADS];
-#pragma unroll
-            for (int u = 0; u < LOADS; u++) {
-                u32 i = base + u * 32 * VEC;
-                raw[u] = i < n_in ? load_stream(wr + i) : make_uint4(0, 0, 0, 0);
-            }
+        uint4 raw[LOADS];
+        load_weights(raw, wr, lane * VEC, n_in);
+        await_inputs();
+        for (u32 base = lane * VEC; base < n_in; base += STEP) {
+            if (base != lane * VEC) load_weights(raw, wr, base, n_in);
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
@@ -54,6 +64,7 @@ __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* ou
             }
         }
     } else {
+        await_inputs();
         for (u32 i = lane; i < n_in; i += 32) {
             float wv = to_f32(wr[i]);
 #pragma unroll
@@ -81,12 +92,14 @@ GEMV(3)
 GEMV(4)
 
 extern "C" __global__ void to_wt(const float* x, wt* out, u32 n) {
+    await_inputs();
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f32(x[i]);
 }
 
 // out = act(out + bias) after a cuBLAS product; bias may be null.
 extern "C" __global__ void bias_act(float* out, const wt* bias, u32 rows, u32 n_out, u32 act) {
+    await_inputs();
     u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < rows * n_out) out[i] = activate(out[i] + (bias ? to_f32(bias[i % n_out]) : 0.0f), act);
 }

@@ -5,6 +5,7 @@
 
 extern "C" __global__ void norm_rows(const float* x, const wt* weight, const wt* bias, float* out,
                                      u32 dim, float eps, u32 rms, u32 has_bias) {
+    await_inputs();
     const float* xr = x + (size_t)blockIdx.x * dim;
     float* yr = out + (size_t)blockIdx.x * dim;
     bool cached = dim <= PER_THREAD * blockDim.x;

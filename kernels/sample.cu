@@ -1,6 +1,7 @@
 // Greedy sampling on the device: the index of the largest logit, the lowest index on ties.
 
 extern "C" __global__ void argmax(const float* logits, u32 n, u32* out) {
+    await_inputs();
     __shared__ float best_v[1024];
     __shared__ u32 best_i[1024];
     float v = NEG_INF;

@@ -1,9 +1,10 @@
 //! The CUDA sources, compiled once per backend by NVRTC for the device's architecture with the
 //! chosen storage type, and the launch helper.
 
+use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, sys};
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
 use super::{CudaDtype, cuda_err};
@@ -127,22 +128,56 @@ pub enum Arg<'a> {
     Seqs(&'a super::attention::SeqBatch),
 }
 
+/// Launches `f` on `stream`. With `overlap` (devices of compute capability 9.0 and later) the
+/// kernel may start while the previous kernel in the stream finishes: every kernel waits in
+/// `await_inputs` (kernels/common.cuh) before it reads what earlier kernels wrote.
 pub fn launch(
     stream: &Arc<CudaStream>,
     f: &CudaFunction,
     cfg: LaunchConfig,
     args: &[Arg],
+    overlap: bool,
 ) -> Result<()> {
-    let mut builder = stream.launch_builder(f);
-    for a in args {
-        match a {
-            Arg::U(v) => builder.arg(v),
-            Arg::P(v) => builder.arg(v),
-            Arg::F(v) => builder.arg(v),
-            Arg::Seqs(v) => builder.arg(*v),
-        };
+    let mut params: Vec<*mut c_void> = args
+        .iter()
+        .map(|a| match a {
+            Arg::U(v) => v as *const u32 as *mut c_void,
+            Arg::P(v) => v as *const u64 as *mut c_void,
+            Arg::F(v) => v as *const f32 as *mut c_void,
+            Arg::Seqs(v) => *v as *const super::attention::SeqBatch as *mut c_void,
+        })
+        .collect();
+    let mut attribute = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value: sys::CUlaunchAttributeValue {
+            programmaticStreamSerializationAllowed: 1,
+        },
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attribute,
+        numAttrs: overlap as u32,
+    };
+    stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: every kernel's parameter list is the argument list its caller passes, the
+    // pointers are live device buffers large enough for the launch (checked by the callers),
+    // and `params` points into `args`, which outlives the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
     }
-    // SAFETY: every kernel's parameter list is the argument list its caller passes, and the
-    // pointers are live device buffers large enough for the launch (checked by the callers).
-    unsafe { builder.launch(cfg) }.map(|_| ()).map_err(cuda_err)
+    .result()
+    .map_err(cuda_err)
 }

@@ -96,6 +96,8 @@ pub struct CudaBackend {
     token: CudaSlice<u32>,
     /// Streaming multiprocessors, for sizing grids.
     sms: usize,
+    /// Kernels may overlap their predecessor's tail (programmatic dependent launch, sm_90+).
+    overlap: bool,
 }
 
 /// A CUDA library's name and the function that checks it can be loaded.
@@ -152,6 +154,7 @@ impl CudaBackend {
                 device_name,
                 token,
                 sms,
+                overlap: major >= 9 && std::env::var("KF_PDL").map_or(true, |v| v != "0"),
             })
         });
         opened.unwrap_or_else(|_| {
@@ -197,6 +200,7 @@ impl CudaBackend {
                 shared_mem_bytes: 0,
             },
             args,
+            self.overlap,
         )
     }
 
