@@ -55,6 +55,11 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+__device__ __forceinline__ u32 warp_max_u32(u32 v) {
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // Block-wide sum or max for blocks of up to 1024 threads; every thread gets the result.
 __device__ float block_reduce(float v, bool is_max) {
     __shared__ float partial[32];
@@ -68,6 +73,24 @@ __device__ float block_reduce(float v, bool is_max) {
         int warps = (blockDim.x + 31) >> 5;
         float x = lane < warps ? partial[lane] : (is_max ? NEG_INF : 0.0f);
         x = is_max ? warp_max(x) : warp_sum(x);
+        if (lane == 0) result = x;
+    }
+    __syncthreads();
+    return result;
+}
+
+// Block-wide maximum of u32 values, under the same contract as block_reduce.
+__device__ u32 block_max_u32(u32 v) {
+    __shared__ u32 partial[32];
+    __shared__ u32 result;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max_u32(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int warps = (blockDim.x + 31) >> 5;
+        u32 x = warp_max_u32(lane < warps ? partial[lane] : 0u);
         if (lane == 0) result = x;
     }
     __syncthreads();

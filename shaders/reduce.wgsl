@@ -40,6 +40,20 @@ fn wg_max(value: f32, lane: Lane) -> f32 {
     return best;
 }
 
+fn wg_max_u32(value: u32, lane: Lane) -> u32 {
+    red_index[lane.index] = value;
+    workgroupBarrier();
+    for (var step = WG / 2u; step > 0u; step >>= 1u) {
+        if lane.index < step {
+            red_index[lane.index] = max(red_index[lane.index], red_index[lane.index + step]);
+        }
+        workgroupBarrier();
+    }
+    let best = red_index[0];
+    workgroupBarrier();
+    return best;
+}
+
 fn wg_argmax(value: f32, index: u32, lane: Lane) -> u32 {
     red[lane.index] = value;
     red_index[lane.index] = index;

@@ -44,6 +44,20 @@ fn wg_max(value: f32, lane: Lane) -> f32 {
     return best;
 }
 
+fn wg_max_u32(value: u32, lane: Lane) -> u32 {
+    let part = subgroupMax(value);
+    if lane.subgroup_lane == 0u {
+        red_index[lane.subgroup] = part;
+    }
+    workgroupBarrier();
+    var best = 0u;
+    for (var i = 0u; i < lane.subgroups; i++) {
+        best = max(best, red_index[i]);
+    }
+    workgroupBarrier();
+    return best;
+}
+
 fn wg_argmax(value: f32, index: u32, lane: Lane) -> u32 {
     // Invocations without a value take part with -inf so they never win the subgroup maximum.
     let v = select(bitcast<f32>(0xff800000u), value, index != NONE);

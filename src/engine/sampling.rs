@@ -75,20 +75,46 @@ impl Sampler {
         (splitmix64(&mut self.state) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// The parameters of the next non-greedy draw, taking its uniform value from the
+    /// generator: what a device needs to sample exactly as `sample` would.
+    pub fn draw(&mut self) -> Draw {
+        Draw {
+            temperature: self.params.temperature,
+            top_k: self.params.top_k,
+            top_p: self.params.top_p,
+            u: self.uniform(),
+        }
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
             return argmax(logits);
         }
+        self.draw().pick(logits)
+    }
+}
+
+/// One temperature / top-k / top-p draw with its uniform value `u` in [0, 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub u: f64,
+}
+
+impl Draw {
+    /// The token this draw takes from `logits`: the definition device sampling matches.
+    pub fn pick(&self, logits: &[f32]) -> u32 {
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if p.top_k > 0 {
-            order.truncate(p.top_k);
+        if self.top_k > 0 {
+            order.truncate(self.top_k);
         }
         let max = logits[order[0]] as f64;
         let weights: Vec<f64> = order
             .iter()
-            .map(|&i| ((logits[i] as f64 - max) / p.temperature as f64).exp())
+            .map(|&i| ((logits[i] as f64 - max) / self.temperature as f64).exp())
             .collect();
         let total: f64 = weights.iter().sum();
         // Smallest prefix of the sorted tokens whose probability reaches top-p.
@@ -97,12 +123,12 @@ impl Sampler {
         while kept < weights.len() {
             mass += weights[kept] / total;
             kept += 1;
-            if mass >= p.top_p as f64 {
+            if mass >= self.top_p as f64 {
                 break;
             }
         }
         let kept_total: f64 = weights[..kept].iter().sum();
-        let mut target = self.uniform() * kept_total;
+        let mut target = self.u * kept_total;
         for (i, w) in weights[..kept].iter().enumerate() {
             target -= w;
             if target < 0.0 {
@@ -172,5 +198,39 @@ mod tests {
             (0..20).map(|_| s.sample(&logits)).collect()
         };
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn sample_is_draw_then_pick() {
+        let logits = [0.5, 0.4, 0.3, 0.2, 0.2];
+        let params = SamplingParams {
+            temperature: 0.7,
+            top_k: 4,
+            top_p: 0.9,
+            seed: 3,
+        };
+        let mut by_sample = Sampler::new(params.clone());
+        let mut by_draw = Sampler::new(params);
+        for _ in 0..50 {
+            let draw = by_draw.draw();
+            assert!((0.0..1.0).contains(&draw.u));
+            assert_eq!(by_sample.sample(&logits), draw.pick(&logits));
+        }
+    }
+
+    #[test]
+    fn pick_inverts_the_cdf_in_sorted_order() {
+        // Equal weights over the two kept tokens; the tie goes to the lower index first.
+        let logits = [1.0, 3.0, 3.0, 0.0];
+        let draw = |u| Draw {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            u,
+        };
+        assert_eq!(draw(0.0).pick(&logits), 1);
+        assert_eq!(draw(0.49).pick(&logits), 1);
+        assert_eq!(draw(0.51).pick(&logits), 2);
+        assert_eq!(draw(0.999).pick(&logits), 2);
     }
 }

@@ -3,7 +3,7 @@
 //! kept-token sets compared exactly except where two candidates' scores are near-ties.
 
 use keyformer::backend::{AttentionSpec, Backend, SeqStep};
-use keyformer::engine::sampling::{Sampler, SamplingParams};
+use keyformer::engine::sampling::{Draw, Sampler, SamplingParams};
 use keyformer::kv::{CacheShape, Keep, StepScore};
 use keyformer::model::config::{Activation, NormKind, Positions, RopePairs};
 use keyformer::{CpuBackend, Result};
@@ -183,6 +183,55 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         "sample argmax vocab 1000".into(),
         if got == want { 0.0 } else { 1.0 },
     );
+
+    // Temperature / top-k / top-p: each seed's first draw on the device against the host
+    // sampler's. A different token counts as an error unless the host's f64 sums put that draw
+    // within a near-tie of the boundary between the two tokens.
+    for vocab in [49152, 50257] {
+        let smooth = rng.values(vocab, 8.0);
+        // Steps of 1/4: runs of equal logits, so cuts and draws fall inside ties.
+        let steps: Vec<f32> = smooth.iter().map(|x| (x * 4.0).round() / 4.0).collect();
+        let cases = [
+            ("temperature", &smooth, 0.8, 0, 1.0),
+            ("top-k", &smooth, 1.0, 40, 1.0),
+            ("top-p", &smooth, 1.5, 0, 0.9),
+            ("top-k top-p", &smooth, 0.7, 500, 0.6),
+            ("ties top-k", &steps, 1.0, 1000, 1.0),
+            ("ties top-p", &steps, 2.0, 0, 0.5),
+        ];
+        for (name, logits, temperature, top_k, top_p) in cases {
+            let device_logits = b.upload(logits).unwrap();
+            let (mut differ, mut wrong) = (0, 0);
+            for seed in 0..SAMPLE_SEEDS {
+                let params = SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                };
+                let sampler = || Sampler::new(params.clone());
+                let got = b.sample(&device_logits, vocab, &mut sampler()).unwrap();
+                let want = cpu.sample(logits, vocab, &mut sampler()).unwrap();
+                if got != want {
+                    differ += 1;
+                    let draw = sampler().draw();
+                    let picks = near_tie_picks(logits, &draw, SAMPLE_NEAR_TIE);
+                    assert!(
+                        picks.contains(&want),
+                        "the host's pick is not a near-tie pick"
+                    );
+                    if !picks.contains(&got) {
+                        println!("    seed {seed}: {got}, host {want}, draw {draw:?}");
+                        wrong += 1;
+                    }
+                }
+            }
+            record(
+                format!("sample {name} vocab {vocab} ({differ} of {SAMPLE_SEEDS} differ)"),
+                wrong as f32,
+            );
+        }
+    }
 
     let rope = |dims: usize, pairs| Positions::Rotary {
         dims,
@@ -389,6 +438,54 @@ fn add<B: Backend>(b: &B, x: &[f32], y: &[f32]) -> Result<Vec<f32>> {
     let mut xb = b.upload(x)?;
     b.add(&mut xb, &b.upload(y)?, x.len())?;
     b.download(&xb, x.len())
+}
+
+/// Seeds per sampling case.
+const SAMPLE_SEEDS: u64 = 32;
+
+/// Relative weight gap under which a draw counts as a near-tie: well above the f32 sums' error.
+const SAMPLE_NEAR_TIE: f64 = 1e-5;
+
+/// Every token a draw may take when any sum it compares may be off by `eps` of the total:
+/// Draw::pick's tokens for each top-p cut within `eps` of top-p, and for each, the tokens
+/// whose span of the running weight comes within `eps` of the target.
+fn near_tie_picks(logits: &[f32], draw: &Draw, eps: f64) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if draw.top_k > 0 {
+        order.truncate(draw.top_k);
+    }
+    let max = logits[order[0]] as f64;
+    let ends: Vec<f64> = order
+        .iter()
+        .scan(0.0, |sum, &i| {
+            *sum += ((logits[i] as f64 - max) / draw.temperature as f64).exp();
+            Some(*sum)
+        })
+        .collect();
+    let total = ends[ends.len() - 1];
+    let starts = |r: usize| if r == 0 { 0.0 } else { ends[r - 1] };
+    let top_p = draw.top_p as f64;
+    let cuts: Vec<usize> = if top_p >= 1.0 {
+        vec![ends.len()]
+    } else {
+        (1..=ends.len())
+            .filter(|&kept| {
+                ends[kept - 1] >= (top_p - eps) * total && starts(kept - 1) < (top_p + eps) * total
+            })
+            .collect()
+    };
+    let mut picks = Vec::new();
+    for kept in cuts {
+        let target = draw.u * ends[kept - 1];
+        let slack = eps * ends[kept - 1];
+        picks.extend(
+            (0..kept)
+                .filter(|&r| ends[r] > target - slack && starts(r) <= target + slack)
+                .map(|r| order[r] as u32),
+        );
+    }
+    picks
 }
 
 /// What one backend's cache holds after a sequence of steps.

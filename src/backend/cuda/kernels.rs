@@ -78,6 +78,7 @@ pub struct Kernels {
     pub compact_index: CudaFunction,
     pub compact_copy: CudaFunction,
     pub argmax: CudaFunction,
+    pub sample: CudaFunction,
 }
 
 impl Kernels {
@@ -116,6 +117,7 @@ impl Kernels {
             compact_index: f(5, "compact_index")?,
             compact_copy: f(5, "compact_copy")?,
             argmax: f(6, "argmax")?,
+            sample: f(6, "sample")?,
         })
     }
 }

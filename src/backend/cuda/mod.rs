@@ -629,17 +629,31 @@ impl Backend for CudaBackend {
     }
 
     fn sample(&self, logits: &CudaSlice<f32>, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
-        if !sampler.is_greedy() {
-            // Temperature sampling reads the row back and uses the host sampler.
-            return Ok(sampler.sample(&self.download(logits, vocab)?));
-        }
         check("logits", logits.len(), vocab)?;
-        let args = [
+        if vocab == 0 {
+            return Err(Error::InvalidInput("no logits to sample from".into()));
+        }
+        let (logits, vocab, token) = (
             Arg::P(self.ptr(logits)),
             Arg::U(vocab as u32),
             Arg::P(self.ptr(&self.token)),
-        ];
-        self.launch(&self.k.argmax, (1, 1), 1024, &args)?;
+        );
+        if sampler.is_greedy() {
+            self.launch(&self.k.argmax, (1, 1), 1024, &[logits, vocab, token])?;
+        } else {
+            // The host's generator supplies the uniform value; the draw itself runs here.
+            let d = sampler.draw();
+            let args = [
+                logits,
+                vocab,
+                Arg::F(d.temperature),
+                Arg::U(d.top_k.min(u32::MAX as usize) as u32),
+                Arg::F(d.top_p),
+                Arg::F(d.u as f32),
+                token,
+            ];
+            self.launch(&self.k.sample, (1, 1), 1024, &args)?;
+        }
         let id = self.stream.clone_dtoh(&self.token).map_err(cuda_err)?;
         Ok(id[0])
     }

@@ -47,6 +47,7 @@ pub(super) struct Kernels {
     pub evict_rank: Kernel,
     pub evict_compact: Kernel,
     pub argmax: Kernel,
+    pub sample: Kernel,
 }
 
 impl Kernels {
@@ -108,6 +109,7 @@ impl Kernels {
             evict_rank: kernel(&evict, "evict_rank"),
             evict_compact: kernel(&evict, "evict_compact"),
             argmax: kernel(&sample, "argmax"),
+            sample: kernel(&sample, "sample"),
         };
         // Shader and pipeline errors arrive through the device's error callback.
         gpu.check()?;

@@ -459,22 +459,28 @@ impl Backend for WgpuBackend {
     }
 
     fn sample(&self, logits: &WgpuBuf, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
-        if !sampler.is_greedy() {
-            // Temperature sampling reads the row back and uses the host sampler.
-            return Ok(sampler.sample(&self.download(logits, vocab)?));
-        }
         check_len("logits", logits.len, vocab)?;
         if vocab == 0 {
             return Err(Error::InvalidInput("no logits to sample from".into()));
         }
-        // The argmax runs on the device: only the token id comes back.
+        // Only the token id comes back.
+        let len = word(vocab)?;
+        let (kernel, params) = if sampler.is_greedy() {
+            // The argmax reads only the length of the Params it shares with `sample`.
+            (&self.kernels.argmax, [len, 0, 0, 0, 0])
+        } else {
+            // The host's generator supplies the uniform value; the draw itself runs here.
+            let d = sampler.draw();
+            let top_k = d.top_k.min(u32::MAX as usize) as u32;
+            let (t, p, u) = (d.temperature, d.top_p, d.u as f32);
+            (
+                &self.kernels.sample,
+                [len, t.to_bits(), top_k, p.to_bits(), u.to_bits()],
+            )
+        };
         let token = self.scratch("token", 4)?;
-        self.gpu.dispatch(
-            &self.kernels.argmax,
-            &[word(vocab)?],
-            &[(1, &logits.buffer), (2, &token)],
-            1,
-        )?;
+        self.gpu
+            .dispatch(kernel, &params, &[(1, &logits.buffer), (2, &token)], 1)?;
         let bytes = self.gpu.read(&token, 0, 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
