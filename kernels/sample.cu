@@ -98,6 +98,7 @@ __device__ Cut cut(Row r, Cut c, float threshold, bool count) {
 
 extern "C" __global__ void sample(const float* logits, u32 n, float temperature, u32 top_k, float top_p,
                                   float u, u32* out) {
+    await_inputs();
     u32 top_key = 0, bottom = 0;
     for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
         u32 k = order_key(logits[i]);
