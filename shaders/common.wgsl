@@ -1,6 +1,6 @@
-// Shared by every kernel. The host prepends `alias wt` (weight storage type) and `alias kt`
-// (KV cache storage type), then one of reduce.wgsl / reduce_subgroup.wgsl, which defines
-// `Lane` and the workgroup reductions.
+// Shared by every kernel. The host prepends `alias wt` (weight storage type), `WT_BYTES` (its
+// size) and `alias kt` (KV cache storage type), then one of reduce.wgsl / reduce_subgroup.wgsl,
+// which defines `Lane` and the workgroup reductions.
 
 // Every kernel runs 256 invocations per workgroup.
 const WG: u32 = 256u;

@@ -19,6 +19,8 @@ struct Params {
 // every row starts on a run boundary).
 @group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> w4: array<vec4<wt>>;
+// The same w as raw 16-byte units for the gemv (see unit_dot).
+@group(0) @binding(7) var<storage, read> w_units: array<vec4<u32>>;
 
 // x[row][k..k + 4] (k a multiple of 4), zero past the ends.
 fn x_quad(row: u32, k: u32) -> vec4<f32> {
@@ -110,32 +112,59 @@ fn matmul(lane: Lane) {
     }
 }
 
-// 32 outputs per workgroup. Each team (a subgroup, or 32 invocations) takes 4 outputs at a
-// time, its invocations striding along the weight rows (adjacent invocations read adjacent
-// quads, and each quad of x serves 4 rows), then sums its partials.
-const GEMV_OUTPUTS: u32 = 32u;
+// One output per team (a subgroup, or 32 invocations), 8 per workgroup, after the CUDA
+// gemv_rows kernel: the team strides along the weight row in 16-byte units, each invocation
+// issuing four independent loads before using any of them (bytes in flight are what hide DRAM
+// latency), then the team sums its partials.
+const GEMV_OUTPUTS: u32 = 8u;
+// Weights per 16-byte unit: 8 halves or 4 floats.
+const UNIT: u32 = 16u / WT_BYTES;
+
+// The dot product of one unit of weights with x[u * UNIT..(u + 1) * UNIT].
+fn unit_dot(units: vec4<u32>, u: u32) -> f32 {
+    if WT_BYTES == 2u {
+        let lo = vec4(unpack2x16float(units.x), unpack2x16float(units.y));
+        let hi = vec4(unpack2x16float(units.z), unpack2x16float(units.w));
+        return dot(lo, x4[2u * u]) + dot(hi, x4[2u * u + 1u]);
+    }
+    return dot(bitcast<vec4<f32>>(units), x4[u]);
+}
 
 @compute @workgroup_size(256)
 fn gemv(lane: Lane) {
     let l = team_lane(lane);
-    for (var j = 4u * team(lane); j < GEMV_OUTPUTS; j += 4u * teams(lane)) {
+    let t = team_size(lane);
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
-        var sum = vec4(0.0);
-        for (var k = 4u * l; k < p.n_in; k += 4u * team_size(lane)) {
-            let xq = x_quad(0u, k);
-            sum += vec4(
-                dot(xq, w_quad(o, k)),
-                dot(xq, w_quad(o + 1u, k)),
-                dot(xq, w_quad(o + 2u, k)),
-                dot(xq, w_quad(o + 3u, k)),
-            );
+        var acc = 0.0;
+        if o < p.n_out && p.n_in % UNIT == 0u {
+            // Every row starts on a unit boundary (and so x on a vec4 one).
+            let n = p.n_in / UNIT;
+            let row = o * n;
+            // Four units a pass, all loaded before any is used; then the rest one at a time.
+            var u = l;
+            while u + 3u * t < n {
+                let w0 = w_units[row + u];
+                let w1 = w_units[row + u + t];
+                let w2 = w_units[row + u + 2u * t];
+                let w3 = w_units[row + u + 3u * t];
+                acc += unit_dot(w0, u) + unit_dot(w1, u + t) + unit_dot(w2, u + 2u * t)
+                    + unit_dot(w3, u + 3u * t);
+                u += 4u * t;
+            }
+            while u < n {
+                acc += unit_dot(w_units[row + u], u);
+                u += t;
+            }
+        } else if o < p.n_out {
+            for (var k = l; k < p.n_in; k += t) {
+                acc += x[k] * f32(w[o * p.n_in + k]);
+            }
         }
         // Every team sums, in or out of range, so a workgroup-memory team_sum stays uniform.
-        for (var c = 0u; c < 4u; c++) {
-            let total = team_sum(sum[c], lane);
-            if l == 0u && o + c < p.n_out {
-                store(0u, o + c, total);
-            }
+        let total = team_sum(acc, lane);
+        if l == 0u && o < p.n_out {
+            store(0u, o, total);
         }
     }
 }

@@ -58,8 +58,11 @@ impl Kernels {
             if weight == "f16" {
                 src.push_str("enable f16;\n");
             }
+            let bytes = if weight == "f16" { 2 } else { 4 };
             // The KV cache is stored in the weights' type.
-            src.push_str(&format!("alias wt = {weight};\nalias kt = {weight};\n"));
+            src.push_str(&format!(
+                "alias wt = {weight};\nalias kt = {weight};\nconst WT_BYTES: u32 = {bytes}u;\n"
+            ));
             src.push_str(COMMON);
             src.push_str(if v.subgroups { REDUCE_SUBGROUP } else { REDUCE });
             parts.iter().for_each(|p| src.push_str(p));

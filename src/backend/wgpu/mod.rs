@@ -187,25 +187,25 @@ impl WgpuBackend {
             bias.is_some() as u32 | (accumulate as u32) << 1 | gelu << 2,
         ];
         let bias = bias.map_or(&self.unused, |b| &b.buffer);
-        // x and w are bound twice: as scalars and as vec4 runs.
+        // x and w are bound twice: as scalars, and as vec4 runs (the gemv reads w as raw
+        // 16-byte units instead).
+        let (kernel, w_runs, groups) = if rows == 1 {
+            // 8 outputs per workgroup.
+            (&self.kernels.gemv, 7, n_out.div_ceil(8))
+        } else {
+            // 64 x 64 tiles.
+            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
+            (&self.kernels.matmul, 6, tiles)
+        };
         let buffers = [
             (1, &x.buffer),
             (2, &w.buffer),
             (3, bias),
             (4, &out.buffer),
             (5, &x.buffer),
-            (6, &w.buffer),
+            (w_runs, &w.buffer),
         ];
-        if rows == 1 {
-            // 32 outputs per workgroup.
-            self.gpu
-                .dispatch(&self.kernels.gemv, &params, &buffers, n_out.div_ceil(32))
-        } else {
-            // 64 x 64 tiles.
-            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
-            self.gpu
-                .dispatch(&self.kernels.matmul, &params, &buffers, tiles)
-        }
+        self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
 }
 
