@@ -191,7 +191,16 @@ extern "C" __global__ void decode_partial(const wt* q, SeqBatch b, u32 heads, u3
     float* ly = logits + ((size_t)z * heads + h) * max_len;
     for (u32 j0 = start; j0 < end; j0 += SUB) {
         u32 n = min(end - j0, (u32)SUB);
-        if (threadIdx.x == 0) prefetch_l2(d.v + (base + j0) * hd, n * hd * sizeof(wt));
+        // L2 fetches this step's values and the next step's keys and values while the block
+        // works on this step's keys: each step otherwise waits on memory twice.
+        if (threadIdx.x == 0) {
+            if (j0 == start) prefetch_l2(d.v + (base + j0) * hd, n * hd * sizeof(wt));
+            u32 next = min(end - min(end, j0 + SUB), (u32)SUB);
+            if (next > 0) {
+                prefetch_l2(d.k + (base + j0 + SUB) * hd, next * hd * sizeof(wt));
+                prefetch_l2(d.v + (base + j0 + SUB) * hd, next * hd * sizeof(wt));
+            }
+        }
         float dot[KEYS_PER_WARP];
 #pragma unroll
         for (u32 jj = 0; jj < KEYS_PER_WARP; jj++) dot[jj] = 0.0f;

@@ -154,7 +154,7 @@ impl CudaBackend {
                 device_name,
                 token,
                 sms,
-                overlap: major >= 9 && std::env::var("KF_PDL").map_or(true, |v| v != "0"),
+                overlap: major >= 9,
             })
         });
         opened.unwrap_or_else(|_| {
