@@ -421,8 +421,13 @@ pub fn decode(
             Arg::P(b.ptr(&part_stat)),
             Arg::P(b.ptr(&part_o)),
         ];
+        // Lanes per key: one 16-byte load each across the head, a power of two from 4 to 32.
+        let lanes = (hd / (16 / b.dtype.bytes()))
+            .next_power_of_two()
+            .clamp(4, 32);
+        let teams = (32 / lanes).trailing_zeros() as usize;
         b.launch3(
-            &b.k.decode_partial,
+            &b.k.decode_partial[teams],
             (heads as u32, splits as u32, n as u32),
             128,
             &args,

@@ -71,7 +71,8 @@ pub struct Kernels {
     pub attn_prefill_softmax: CudaFunction,
     pub attn_prefill_columns: CudaFunction,
     pub decode_append: CudaFunction,
-    pub decode_partial: CudaFunction,
+    /// decode_partial[i] reads each key with 2^i teams of lanes per warp.
+    pub decode_partial: [CudaFunction; 4],
     pub decode_finish: CudaFunction,
     pub decode_evict: CudaFunction,
     pub evict_rank: CudaFunction,
@@ -110,7 +111,12 @@ impl Kernels {
             attn_prefill_softmax: f(4, "attn_prefill_softmax")?,
             attn_prefill_columns: f(4, "attn_prefill_columns")?,
             decode_append: f(4, "decode_append")?,
-            decode_partial: f(4, "decode_partial")?,
+            decode_partial: [
+                f(4, "decode_partial1")?,
+                f(4, "decode_partial2")?,
+                f(4, "decode_partial4")?,
+                f(4, "decode_partial8")?,
+            ],
             decode_finish: f(4, "decode_finish")?,
             decode_evict: f(5, "decode_evict")?,
             evict_rank: f(5, "evict_rank")?,
