@@ -137,28 +137,37 @@ fn every_sequence_of_a_batch_matches_its_solo_run() {
     }
 }
 
-/// The same on each GPU backend present, in f32 (in f16 batched matrix products may round
-/// differently from single rows: see the next test).
-#[test]
-fn gpu_batches_match_their_solo_runs_in_f32() {
+/// The tiny model of every architecture on each GPU backend present, in `dtype`.
+fn gpu_models(dtype: CudaDtype) -> Vec<(AnyModel, &'static str)> {
+    let mut models = Vec::new();
     for backend in [BackendChoice::Cuda, BackendChoice::Wgpu] {
         let options = BackendOptions {
             backend,
-            dtype: CudaDtype::F32,
+            dtype,
             ..Default::default()
         };
         for arch in ARCHS {
             match AnyModel::load(&fixture(&format!("tiny-{arch}")), &options, &mut |_, _| {}) {
-                Ok((model, _)) => with_model!(&model, m => every_sequence_matches_its_solo_run(
-                    &**m,
-                    &format!("{} {arch}", m.backend.name())
-                )),
+                Ok((model, _)) => models.push((model, arch)),
                 Err(e) => {
                     println!("SKIP {backend:?}: {e}");
                     break;
                 }
             }
         }
+    }
+    models
+}
+
+/// The same on each GPU backend present, in f32 (in f16 batched matrix products may round
+/// differently from single rows: see the next test).
+#[test]
+fn gpu_batches_match_their_solo_runs_in_f32() {
+    for (model, arch) in gpu_models(CudaDtype::F32) {
+        with_model!(&model, m => every_sequence_matches_its_solo_run(
+            &**m,
+            &format!("{} {arch}", m.backend.name())
+        ));
     }
 }
 
@@ -168,24 +177,11 @@ fn gpu_batches_match_their_solo_runs_in_f32() {
 /// logits of the two tokens must be within 2% of the largest logit of each other.
 #[test]
 fn gpu_batches_match_their_solo_runs_in_f16_up_to_near_ties() {
-    for backend in [BackendChoice::Cuda, BackendChoice::Wgpu] {
-        let options = BackendOptions {
-            backend,
-            dtype: CudaDtype::F16,
-            ..Default::default()
-        };
-        for arch in ARCHS {
-            match AnyModel::load(&fixture(&format!("tiny-{arch}")), &options, &mut |_, _| {}) {
-                Ok((model, _)) => with_model!(&model, m => matches_solo_up_to_near_ties(
-                    &**m,
-                    &format!("{} {arch}", m.backend.name())
-                )),
-                Err(e) => {
-                    println!("SKIP {backend:?}: {e}");
-                    break;
-                }
-            }
-        }
+    for (model, arch) in gpu_models(CudaDtype::F16) {
+        with_model!(&model, m => matches_solo_up_to_near_ties(
+            &**m,
+            &format!("{} {arch}", m.backend.name())
+        ));
     }
 }
 
