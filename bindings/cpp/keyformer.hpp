@@ -229,6 +229,85 @@ private:
     kf_session *handle_ = nullptr;
 };
 
+// Many requests decoded together on one model, each with its own cache, policy and budget:
+// submit them, run() them all, then read each one's result(). Each request produces the tokens
+// Model::generate produces for it alone (up to rounding on a GPU). The callback of a request
+// runs on run()'s thread; an exception it throws stops that request and is rethrown by run()
+// once the others have finished.
+class Batch {
+public:
+    explicit Batch(Model &model, const kf_batch_params &params = kf_batch_params_default()) {
+        detail::check(kf_batch_new(model.get(), &params, &handle_));
+    }
+    ~Batch() { kf_batch_free(handle_); }
+    Batch(Batch &&other) noexcept
+        : handle_(std::exchange(other.handle_, nullptr)), pending_(std::move(other.pending_)) {}
+    Batch &operator=(Batch &&other) noexcept {
+        std::swap(handle_, other.handle_);
+        std::swap(pending_, other.pending_);
+        return *this;
+    }
+    Batch(const Batch &) = delete;
+    Batch &operator=(const Batch &) = delete;
+
+    // Adds a request and returns its number in the batch (0, 1, ... in order).
+    uint64_t submit(const std::string &prompt, const GenerateOptions &options = {},
+                    TokenFn on_token = {}) {
+        std::vector<const char *> stops;
+        for (const auto &s : options.stop_strings) stops.push_back(s.c_str());
+        kf_generate_params params = options.params;
+        params.stop_strings = stops.data();
+        params.n_stop_strings = stops.size();
+        // The callback lives here until run() returns.
+        auto pending = std::make_unique<Pending>(Pending{std::move(on_token), nullptr});
+        kf_batch_callback trampoline = [](void *user, uint64_t, uint32_t token, const char *piece,
+                                          size_t len) -> int {
+            auto *p = static_cast<Pending *>(user);
+            try {
+                return p->fn(token, std::string_view(piece, len)) ? 0 : 1;
+            } catch (...) {
+                p->error = std::current_exception();
+                return 1;
+            }
+        };
+        uint64_t request = 0;
+        detail::check(kf_batch_submit(handle_, prompt.c_str(), &params,
+                                      pending->fn ? trampoline : nullptr, pending.get(),
+                                      &request));
+        pending_.push_back(std::move(pending));
+        return request;
+    }
+
+    // Runs every request submitted since the last run to its end.
+    void run() {
+        kf_status status = kf_batch_run(handle_);
+        auto ran = std::move(pending_);
+        pending_.clear();
+        for (const auto &p : ran)
+            if (p->error) std::rethrow_exception(p->error);
+        detail::check(status);
+    }
+
+    // A finished request's text and generation details.
+    Result result(uint64_t request) const {
+        char *text = nullptr;
+        Result result{};
+        kf_status status = kf_batch_result(handle_, request, &text, &result.info);
+        std::unique_ptr<char, void (*)(char *)> owned(text, kf_string_free);
+        detail::check(status);
+        result.text = owned.get();
+        return result;
+    }
+
+private:
+    struct Pending {
+        TokenFn fn;
+        std::exception_ptr error;
+    };
+    kf_batch *handle_ = nullptr;
+    std::vector<std::unique_ptr<Pending>> pending_;
+};
+
 }  // namespace keyformer
 
 #endif  // KEYFORMER_HPP

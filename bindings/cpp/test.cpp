@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "keyformer.hpp"
 
@@ -105,6 +106,48 @@ int main(int argc, char **argv) {
         keyformer::Session moved = std::move(chat);
         expect(moved.cache_stats().summary.tokens_seen == s.summary.tokens_seen,
                "session: moves keep the handle");
+    }
+
+    {
+        // Three requests with different policies decoded together give their solo texts.
+        const char *prompts[] = {"The capital of France is", "Once upon a time",
+                                 "Water boils at"};
+        const kf_policy policies[] = {KF_POLICY_FULL, KF_POLICY_KEYFORMER, KF_POLICY_H2O};
+        keyformer::Batch batch(model);
+        std::vector<keyformer::GenerateOptions> each(3);
+        std::vector<std::string> streamed(3);
+        for (int i = 0; i < 3; i++) {
+            each[i].params.max_new_tokens = 8;
+            each[i].params.cache.policy = policies[i];
+            each[i].params.cache.kv_budget = 4;
+            uint64_t id = batch.submit(prompts[i], each[i],
+                                       [&, i](uint32_t, std::string_view piece) {
+                                           streamed[i] += piece;
+                                           return true;
+                                       });
+            expect(id == static_cast<uint64_t>(i), "batch: requests are numbered in order");
+        }
+        batch.run();
+        for (int i = 0; i < 3; i++) {
+            auto got = batch.result(i);
+            auto alone = model.generate(prompts[i], each[i]);
+            expect(got.text == alone.text && got.text == streamed[i] &&
+                       got.info.generated_tokens == 8,
+                   std::string("batch: request ") + std::to_string(i) + " matches its solo run");
+        }
+        expect(thrown([&] { batch.result(7); }) == KF_ERR_INVALID_ARGUMENT,
+               "batch: an unknown request throws KF_ERR_INVALID_ARGUMENT");
+
+        batch.submit("Hello", each[0], [&](uint32_t, std::string_view) -> bool {
+            throw std::logic_error("from a batch callback");
+        });
+        bool rethrown = false;
+        try {
+            batch.run();
+        } catch (const std::logic_error &) {
+            rethrown = true;
+        }
+        expect(rethrown, "batch: an exception in a callback is rethrown by run");
     }
 
     keyformer::Model other = std::move(model);
