@@ -192,10 +192,10 @@ pub(super) fn attention(
     let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, rows, first_pos)?;
     let old_len = c.len;
     c.len += rows;
-    let q = b
-        .gpu
-        .buffer(4 * (rows * nh * hd) as u64, "rotated queries")?;
-    let lse = b.gpu.buffer(4 * (rows * nh) as u64, "noisy log-sum-exp")?;
+    // Scratch, not new buffers: a new buffer per layer and token costs an allocation and the
+    // zero fill wgpu records before its first use.
+    let q = b.scratch("rotated queries", 4 * (rows * nh * hd) as u64)?;
+    let lse = b.scratch("noisy log-sum-exp", 4 * (rows * nh) as u64)?;
     let step = score.copied().unwrap_or(StepScore {
         noise: false,
         tau: 1.0,
