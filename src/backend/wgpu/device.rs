@@ -32,8 +32,9 @@ const MAX_GROUPS_PER_DIM: u32 = 65535;
 /// 7.3 to 4.8 ms per token against one submission per pass).
 const DISPATCHES_PER_SUBMIT: usize = 32;
 
-/// Bytes of the uniform buffer that holds the parameters of a submission's dispatches.
-const PARAMS_BYTES: u64 = 64 << 10;
+/// Bytes of one dispatch's parameters in the uniform buffer: wgpu's largest offset alignment,
+/// and more than any kernel's parameters take.
+const PARAMS_SLOT: usize = 256;
 
 /// Commands recorded since the last submission.
 struct Pending {
@@ -44,11 +45,30 @@ struct Pending {
     dispatches: usize,
 }
 
-/// Dispatch parameters, each at an aligned offset of one uniform buffer. The buffer is reused
-/// after a submission: queue writes land before the next submission, after the previous one.
+/// Dispatch parameters, each in its slot of one uniform buffer. They are gathered on the host
+/// and written with one queue write before the submission that reads them (not one write per
+/// dispatch). The buffer is reused by every submission: queue writes land before the next
+/// submission, after the previous one.
 struct Params {
     buffer: wgpu::Buffer,
-    used: u64,
+    staged: Vec<u8>,
+}
+
+impl Params {
+    fn new(device: &wgpu::Device) -> Params {
+        Params {
+            buffer: params_buffer(device),
+            staged: Vec::new(),
+        }
+    }
+
+    /// Writes the gathered parameters into the buffer.
+    fn flush(&mut self, queue: &wgpu::Queue) {
+        if !self.staged.is_empty() {
+            queue.write_buffer(&self.buffer, 0, &self.staged);
+            self.staged.clear();
+        }
+    }
 }
 
 pub(super) struct Gpu {
@@ -111,10 +131,7 @@ impl Gpu {
             let mut first = sink.lock().unwrap_or_else(|p| p.into_inner());
             first.get_or_insert_with(|| e.to_string());
         }));
-        let params = RefCell::new(Params {
-            buffer: params_buffer(&device),
-            used: 0,
-        });
+        let params = RefCell::new(Params::new(&device));
         Ok(Gpu {
             device,
             queue,
@@ -186,30 +203,28 @@ impl Gpu {
         f(pending)
     }
 
-    /// Writes one dispatch's parameters (padded to 16-byte rows) into the params buffer:
-    /// the buffer, the offset and the size to bind.
-    fn params(&self, words: &[u32]) -> (wgpu::Buffer, u64, Option<wgpu::BufferSize>) {
+    /// Gathers one dispatch's parameters (padded to 16-byte rows) for the params buffer: the
+    /// buffer, the offset and the size to bind. A submission holds at most
+    /// DISPATCHES_PER_SUBMIT dispatches, so their parameters always fit the buffer.
+    fn params(&self, words: &[u32]) -> Result<(wgpu::Buffer, u64, Option<wgpu::BufferSize>)> {
         let mut words = words.to_vec();
         words.resize(words.len().next_multiple_of(4).max(4), 0);
         let bytes: &[u8] = bytemuck::cast_slice(&words);
-        let slot = (bytes.len() as u64)
-            .next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as u64);
-        let mut params = self.params.borrow_mut();
-        if params.used + slot > PARAMS_BYTES {
-            // Bind groups keep the full buffer alive until their commands have run.
-            *params = Params {
-                buffer: params_buffer(&self.device),
-                used: 0,
-            };
+        if bytes.len() > PARAMS_SLOT {
+            return Err(backend_error(format!(
+                "{} bytes of dispatch parameters, more than the {PARAMS_SLOT} a dispatch has",
+                bytes.len()
+            )));
         }
-        self.queue.write_buffer(&params.buffer, params.used, bytes);
-        let at = (
+        let mut params = self.params.borrow_mut();
+        let offset = params.staged.len();
+        params.staged.extend_from_slice(bytes);
+        params.staged.resize(offset + PARAMS_SLOT, 0);
+        Ok((
             params.buffer.clone(),
-            params.used,
+            offset as u64,
             wgpu::BufferSize::new(bytes.len() as u64),
-        );
-        params.used += slot;
-        at
+        ))
     }
 
     /// Records `kernel` over `groups` workgroups with `params` (u32 words, f32 as bits) at
@@ -225,7 +240,7 @@ impl Gpu {
             return Ok(());
         }
         let (x, y) = grid(groups)?;
-        let (params, offset, size) = self.params(params);
+        let (params, offset, size) = self.params(params)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -282,8 +297,8 @@ impl Gpu {
     pub fn submit(&self) {
         if let Some(Pending { pass, encoder, .. }) = self.pending.borrow_mut().take() {
             drop(pass);
+            self.params.borrow_mut().flush(&self.queue);
             self.queue.submit([encoder.finish()]);
-            self.params.borrow_mut().used = 0;
         }
     }
 
@@ -329,7 +344,7 @@ fn binding_size(bytes: u64) -> u64 {
 fn params_buffer(device: &wgpu::Device) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("params"),
-        size: PARAMS_BYTES,
+        size: (PARAMS_SLOT * DISPATCHES_PER_SUBMIT) as u64,
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     })
