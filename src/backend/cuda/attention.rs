@@ -120,8 +120,9 @@ pub fn new_cache(b: &CudaBackend, shape: &CacheShape) -> Result<CudaCache> {
     })
 }
 
-/// Moves a layer into a block of `capacity` slots, keeping the slots `dest` maps (all slots, in
-/// place, when None) and ending with `new_len` tokens.
+/// Moves a layer into a block of `capacity` slots (its parked block when that has the size),
+/// keeping the slots `dest` maps (all slots, in place, when None) and ending with `new_len`
+/// tokens. Growing past the cache's capacity parks the block the layer leaves.
 fn rebuild(
     b: &CudaBackend,
     shape: &CacheShape,
@@ -425,9 +426,9 @@ pub fn decode(
         let lanes = (hd / (16 / b.dtype.bytes()))
             .next_power_of_two()
             .clamp(4, 32);
-        let teams = (32 / lanes).trailing_zeros() as usize;
+        let log2_teams = (32 / lanes).trailing_zeros() as usize;
         b.launch3(
-            &b.k.decode_partial[teams],
+            &b.k.decode_partial[log2_teams],
             (heads as u32, splits as u32, n as u32),
             128,
             &args,
