@@ -156,6 +156,20 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b) {
     return acc;
 }
 
+// This lane's 16-byte slice at dimension t of each of its keys among the step's n rows of
+// `step` (keys or values): the i-th is row warp + (team + i * TEAMS) * WARPS; zeros past the
+// step, the head or the lane's share of keys.
+template <u32 TEAMS>
+__device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt* step, u32 n, u32 hd, u32 t,
+                                          u32 warp, u32 team) {
+#pragma unroll
+    for (u32 i = 0; i < KEYS_PER_WARP; i++) {
+        u32 j = warp + (team + i * TEAMS) * WARPS;
+        raw[i] = i < KEYS_PER_WARP / TEAMS && j < n && t < hd ? *(const uint4*)(step + j * hd + t)
+                                                              : make_uint4(0, 0, 0, 0);
+    }
+}
+
 // Grid (heads, splits, seqs), WARPS warps. Block (h, c, z) covers key slots [c * span, (c + 1) *
 // span) of sequence z in steps of SUB keys with an online softmax. Each key is read by a team of
 // 32 / TEAMS lanes covering the head dimension with 16-byte loads: one team per warp from
@@ -216,12 +230,7 @@ __device__ __forceinline__ void decode_partial_teams(const wt* q, const SeqBatch
             u32 t = (p * kl + tl) * VEC;
             if (p >= passes) break;
             uint4 kraw[KEYS_PER_WARP];
-#pragma unroll
-            for (u32 i = 0; i < KEYS_PER_WARP; i++) {
-                u32 j = warp + (team + i * TEAMS) * WARPS;
-                kraw[i] = i < keys && j < n && t < hd ? *(const uint4*)(d.k + (base + j0 + j) * hd + t)
-                                                      : make_uint4(0, 0, 0, 0);
-            }
+            load_step<TEAMS>(kraw, d.k + (base + j0) * hd, n, hd, t, warp, team);
 #pragma unroll
             for (u32 i = 0; i < KEYS_PER_WARP; i++) dot[i] += dot16(qraw[p], kraw[i]);
         }
@@ -266,12 +275,7 @@ __device__ __forceinline__ void decode_partial_teams(const wt* q, const SeqBatch
             u32 t = (p * kl + tl) * VEC;
             if (p >= passes) break;
             uint4 vraw[KEYS_PER_WARP];
-#pragma unroll
-            for (u32 i = 0; i < KEYS_PER_WARP; i++) {
-                u32 j = warp + (team + i * TEAMS) * WARPS;
-                vraw[i] = i < keys && j < n && t < hd ? *(const uint4*)(d.v + (base + j0 + j) * hd + t)
-                                                      : make_uint4(0, 0, 0, 0);
-            }
+            load_step<TEAMS>(vraw, d.v + (base + j0) * hd, n, hd, t, warp, team);
 #pragma unroll
             for (u32 u = 0; u < VEC; u++) o[p][u] *= keep;
 #pragma unroll
