@@ -171,6 +171,15 @@ fn rebuild(
     Ok(())
 }
 
+/// Grows a layer's block, in place, to hold `rows` more tokens if it is full.
+fn make_room(b: &CudaBackend, shape: &CacheShape, l: &mut CudaLayer, rows: usize) -> Result<()> {
+    if l.len + rows > l.capacity {
+        let len = l.len;
+        rebuild(b, shape, l, len + rows, None, len)?;
+    }
+    Ok(())
+}
+
 /// The head shapes the kernels support.
 fn check_heads(b: &CudaBackend, spec: &AttentionSpec) -> Result<()> {
     let (heads, kv_heads, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
@@ -259,10 +268,7 @@ pub fn attention(
     let (rope_dims, rope_halves) = rope(spec);
     let shape = cache.shape;
     let l = &mut cache.layers[layer];
-    if l.len + rows > l.capacity {
-        let len = l.len;
-        rebuild(b, &shape, l, len + rows, None, len)?;
-    }
+    make_room(b, &shape, l, rows)?;
     let q = b.uninit::<u8>(rows * heads * hd * b.dtype.bytes())?;
     let args = [
         Arg::P(b.ptr(qkv)),
@@ -354,10 +360,7 @@ pub fn decode(
             (table, slopes) = position_table(b, spec, seq.cache)?;
             let shape = seq.cache.shape;
             let l = &mut seq.cache.layers[layer];
-            if l.len + 1 > l.capacity {
-                let len = l.len;
-                rebuild(b, &shape, l, len + 1, None, len)?;
-            }
+            make_room(b, &shape, l, 1)?;
             let len = l.len + 1;
             *desc = l.desc(b, len);
             desc.qpos = seq.position as u32;
