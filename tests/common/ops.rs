@@ -266,6 +266,13 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         ),
     ];
     for (name, heads, kv_heads, hd, positions) in cases {
+        let spec = AttentionSpec {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            positions: &positions,
+        };
         for score in [
             None,
             Some(StepScore {
@@ -279,13 +286,6 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
                 seed: 9,
             }),
         ] {
-            let spec = AttentionSpec {
-                heads,
-                kv_heads,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-                positions: &positions,
-            };
             let label = format!(
                 "attention {name} heads {heads}/{kv_heads} dim {hd} score {:?}",
                 score.map(|s| (s.noise, s.tau))
@@ -295,13 +295,6 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
                 record(format!("{label} {what}"), error);
             }
         }
-        let spec = AttentionSpec {
-            heads,
-            kv_heads,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            positions: &positions,
-        };
         for (what, error) in attention_batch_rows(b, &spec, &mut rng).unwrap() {
             record(format!("attention batch {name} dim {hd} {what}"), error);
         }
