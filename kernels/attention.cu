@@ -48,9 +48,32 @@ __device__ __forceinline__ float alibi(const float* slopes, u32 h, u32 key_pos, 
 
 // ---- Prefill: S = Q K^T comes from cuBLAS for a tile of query rows; these kernels finish it.
 
+// A thread's running max and sum of exponentials (online softmax), then the block's.
+struct MaxSum {
+    float m = NEG_INF, s = 0.0f;
+    __device__ void add(float x) {
+        if (x == NEG_INF) return;
+        if (x > m) {
+            s = s * expf(m - x) + 1.0f;
+            m = x;
+        } else {
+            s += expf(x - m);
+        }
+    }
+    // The block's max and sum; every thread gets them.
+    __device__ MaxSum block() const {
+        MaxSum r;
+        r.m = block_reduce(m, true);
+        r.s = block_reduce(m == NEG_INF ? 0.0f : s * expf(m - r.m), false);
+        return r;
+    }
+};
+
 // One block per (head, tile row): turns the row of raw dot products in S into P = softmax (wt,
 // for the P V product) and, when scoring, overwrites S with the noisy probabilities
 // exp((x + g) / tau - lse) whose column sums are the scores. Keys after the query are masked.
+// Each pass recomputes the logits from S rather than storing them: a row is read once from
+// memory and again from cache, and S is written only when scoring.
 extern "C" __global__ void attn_prefill_softmax(float* s, wt* p, const u32* pos, u32 capacity, u32 len,
                                                 u32 heads, u32 kv_heads, u32 tile_rows, u32 first_pos,
                                                 float scale, const float* slopes, u32 scoring, u32 noise,
@@ -62,38 +85,23 @@ extern "C" __global__ void attn_prefill_softmax(float* s, wt* p, const u32* pos,
     float* row = s + ((size_t)h * tile_rows + i) * len;
     wt* prow = p + ((size_t)h * tile_rows + i) * len;
     const u32* kpos = pos + (size_t)g * capacity;
-    float m = NEG_INF;
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-        if (kpos[j] <= qpos) {
-            float x = row[j] * scale + alibi(slopes, h, kpos[j], qpos);
-            row[j] = x;
-            m = fmaxf(m, x);
-        }
-    }
-    m = block_reduce(m, true);
-    float sum = 0.0f;
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x)
-        if (kpos[j] <= qpos) sum += expf(row[j] - m);
-    sum = block_reduce(sum, false);
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x)
-        prow[j] = from_f32(kpos[j] <= qpos ? expf(row[j] - m) / sum : 0.0f);
+    auto logit = [&](u32 j) {
+        return kpos[j] <= qpos ? row[j] * scale + alibi(slopes, h, kpos[j], qpos) : NEG_INF;
+    };
+    MaxSum x;
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) x.add(logit(j));
+    x = x.block();
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) prow[j] = from_f32(expf(logit(j) - x.m) / x.s);
     if (!scoring) return;
-    // Noisy logits, then the row's log-sum-exp, then the normalised noisy probabilities.
-    float my = NEG_INF;
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x) {
-        if (kpos[j] <= qpos) {
-            float y = (row[j] + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau;
-            row[j] = y;
-            my = fmaxf(my, y);
-        }
-    }
-    my = block_reduce(my, true);
-    float sy = 0.0f;
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x)
-        if (kpos[j] <= qpos) sy += expf(row[j] - my);
-    float lse = my + logf(block_reduce(sy, false));
-    for (u32 j = threadIdx.x; j < len; j += blockDim.x)
-        row[j] = kpos[j] <= qpos ? expf(row[j] - lse) : 0.0f;
+    auto noisy = [&](u32 j) {
+        float v = logit(j);
+        return v == NEG_INF ? v : (v + (noise ? gumbel(seed, layer, h, qpos, kpos[j]) : 0.0f)) / tau;
+    };
+    MaxSum y;
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) y.add(noisy(j));
+    y = y.block();
+    float lse = y.m + logf(y.s);
+    for (u32 j = threadIdx.x; j < len; j += blockDim.x) row[j] = expf(noisy(j) - lse);
 }
 
 // score[g][j] += sum over the group's heads and the tile's rows of S[h][i][j], in a fixed order.

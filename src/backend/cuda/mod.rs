@@ -341,7 +341,7 @@ impl CudaBackend {
                 Arg::U(n_out as u32),
                 Arg::U(act),
             ];
-            self.launch(&self.k.bias_act, blocks(rows * n_out), 256, &args)?;
+            self.launch(&self.k.bias_act, blocks_of_eight(rows * n_out), 256, &args)?;
         }
         Ok(())
     }
@@ -351,7 +351,7 @@ impl CudaBackend {
         let out = self.uninit::<u8>(n * self.dtype.bytes())?;
         self.launch(
             &self.k.to_wt,
-            (n.div_ceil(256) as u32, 1),
+            blocks_of_eight(n),
             256,
             &[
                 Arg::P(self.ptr(x)),
@@ -383,6 +383,11 @@ fn activation_code(act: Activation) -> u32 {
 
 fn blocks(n: usize) -> (u32, u32) {
     (n.div_ceil(256) as u32, 1)
+}
+
+/// Blocks of 256 threads for a kernel taking eight of `n` values per thread.
+fn blocks_of_eight(n: usize) -> (u32, u32) {
+    (n.div_ceil(8 * 256) as u32, 1)
 }
 
 fn check(what: &str, have: usize, need: usize) -> Result<()> {
