@@ -21,8 +21,8 @@ struct Params {
     len: u32,
     first_pos: u32,
     scale: f32,
-    // 0: none, or POS_* below. `table` holds [row][pair](cos, sin) for rotary and
-    // slopes[head] for ALiBi.
+    // 0: none, or POS_* below. `table` holds [position][pair](cos, sin) for rotary (from
+    // position 0) and slopes[head] for ALiBi.
     positions: u32,
     rot_dims: u32,
     score: u32,
@@ -71,8 +71,9 @@ fn rotated(start: u32, d: u32, r: u32) -> f32 {
         a = 2u * pair;
     }
     let b = select(pair + half, a + 1u, p.positions == POS_ROPE_INTERLEAVED);
-    let cos_a = table[(r * half + pair) * 2u];
-    let sin_a = table[(r * half + pair) * 2u + 1u];
+    let at = ((p.first_pos + r) * half + pair) * 2u;
+    let cos_a = table[at];
+    let sin_a = table[at + 1u];
     let xa = qkv[start + a];
     let xb = qkv[start + b];
     if d == a {

@@ -85,6 +85,14 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
     Ok(())
 }
 
+/// The position table of `position_table` and what it was made for.
+pub(super) struct PositionTable {
+    key: Vec<u32>,
+    /// Positions 0.. that the table covers (every one for ALiBi's slopes).
+    positions: usize,
+    buffer: wgpu::Buffer,
+}
+
 fn layer_block(cache: &mut WgpuCache, layer: usize) -> Result<&mut LayerBlock> {
     let layers = cache.layers.len();
     cache.layers.get_mut(layer).ok_or_else(|| {
@@ -94,16 +102,17 @@ fn layer_block(cache: &mut WgpuCache, layer: usize) -> Result<&mut LayerBlock> {
     })
 }
 
-/// The attention kernels' position scheme word and table: rotary (cos, sin) per new row and
+/// The attention kernels' position scheme word and table: rotary (cos, sin) per position and
 /// pair, computed here with the CPU's f32 arithmetic so every backend rotates by the same
-/// angles; or the ALiBi slopes. Reused while the key (scheme, rows, numbers) is unchanged.
+/// angles; or the ALiBi slopes. The rotary table covers every position from 0 and grows by
+/// doubling, so decode steps bind the same buffer token after token (and reuse their bind
+/// groups) instead of a new table per token.
 fn position_table(
     b: &WgpuBackend,
     positions: &Positions,
     heads: usize,
     head_dim: usize,
-    rows: usize,
-    first_pos: usize,
+    end_pos: usize,
 ) -> Result<(u32, u32, wgpu::Buffer)> {
     let (scheme, dims, key) = match positions {
         Positions::Learned => return Ok((0, 0, b.unused.clone())),
@@ -122,7 +131,7 @@ fn position_table(
                 RopePairs::Interleaved => 1,
                 RopePairs::Halves => 2,
             };
-            let mut key = vec![scheme, word(*dims)?, word(rows)?, word(first_pos)?];
+            let mut key = vec![scheme, word(*dims)?];
             key.extend(inv_freq.iter().map(|f| f.to_bits()));
             (scheme, *dims, key)
         }
@@ -139,27 +148,40 @@ fn position_table(
         }
     };
     let mut cached = b.position_table.borrow_mut();
-    if let Some((k, buffer)) = cached.as_ref()
-        && *k == key
+    if let Some(t) = cached.as_ref()
+        && t.key == key
+        && t.positions >= end_pos
     {
-        return Ok((scheme, word(dims)?, buffer.clone()));
+        return Ok((scheme, word(dims)?, t.buffer.clone()));
     }
-    let values: Vec<f32> = match positions {
-        Positions::Rotary { inv_freq, .. } => (first_pos..first_pos + rows)
-            .flat_map(|pos| {
-                inv_freq.iter().flat_map(move |&f| {
-                    let (sin, cos) = (pos as f32 * f).sin_cos();
-                    [cos, sin]
+    let (values, positions): (Vec<f32>, usize) = match positions {
+        Positions::Rotary { inv_freq, .. } => {
+            let n = end_pos.next_power_of_two();
+            let values = (0..n)
+                .flat_map(|pos| {
+                    inv_freq.iter().flat_map(move |&f| {
+                        let (sin, cos) = (pos as f32 * f).sin_cos();
+                        [cos, sin]
+                    })
                 })
-            })
-            .collect(),
-        Positions::Alibi { slopes } => slopes.clone(),
-        Positions::Learned => Vec::new(),
+                .collect();
+            (values, n)
+        }
+        // ALiBi (learned positions returned above): the slopes the key holds, for every
+        // position.
+        _ => (
+            key[1..].iter().map(|&s| f32::from_bits(s)).collect(),
+            usize::MAX,
+        ),
     };
     let buffer = b
         .gpu
         .buffer_with(bytemuck::cast_slice(&values), "position table")?;
-    *cached = Some((key, buffer.clone()));
+    *cached = Some(PositionTable {
+        key,
+        positions,
+        buffer: buffer.clone(),
+    });
     Ok((scheme, word(dims)?, buffer))
 }
 
@@ -189,7 +211,7 @@ pub(super) fn attention(
     if c.len + rows > c.capacity {
         resize(b, &shape, c, c.len + rows)?;
     }
-    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, rows, first_pos)?;
+    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, first_pos + rows)?;
     let old_len = c.len;
     c.len += rows;
     // Scratch, not new buffers: a new buffer per layer and token costs an allocation and the

@@ -69,9 +69,8 @@ pub struct WgpuBackend {
     variant: Variant,
     /// Bound where a kernel's optional input (a bias, a position table) is absent.
     unused: wgpu::Buffer,
-    /// The latest rotary angles or ALiBi slopes and the key they were made for: every layer
-    /// of a forward pass uses the same table.
-    position_table: RefCell<Option<(Vec<u32>, wgpu::Buffer)>>,
+    /// The latest rotary angles or ALiBi slopes: every layer and step uses the same table.
+    position_table: RefCell<Option<cache::PositionTable>>,
     /// Scratch buffers by use, grown as needed and reused: the command stream orders their
     /// uses, so a later op's writes wait for an earlier op's reads.
     scratch: RefCell<HashMap<&'static str, wgpu::Buffer>>,
@@ -277,9 +276,9 @@ impl Backend for WgpuBackend {
                 "token id {id} is outside the vocabulary of {vocab}"
             )));
         }
-        let ids_buf = self
-            .gpu
-            .buffer_with(bytemuck::cast_slice(ids), "token ids")?;
+        // A scratch buffer rather than a new one per step, so the bind group is reused.
+        let ids_buf = self.scratch("token ids", 4 * ids.len() as u64)?;
+        self.gpu.write(&ids_buf, bytemuck::cast_slice(ids));
         self.elementwise(
             &self.kernels.embed,
             &[word(ids.len())?, word(dim)?],
