@@ -4,7 +4,7 @@
 
 use super::device::backend_error;
 use super::{WgpuBackend, WgpuBuf, check_len, groups_for, word};
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Positions, RopePairs};
@@ -197,6 +197,71 @@ pub(super) fn attention(
     score: Option<&StepScore>,
     out: &mut WgpuBuf,
 ) -> Result<()> {
+    let step = Step {
+        batch_row: 0,
+        keep: None,
+    };
+    attend(
+        b, spec, qkv, rows, first_pos, cache, layer, score, out, step,
+    )
+}
+
+/// Where a sequence's rows sit in qkv and out, and the eviction a decode step may run in the
+/// dispatch that scores it.
+struct Step<'a> {
+    batch_row: usize,
+    keep: Option<&'a Keep>,
+}
+
+/// Decode steps of one or more sequences, row i of qkv and out being seqs[i]'s, each evicting
+/// as its `keep` says: a step that leaves one token over the budget evicts it in the dispatch
+/// that scores the step, and `evict` finds nothing left to do but return spare capacity.
+pub(super) fn decode(
+    b: &WgpuBackend,
+    spec: &AttentionSpec,
+    qkv: &WgpuBuf,
+    seqs: &mut [SeqStep<'_, WgpuCache>],
+    layer: usize,
+    out: &mut WgpuBuf,
+) -> Result<()> {
+    for (i, seq) in seqs.iter_mut().enumerate() {
+        let step = Step {
+            batch_row: i,
+            keep: seq.keep.as_ref(),
+        };
+        let score = seq.score.as_ref();
+        attend(
+            b,
+            spec,
+            qkv,
+            1,
+            seq.position,
+            seq.cache,
+            layer,
+            score,
+            out,
+            step,
+        )?;
+        if let Some(keep) = &seq.keep {
+            evict(b, seq.cache, layer, keep)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    b: &WgpuBackend,
+    spec: &AttentionSpec,
+    qkv: &WgpuBuf,
+    rows: usize,
+    first_pos: usize,
+    cache: &mut WgpuCache,
+    layer: usize,
+    score: Option<&StepScore>,
+    out: &mut WgpuBuf,
+    Step { batch_row, keep }: Step,
+) -> Result<()> {
     let (hd, nh, nkv) = (spec.head_dim, spec.heads, spec.kv_heads);
     let shape = cache.shape;
     if nkv != shape.kv_heads || hd != shape.head_dim || nkv == 0 || nh % nkv != 0 {
@@ -205,8 +270,8 @@ pub(super) fn attention(
             shape.kv_heads, shape.head_dim
         )));
     }
-    check_len("qkv", qkv.len, rows * (nh + 2 * nkv) * hd)?;
-    check_len("attention output", out.len, rows * nh * hd)?;
+    check_len("qkv", qkv.len, (batch_row + rows) * (nh + 2 * nkv) * hd)?;
+    check_len("attention output", out.len, (batch_row + rows) * nh * hd)?;
     let c = layer_block(cache, layer)?;
     if c.len + rows > c.capacity {
         resize(b, &shape, c, c.len + rows)?;
@@ -223,6 +288,10 @@ pub(super) fn attention(
         tau: 1.0,
         seed: 0,
     });
+    // One eviction, run by the decode scoring kernel; any other is left to `evict`, which
+    // also reports a keep that does not fit its budget.
+    let evict_one =
+        keep.filter(|k| rows == 1 && c.len == k.budget + 1 && k.sinks + k.recent <= k.budget);
     let params = [
         word(rows)?,
         word(nh)?,
@@ -241,6 +310,10 @@ pub(super) fn attention(
         step.seed,
         word(layer)?,
         SCORE_ROW_BLOCK as u32,
+        word(batch_row)?,
+        evict_one.is_some() as u32,
+        word(evict_one.map_or(0, |k| k.sinks))?,
+        word(evict_one.map_or(0, |k| c.len - k.recent))?,
     ];
     let k = &b.kernels;
     b.gpu.dispatch(
@@ -272,7 +345,22 @@ pub(super) fn attention(
         ],
         rows * nh,
     )?;
-    if score.is_some() {
+    if rows == 1 && (score.is_some() || evict_one.is_some()) {
+        let buffers = [
+            (2, &table),
+            (6, &c.pos),
+            (7, &c.score),
+            (9, &lse),
+            (10, &q),
+            (14, &c.k),
+            (15, &c.v),
+        ];
+        b.gpu
+            .dispatch(&k.decode_score_evict, &params, &buffers, nkv)?;
+        if evict_one.is_some() {
+            c.len -= 1;
+        }
+    } else if score.is_some() {
         let slots = nkv * c.len;
         let blocks = rows.div_ceil(SCORE_ROW_BLOCK);
         let partial = b.scratch("partial scores", 4 * (slots * blocks) as u64)?;
@@ -282,8 +370,8 @@ pub(super) fn attention(
             (7, &c.score),
             (9, &lse),
             (10, &q),
-            (11, &c.k),
             (13, &partial),
+            (14, &c.k),
         ];
         b.gpu.dispatch(
             &k.attention_score,

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 pub use cache::WgpuCache;
 
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
@@ -504,6 +504,17 @@ impl Backend for WgpuBackend {
         out: &mut WgpuBuf,
     ) -> Result<()> {
         cache::attention(self, spec, qkv, rows, first_pos, cache, layer, score, out)
+    }
+
+    fn attention_batch(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &WgpuBuf,
+        seqs: &mut [SeqStep<'_, WgpuCache>],
+        layer: usize,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        cache::decode(self, spec, qkv, seqs, layer, out)
     }
 
     fn evict(&self, cache: &mut WgpuCache, layer: usize, keep: &Keep) -> Result<()> {
