@@ -160,8 +160,7 @@ impl WgpuBackend {
             .dispatch(kernel, params, buffers, groups_for(values))
     }
 
-    /// out[rows, n_out] = x . w^T (+ bias), then through a GELU (`gelu` form 1 erf, 2 tanh) or
-    /// added into what `out` holds.
+    /// out[rows, n_out] = x . w^T (+ bias), then as `then` says.
     #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
@@ -171,7 +170,7 @@ impl WgpuBackend {
         bias: Option<&WgpuWeight>,
         (n_out, n_in): (usize, usize),
         out: &mut WgpuBuf,
-        (accumulate, gelu): (bool, u32),
+        then: Product,
     ) -> Result<()> {
         check_len("linear input", x.len, rows * n_in)?;
         check_len("linear weight", w.len, n_out * n_in)?;
@@ -179,6 +178,11 @@ impl WgpuBackend {
         if let Some(b) = bias {
             check_len("linear bias", b.len, n_out)?;
         }
+        let (accumulate, gelu) = match then {
+            Product::Accumulate => (true, 0),
+            Product::Gelu(form) => (false, form),
+            Product::Plain | Product::SwiGlu(_) => (false, 0),
+        };
         let params = [
             word(rows)?,
             word(n_out)?,
@@ -188,24 +192,43 @@ impl WgpuBackend {
         let bias = bias.map_or(&self.unused, |b| &b.buffer);
         // x and w are bound twice: as scalars, and as vec4 runs (the gemv reads w as raw
         // 16-byte units instead).
-        let (kernel, w_runs, groups) = if rows == 1 {
-            // 8 outputs per workgroup.
-            (&self.kernels.gemv, 7, n_out.div_ceil(8))
-        } else {
-            // 64 x 64 tiles.
-            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
-            (&self.kernels.matmul, 6, tiles)
-        };
-        let buffers = [
+        let mut buffers = vec![
             (1, &x.buffer),
             (2, &w.buffer),
             (3, bias),
             (4, &out.buffer),
             (5, &x.buffer),
-            (w_runs, &w.buffer),
         ];
+        let (kernel, groups) = match then {
+            Product::SwiGlu(act) => {
+                buffers.extend([(7, &w.buffer), (8, &act.buffer)]);
+                // 8 (gate, up) pairs per workgroup.
+                (&self.kernels.gemv_swiglu, (n_out / 2).div_ceil(8))
+            }
+            _ if rows == 1 => {
+                buffers.push((7, &w.buffer));
+                // 8 outputs per workgroup.
+                (&self.kernels.gemv, n_out.div_ceil(8))
+            }
+            _ => {
+                buffers.push((6, &w.buffer));
+                // 64 x 64 tiles.
+                (&self.kernels.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
+            }
+        };
         self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
+}
+
+/// What a product does with its result.
+enum Product<'a> {
+    Plain,
+    /// Adds it into what the output holds.
+    Accumulate,
+    /// Through a GELU: form 1 erf, 2 tanh.
+    Gelu(u32),
+    /// Keeps the fused [gate | up] row and writes its SwiGLU into the buffer (one row only).
+    SwiGlu(&'a mut WgpuBuf),
 }
 
 impl Backend for WgpuBackend {
@@ -375,7 +398,7 @@ impl Backend for WgpuBackend {
         n_in: usize,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), out, (false, 0))
+        self.product(x, rows, w, bias, (n_out, n_in), out, Product::Plain)
     }
 
     fn linear_residual(
@@ -389,7 +412,15 @@ impl Backend for WgpuBackend {
         _scratch: &mut WgpuBuf,
         residual: &mut WgpuBuf,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), residual, (true, 0))
+        self.product(
+            x,
+            rows,
+            w,
+            bias,
+            (n_out, n_in),
+            residual,
+            Product::Accumulate,
+        )
     }
 
     fn linear_activation(
@@ -406,12 +437,17 @@ impl Backend for WgpuBackend {
         let gelu = match act {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
+            // One row: the gemv writes the SwiGLU too.
+            Activation::SwiGlu if rows == 1 => {
+                check_len("swiglu output", out.len, n_out / 2)?;
+                return self.product(x, rows, w, bias, (n_out, n_in), mid, Product::SwiGlu(out));
+            }
             Activation::SwiGlu => {
-                self.product(x, rows, w, bias, (n_out, n_in), mid, (false, 0))?;
+                self.product(x, rows, w, bias, (n_out, n_in), mid, Product::Plain)?;
                 return self.activation(act, mid, rows, n_out / 2, out);
             }
         };
-        self.product(x, rows, w, bias, (n_out, n_in), mid, (false, gelu))
+        self.product(x, rows, w, bias, (n_out, n_in), mid, Product::Gelu(gelu))
     }
 
     fn activation(
