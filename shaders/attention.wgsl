@@ -5,8 +5,9 @@
 //   keys the row may see and, when scoring, the log-sum-exp of the noisy logits;
 // - attention_score (one invocation per kv head, slot and block of rows) sums exp(noisy - lse)
 //   over the query heads of the group and the block's rows, and attention_score_sum adds the
-//   blocks' sums to the slot's score: a fixed order, so scores are reproducible. With a single
-//   block (decoding) attention_score adds to the score itself.
+//   blocks' sums to the slot's score: a fixed order, so scores are reproducible. A decode step
+//   (one row) runs decode_score_evict instead: it adds the row's sums to the scores and evicts
+//   in the same dispatch.
 // Cache layout: k, v [kv_head][slot][head_dim], pos and score [kv_head][slot], `capacity` slots.
 // head_dim is a multiple of 4 (at most 256): q, k and v are read as vec4 runs.
 
@@ -21,8 +22,8 @@ struct Params {
     len: u32,
     first_pos: u32,
     scale: f32,
-    // 0: none, or POS_* below. `table` holds [row][pair](cos, sin) for rotary and
-    // slopes[head] for ALiBi.
+    // 0: none, or POS_* below. `table` holds [position][pair](cos, sin) for rotary (from
+    // position 0) and slopes[head] for ALiBi.
     positions: u32,
     rot_dims: u32,
     score: u32,
@@ -32,6 +33,12 @@ struct Params {
     layer: u32,
     // Query rows per block of the score's partial sums.
     row_block: u32,
+    // The row of qkv and out where these rows start (a sequence of a batched decode step).
+    batch_row: u32,
+    // decode_score_evict evicts one of slots sinks..candidates_end when `evict` is 1.
+    evict: u32,
+    sinks: u32,
+    candidates_end: u32,
 }
 
 const POS_ROPE_INTERLEAVED: u32 = 1u;
@@ -54,6 +61,10 @@ const POS_ALIBI: u32 = 3u;
 @group(0) @binding(12) var<storage, read> v4: array<vec4<kt>>;
 // [kv_head][slot][row block] partial score sums.
 @group(0) @binding(13) var<storage, read_write> partial_scores: array<f32>;
+// Writable vec4 views of k and v for the kernels that score and move slots (a buffer may not be
+// bound both read-only and writable in one dispatch).
+@group(0) @binding(14) var<storage, read_write> k_runs: array<vec4<kt>>;
+@group(0) @binding(15) var<storage, read_write> v_runs: array<vec4<kt>>;
 
 // Element d of the head vector at qkv[start..], rotated for new row r (pairs (2i, 2i+1) or
 // (i, i + dims/2), as the CPU's apply_rotary).
@@ -71,8 +82,9 @@ fn rotated(start: u32, d: u32, r: u32) -> f32 {
         a = 2u * pair;
     }
     let b = select(pair + half, a + 1u, p.positions == POS_ROPE_INTERLEAVED);
-    let cos_a = table[(r * half + pair) * 2u];
-    let sin_a = table[(r * half + pair) * 2u + 1u];
+    let at = ((p.first_pos + r) * half + pair) * 2u;
+    let cos_a = table[at];
+    let sin_a = table[at + 1u];
     let xa = qkv[start + a];
     let xb = qkv[start + b];
     if d == a {
@@ -108,7 +120,7 @@ fn attention_prepare(lane: Lane) {
     let d = i % hd;
     let h = i / hd % all_heads;
     let r = i / (hd * all_heads);
-    let row = r * (p.heads + 2u * p.kv_heads) * hd;
+    let row = (p.batch_row + r) * (p.heads + 2u * p.kv_heads) * hd;
     if h < p.heads {
         q[(r * p.heads + h) * hd + d] = rotated(row + h * hd, d, r);
         return;
@@ -205,7 +217,7 @@ fn attention(lane: Lane) {
         for (var g = 0u; g < key_groups; g++) {
             total += partial[g * quads + t];
         }
-        let o = (r * p.heads + h) * p.head_dim + 4u * t;
+        let o = ((p.batch_row + r) * p.heads + h) * p.head_dim + 4u * t;
         for (var c = 0u; c < 4u; c++) {
             out[o + c] = total[c] / sum;
         }
@@ -219,6 +231,33 @@ fn row_blocks() -> u32 {
     return (p.rows + p.row_block - 1u) / p.row_block;
 }
 
+// `total` plus, per query head of kv head g, the sum over rows first_row..end_row of the
+// row's probability of the key in `slot`: per-head partial sums added in head order, the CPU's
+// order.
+fn slot_score(total: f32, g: u32, slot: u32, first_row: u32, end_row: u32) -> f32 {
+    let key_pos = pos[slot];
+    let quads = p.head_dim / 4u;
+    let group = p.heads / p.kv_heads;
+    var sum = total;
+    for (var h = g * group; h < (g + 1u) * group; h++) {
+        var part = 0.0;
+        for (var r = first_row; r < end_row; r++) {
+            let query_pos = p.first_pos + r;
+            if key_pos > query_pos {
+                continue;
+            }
+            var dot_qk = 0.0;
+            for (var d = 0u; d < quads; d++) {
+                dot_qk += dot(q4[(r * p.heads + h) * quads + d], vec4<f32>(k_runs[slot * quads + d]));
+            }
+            let x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
+            part += exp(noisy(x, h, query_pos, key_pos) - lse[r * p.heads + h]);
+        }
+        sum += part;
+    }
+    return sum;
+}
+
 @compute @workgroup_size(256)
 fn attention_score(lane: Lane) {
     let blocks = row_blocks();
@@ -229,36 +268,12 @@ fn attention_score(lane: Lane) {
     let block = i % blocks;
     let g = i / blocks / p.len;
     let slot = g * p.capacity + i / blocks % p.len;
-    let key_pos = pos[slot];
-    let quads = p.head_dim / 4u;
-    let group = p.heads / p.kv_heads;
     let first_row = block * p.row_block;
     let end_row = min(p.rows, first_row + p.row_block);
-    var total = 0.0;
     if blocks == 1u {
-        total = score[slot];
-    }
-    // Per query head a partial sum over rows, then added: the CPU's order.
-    for (var h = g * group; h < (g + 1u) * group; h++) {
-        var part = 0.0;
-        for (var r = first_row; r < end_row; r++) {
-            let query_pos = p.first_pos + r;
-            if key_pos > query_pos {
-                continue;
-            }
-            var dot_qk = 0.0;
-            for (var d = 0u; d < quads; d++) {
-                dot_qk += dot(q4[(r * p.heads + h) * quads + d], vec4<f32>(k4[slot * quads + d]));
-            }
-            let x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
-            part += exp(noisy(x, h, query_pos, key_pos) - lse[r * p.heads + h]);
-        }
-        total += part;
-    }
-    if blocks == 1u {
-        score[slot] = total;
+        score[slot] = slot_score(score[slot], g, slot, first_row, end_row);
     } else {
-        partial_scores[i] = total;
+        partial_scores[i] = slot_score(0.0, g, slot, first_row, end_row);
     }
 }
 
@@ -275,4 +290,81 @@ fn attention_score_sum(lane: Lane) {
         total += partial_scores[i * blocks + b];
     }
     score[slot] = total;
+}
+
+// Slots held in registers per invocation per pass of decode_score_evict's move.
+const MOVE: u32 = 4u;
+
+// One decode row, one workgroup per kv head: adds the row's probabilities to the slot scores
+// (when scoring), then (when evicting) drops the candidate with the lowest score, the earliest
+// slot among equals (as evict_rank with one to evict), and moves the slots after it down by
+// one, so slots stay in position order.
+@compute @workgroup_size(256)
+fn decode_score_evict(lane: Lane) {
+    let g = group_index(lane);
+    let base = g * p.capacity;
+    // This invocation's lowest candidate, as the largest negated score.
+    var best = 0.0;
+    var best_slot = NONE;
+    for (var s = lane.index; s < p.len; s += WG) {
+        var total = score[base + s];
+        if p.score != 0u {
+            total = slot_score(total, g, base + s, 0u, 1u);
+            score[base + s] = total;
+        }
+        if s >= p.sinks && s < p.candidates_end && better(-total, s, best, best_slot) {
+            best = -total;
+            best_slot = s;
+        }
+    }
+    if p.evict == 0u {
+        return;
+    }
+    let victim = wg_argmax(best, best_slot, lane);
+    if victim == NONE {
+        return;
+    }
+    // The scores written above are read by other invocations below.
+    storageBarrier();
+    // Destinations victim..len - 1 take the slot after them, in ascending passes, each read
+    // completely before it is written (the barrier): in place, as no pass reads a slot that an
+    // earlier one wrote.
+    let quads = p.head_dim / 4u;
+    let end = (base + p.len - 1u) * quads;
+    for (var e0 = (base + victim) * quads; e0 < end; e0 += MOVE * WG) {
+        var keys: array<vec4<kt>, MOVE>;
+        var values: array<vec4<kt>, MOVE>;
+        for (var i = 0u; i < MOVE; i++) {
+            let e = e0 + i * WG + lane.index;
+            if e < end {
+                keys[i] = k_runs[e + quads];
+                values[i] = v_runs[e + quads];
+            }
+        }
+        storageBarrier();
+        for (var i = 0u; i < MOVE; i++) {
+            let e = e0 + i * WG + lane.index;
+            if e < end {
+                k_runs[e] = keys[i];
+                v_runs[e] = values[i];
+            }
+        }
+        storageBarrier();
+    }
+    for (var j0 = base + victim; j0 < base + p.len - 1u; j0 += WG) {
+        let j = j0 + lane.index;
+        let inside = j < base + p.len - 1u;
+        var key_pos = 0u;
+        var key_score = 0.0;
+        if inside {
+            key_pos = pos[j + 1u];
+            key_score = score[j + 1u];
+        }
+        storageBarrier();
+        if inside {
+            pos[j] = key_pos;
+            score[j] = key_score;
+        }
+        storageBarrier();
+    }
 }

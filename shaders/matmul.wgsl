@@ -1,6 +1,7 @@
 // out[rows, n_out] = x[rows, n_in] . w[n_out, n_in]^T (+ bias), f32 accumulation whatever the
 // weight type, then through a GELU or added into what `out` holds (flags). `matmul` tiles many
-// rows; `gemv` serves one row and reads each weight once.
+// rows; `gemv` serves one row and reads each weight once; `gemv_swiglu` is the gemv of a fused
+// [gate | up] product that also writes its SwiGLU, saving a dispatch per MLP.
 
 struct Params {
     rows: u32,
@@ -21,6 +22,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read> w4: array<vec4<wt>>;
 // The same w as raw 16-byte units for the gemv (see unit_dot).
 @group(0) @binding(7) var<storage, read> w_units: array<vec4<u32>>;
+// gemv_swiglu's [n_out / 2] activations.
+@group(0) @binding(8) var<storage, read_write> act: array<f32>;
 
 // x[row][k..k + 4] (k a multiple of 4), zero past the ends.
 fn x_quad(row: u32, k: u32) -> vec4<f32> {
@@ -130,41 +133,66 @@ fn unit_dot(units: vec4<u32>, u: u32) -> f32 {
     return dot(bitcast<vec4<f32>>(units), x4[u]);
 }
 
-@compute @workgroup_size(256)
-fn gemv(lane: Lane) {
+// This invocation's part of output o's dot product (zero past n_out), for its team to sum.
+fn gemv_part(o: u32, lane: Lane) -> f32 {
     let l = team_lane(lane);
     let t = team_size(lane);
+    var acc = 0.0;
+    if o < p.n_out && p.n_in % UNIT == 0u {
+        // Every row starts on a unit boundary (and so x on a vec4 one).
+        let n = p.n_in / UNIT;
+        let row = o * n;
+        // Four units a pass, all loaded before any is used; then the rest one at a time.
+        var u = l;
+        while u + 3u * t < n {
+            let w0 = w_units[row + u];
+            let w1 = w_units[row + u + t];
+            let w2 = w_units[row + u + 2u * t];
+            let w3 = w_units[row + u + 3u * t];
+            acc += unit_dot(w0, u) + unit_dot(w1, u + t) + unit_dot(w2, u + 2u * t)
+                + unit_dot(w3, u + 3u * t);
+            u += 4u * t;
+        }
+        while u < n {
+            acc += unit_dot(w_units[row + u], u);
+            u += t;
+        }
+    } else if o < p.n_out {
+        for (var k = l; k < p.n_in; k += t) {
+            acc += x[k] * f32(w[o * p.n_in + k]);
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(256)
+fn gemv(lane: Lane) {
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
-        var acc = 0.0;
-        if o < p.n_out && p.n_in % UNIT == 0u {
-            // Every row starts on a unit boundary (and so x on a vec4 one).
-            let n = p.n_in / UNIT;
-            let row = o * n;
-            // Four units a pass, all loaded before any is used; then the rest one at a time.
-            var u = l;
-            while u + 3u * t < n {
-                let w0 = w_units[row + u];
-                let w1 = w_units[row + u + t];
-                let w2 = w_units[row + u + 2u * t];
-                let w3 = w_units[row + u + 3u * t];
-                acc += unit_dot(w0, u) + unit_dot(w1, u + t) + unit_dot(w2, u + 2u * t)
-                    + unit_dot(w3, u + 3u * t);
-                u += 4u * t;
-            }
-            while u < n {
-                acc += unit_dot(w_units[row + u], u);
-                u += t;
-            }
-        } else if o < p.n_out {
-            for (var k = l; k < p.n_in; k += t) {
-                acc += x[k] * f32(w[o * p.n_in + k]);
-            }
-        }
         // Every team sums, in or out of range, so a workgroup-memory team_sum stays uniform.
-        let total = team_sum(acc, lane);
-        if l == 0u && o < p.n_out {
+        let total = team_sum(gemv_part(o, lane), lane);
+        if team_lane(lane) == 0u && o < p.n_out {
             store(0u, o, total);
+        }
+    }
+}
+
+// Output o of the gemv's first half (the gate) and o + n_out / 2 (up) per team, stored as the
+// gemv stores them, and act[o] = SwiGLU(gate, up) as activation.wgsl computes it.
+@compute @workgroup_size(256)
+fn gemv_swiglu(lane: Lane) {
+    let width = p.n_out / 2u;
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        let inside = o < width;
+        // Out of range, o + width may be in range: both sums must still run (uniformity).
+        let gate_sum = team_sum(gemv_part(select(p.n_out, o, inside), lane), lane);
+        let up_sum = team_sum(gemv_part(select(p.n_out, o + width, inside), lane), lane);
+        if team_lane(lane) == 0u && inside {
+            store(0u, o, gate_sum);
+            store(0u, o + width, up_sum);
+            let g = out[o];
+            act[o] = g / (1.0 + exp(-g)) * out[o + width];
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::device::backend_error;
 use super::{WgpuBackend, WgpuBuf, check_len, groups_for, word};
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Positions, RopePairs};
@@ -85,6 +85,14 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
     Ok(())
 }
 
+/// The position table of `position_table` and what it was made for.
+pub(super) struct PositionTable {
+    key: Vec<u32>,
+    /// Positions 0.. that the table covers (every one for ALiBi's slopes).
+    positions: usize,
+    buffer: wgpu::Buffer,
+}
+
 fn layer_block(cache: &mut WgpuCache, layer: usize) -> Result<&mut LayerBlock> {
     let layers = cache.layers.len();
     cache.layers.get_mut(layer).ok_or_else(|| {
@@ -94,16 +102,17 @@ fn layer_block(cache: &mut WgpuCache, layer: usize) -> Result<&mut LayerBlock> {
     })
 }
 
-/// The attention kernels' position scheme word and table: rotary (cos, sin) per new row and
+/// The attention kernels' position scheme word and table: rotary (cos, sin) per position and
 /// pair, computed here with the CPU's f32 arithmetic so every backend rotates by the same
-/// angles; or the ALiBi slopes. Reused while the key (scheme, rows, numbers) is unchanged.
+/// angles; or the ALiBi slopes. The rotary table covers every position from 0 and grows by
+/// doubling, so decode steps bind the same buffer token after token (and reuse their bind
+/// groups) instead of a new table per token.
 fn position_table(
     b: &WgpuBackend,
     positions: &Positions,
     heads: usize,
     head_dim: usize,
-    rows: usize,
-    first_pos: usize,
+    end_pos: usize,
 ) -> Result<(u32, u32, wgpu::Buffer)> {
     let (scheme, dims, key) = match positions {
         Positions::Learned => return Ok((0, 0, b.unused.clone())),
@@ -122,7 +131,7 @@ fn position_table(
                 RopePairs::Interleaved => 1,
                 RopePairs::Halves => 2,
             };
-            let mut key = vec![scheme, word(*dims)?, word(rows)?, word(first_pos)?];
+            let mut key = vec![scheme, word(*dims)?];
             key.extend(inv_freq.iter().map(|f| f.to_bits()));
             (scheme, *dims, key)
         }
@@ -139,27 +148,40 @@ fn position_table(
         }
     };
     let mut cached = b.position_table.borrow_mut();
-    if let Some((k, buffer)) = cached.as_ref()
-        && *k == key
+    if let Some(t) = cached.as_ref()
+        && t.key == key
+        && t.positions >= end_pos
     {
-        return Ok((scheme, word(dims)?, buffer.clone()));
+        return Ok((scheme, word(dims)?, t.buffer.clone()));
     }
-    let values: Vec<f32> = match positions {
-        Positions::Rotary { inv_freq, .. } => (first_pos..first_pos + rows)
-            .flat_map(|pos| {
-                inv_freq.iter().flat_map(move |&f| {
-                    let (sin, cos) = (pos as f32 * f).sin_cos();
-                    [cos, sin]
+    let (values, positions): (Vec<f32>, usize) = match positions {
+        Positions::Rotary { inv_freq, .. } => {
+            let n = end_pos.next_power_of_two();
+            let values = (0..n)
+                .flat_map(|pos| {
+                    inv_freq.iter().flat_map(move |&f| {
+                        let (sin, cos) = (pos as f32 * f).sin_cos();
+                        [cos, sin]
+                    })
                 })
-            })
-            .collect(),
-        Positions::Alibi { slopes } => slopes.clone(),
-        Positions::Learned => Vec::new(),
+                .collect();
+            (values, n)
+        }
+        // ALiBi (learned positions returned above): the slopes the key holds, for every
+        // position.
+        _ => (
+            key[1..].iter().map(|&s| f32::from_bits(s)).collect(),
+            usize::MAX,
+        ),
     };
     let buffer = b
         .gpu
         .buffer_with(bytemuck::cast_slice(&values), "position table")?;
-    *cached = Some((key, buffer.clone()));
+    *cached = Some(PositionTable {
+        key,
+        positions,
+        buffer: buffer.clone(),
+    });
     Ok((scheme, word(dims)?, buffer))
 }
 
@@ -175,6 +197,71 @@ pub(super) fn attention(
     score: Option<&StepScore>,
     out: &mut WgpuBuf,
 ) -> Result<()> {
+    let step = Step {
+        batch_row: 0,
+        keep: None,
+    };
+    attend(
+        b, spec, qkv, rows, first_pos, cache, layer, score, out, step,
+    )
+}
+
+/// Where a sequence's rows sit in qkv and out, and the eviction a decode step may run in the
+/// dispatch that scores it.
+struct Step<'a> {
+    batch_row: usize,
+    keep: Option<&'a Keep>,
+}
+
+/// Decode steps of one or more sequences, row i of qkv and out being seqs[i]'s, each evicting
+/// as its `keep` says: a step that leaves one token over the budget evicts it in the dispatch
+/// that scores the step, and `evict` finds nothing left to do but return spare capacity.
+pub(super) fn decode(
+    b: &WgpuBackend,
+    spec: &AttentionSpec,
+    qkv: &WgpuBuf,
+    seqs: &mut [SeqStep<'_, WgpuCache>],
+    layer: usize,
+    out: &mut WgpuBuf,
+) -> Result<()> {
+    for (i, seq) in seqs.iter_mut().enumerate() {
+        let step = Step {
+            batch_row: i,
+            keep: seq.keep.as_ref(),
+        };
+        let score = seq.score.as_ref();
+        attend(
+            b,
+            spec,
+            qkv,
+            1,
+            seq.position,
+            seq.cache,
+            layer,
+            score,
+            out,
+            step,
+        )?;
+        if let Some(keep) = &seq.keep {
+            evict(b, seq.cache, layer, keep)?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    b: &WgpuBackend,
+    spec: &AttentionSpec,
+    qkv: &WgpuBuf,
+    rows: usize,
+    first_pos: usize,
+    cache: &mut WgpuCache,
+    layer: usize,
+    score: Option<&StepScore>,
+    out: &mut WgpuBuf,
+    Step { batch_row, keep }: Step,
+) -> Result<()> {
     let (hd, nh, nkv) = (spec.head_dim, spec.heads, spec.kv_heads);
     let shape = cache.shape;
     if nkv != shape.kv_heads || hd != shape.head_dim || nkv == 0 || nh % nkv != 0 {
@@ -183,13 +270,13 @@ pub(super) fn attention(
             shape.kv_heads, shape.head_dim
         )));
     }
-    check_len("qkv", qkv.len, rows * (nh + 2 * nkv) * hd)?;
-    check_len("attention output", out.len, rows * nh * hd)?;
+    check_len("qkv", qkv.len, (batch_row + rows) * (nh + 2 * nkv) * hd)?;
+    check_len("attention output", out.len, (batch_row + rows) * nh * hd)?;
     let c = layer_block(cache, layer)?;
     if c.len + rows > c.capacity {
         resize(b, &shape, c, c.len + rows)?;
     }
-    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, rows, first_pos)?;
+    let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, first_pos + rows)?;
     let old_len = c.len;
     c.len += rows;
     // Scratch, not new buffers: a new buffer per layer and token costs an allocation and the
@@ -201,6 +288,10 @@ pub(super) fn attention(
         tau: 1.0,
         seed: 0,
     });
+    // One eviction, run by the decode scoring kernel; any other is left to `evict`, which
+    // also reports a keep that does not fit its budget.
+    let evict_one =
+        keep.filter(|k| rows == 1 && c.len == k.budget + 1 && k.sinks + k.recent <= k.budget);
     let params = [
         word(rows)?,
         word(nh)?,
@@ -219,6 +310,10 @@ pub(super) fn attention(
         step.seed,
         word(layer)?,
         SCORE_ROW_BLOCK as u32,
+        word(batch_row)?,
+        evict_one.is_some() as u32,
+        word(evict_one.map_or(0, |k| k.sinks))?,
+        word(evict_one.map_or(0, |k| c.len - k.recent))?,
     ];
     let k = &b.kernels;
     b.gpu.dispatch(
@@ -250,7 +345,22 @@ pub(super) fn attention(
         ],
         rows * nh,
     )?;
-    if score.is_some() {
+    if rows == 1 && (score.is_some() || evict_one.is_some()) {
+        let buffers = [
+            (2, &table),
+            (6, &c.pos),
+            (7, &c.score),
+            (9, &lse),
+            (10, &q),
+            (14, &c.k),
+            (15, &c.v),
+        ];
+        b.gpu
+            .dispatch(&k.decode_score_evict, &params, &buffers, nkv)?;
+        if evict_one.is_some() {
+            c.len -= 1;
+        }
+    } else if score.is_some() {
         let slots = nkv * c.len;
         let blocks = rows.div_ceil(SCORE_ROW_BLOCK);
         let partial = b.scratch("partial scores", 4 * (slots * blocks) as u64)?;
@@ -260,8 +370,8 @@ pub(super) fn attention(
             (7, &c.score),
             (9, &lse),
             (10, &q),
-            (11, &c.k),
             (13, &partial),
+            (14, &c.k),
         ];
         b.gpu.dispatch(
             &k.attention_score,

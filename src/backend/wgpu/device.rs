@@ -2,9 +2,12 @@
 //! into the encoder; it is submitted every few dozen dispatches and when the host needs data
 //! back, so the GPU works while the host records. Consecutive dispatches share one compute
 //! pass, and their parameters share one uniform buffer: per-dispatch passes and buffers cost
-//! more host time than a small model's kernels take on a fast GPU.
+//! more host time than a small model's kernels take on a fast GPU. For the same reason bind
+//! groups are cached: a decode step binds the same buffers and parameter slots as the step
+//! before it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, mpsc};
 
 use wgpu::util::DeviceExt;
@@ -71,6 +74,28 @@ impl Params {
     }
 }
 
+/// What makes a bind group: the kernel's layout, the parameters' slot (offset and size) and the
+/// buffers at their bindings. The key holds the buffers, so their ids stay unique while cached.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: wgpu::BindGroupLayout,
+    params: (u64, u64),
+    buffers: Vec<(u32, wgpu::Buffer)>,
+}
+
+/// Bind groups by what they bind, each with whether it was used since the last sweep.
+#[derive(Default)]
+struct BindGroups {
+    groups: HashMap<BindKey, (wgpu::BindGroup, bool)>,
+}
+
+impl BindGroups {
+    /// Drops the bind groups unused since the last sweep (and so the buffers only they hold).
+    fn sweep(&mut self) {
+        self.groups.retain(|_, (_, used)| std::mem::take(used));
+    }
+}
+
 pub(super) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -78,6 +103,7 @@ pub(super) struct Gpu {
     limits: wgpu::Limits,
     pending: RefCell<Option<Pending>>,
     params: RefCell<Params>,
+    bind_groups: RefCell<BindGroups>,
     /// The first error the device reported since the last check: wgpu reports validation and
     /// out-of-memory errors to a callback (which panics by default) rather than to the caller.
     error: Arc<Mutex<Option<String>>>,
@@ -139,6 +165,7 @@ impl Gpu {
             limits,
             pending: RefCell::new(None),
             params,
+            bind_groups: RefCell::default(),
             error,
         })
     }
@@ -227,6 +254,45 @@ impl Gpu {
         ))
     }
 
+    /// The bind group of `kernel` with the parameters' slot at binding 0 and `buffers`: a
+    /// cached one where the same were bound before, else a new one.
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        params: &wgpu::Buffer,
+        (offset, size): (u64, Option<wgpu::BufferSize>),
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let key = BindKey {
+            layout: kernel.layout.clone(),
+            params: (offset, size.map_or(0, |s| s.get())),
+            buffers: buffers.iter().map(|&(i, b)| (i, b.clone())).collect(),
+        };
+        let mut cache = self.bind_groups.borrow_mut();
+        let (group, used) = cache.groups.entry(key).or_insert_with_key(|key| {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: params,
+                    offset,
+                    size,
+                }),
+            }];
+            entries.extend(key.buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: b.as_entire_binding(),
+            }));
+            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &kernel.layout,
+                entries: &entries,
+            });
+            (group, false)
+        });
+        *used = true;
+        group.clone()
+    }
+
     /// Records `kernel` over `groups` workgroups with `params` (u32 words, f32 as bits) at
     /// binding 0 and `buffers` at their bindings.
     pub fn dispatch(
@@ -241,23 +307,7 @@ impl Gpu {
         }
         let (x, y) = grid(groups)?;
         let (params, offset, size) = self.params(params)?;
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &params,
-                offset,
-                size,
-            }),
-        }];
-        entries.extend(buffers.iter().map(|&(binding, b)| wgpu::BindGroupEntry {
-            binding,
-            resource: b.as_entire_binding(),
-        }));
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let bind_group = self.bind_group(kernel, &params, (offset, size), buffers);
         self.pending(|p| {
             let pass = p.pass.get_or_insert_with(|| {
                 p.encoder
@@ -293,6 +343,13 @@ impl Gpu {
         }
     }
 
+    /// Writes `data` at the start of `buffer`. Commands recorded before may still read the old
+    /// contents, so they are submitted first (a queue write lands before the next submission).
+    pub fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+        self.submit();
+        self.queue.write_buffer(buffer, 0, data);
+    }
+
     /// Submits everything recorded so far.
     pub fn submit(&self) {
         if let Some(Pending { pass, encoder, .. }) = self.pending.borrow_mut().take() {
@@ -313,6 +370,8 @@ impl Gpu {
         });
         self.copy(src, offset, &staging, 0, bytes.next_multiple_of(4));
         self.submit();
+        // Reads end every step, so bind groups a step did not use are not kept past the next.
+        self.bind_groups.borrow_mut().sweep();
         let (tx, rx) = mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             // The receiver waits below; a failed send only means it gave up.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 pub use cache::WgpuCache;
 
-use crate::backend::{AttentionSpec, Backend};
+use crate::backend::{AttentionSpec, Backend, SeqStep};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
@@ -69,9 +69,8 @@ pub struct WgpuBackend {
     variant: Variant,
     /// Bound where a kernel's optional input (a bias, a position table) is absent.
     unused: wgpu::Buffer,
-    /// The latest rotary angles or ALiBi slopes and the key they were made for: every layer
-    /// of a forward pass uses the same table.
-    position_table: RefCell<Option<(Vec<u32>, wgpu::Buffer)>>,
+    /// The latest rotary angles or ALiBi slopes: every layer and step uses the same table.
+    position_table: RefCell<Option<cache::PositionTable>>,
     /// Scratch buffers by use, grown as needed and reused: the command stream orders their
     /// uses, so a later op's writes wait for an earlier op's reads.
     scratch: RefCell<HashMap<&'static str, wgpu::Buffer>>,
@@ -161,8 +160,7 @@ impl WgpuBackend {
             .dispatch(kernel, params, buffers, groups_for(values))
     }
 
-    /// out[rows, n_out] = x . w^T (+ bias), then through a GELU (`gelu` form 1 erf, 2 tanh) or
-    /// added into what `out` holds.
+    /// out[rows, n_out] = x . w^T (+ bias), then as `then` says.
     #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
@@ -172,7 +170,7 @@ impl WgpuBackend {
         bias: Option<&WgpuWeight>,
         (n_out, n_in): (usize, usize),
         out: &mut WgpuBuf,
-        (accumulate, gelu): (bool, u32),
+        then: Product,
     ) -> Result<()> {
         check_len("linear input", x.len, rows * n_in)?;
         check_len("linear weight", w.len, n_out * n_in)?;
@@ -180,6 +178,11 @@ impl WgpuBackend {
         if let Some(b) = bias {
             check_len("linear bias", b.len, n_out)?;
         }
+        let (accumulate, gelu) = match then {
+            Product::Accumulate => (true, 0),
+            Product::Gelu(form) => (false, form),
+            Product::Plain | Product::SwiGlu(_) => (false, 0),
+        };
         let params = [
             word(rows)?,
             word(n_out)?,
@@ -189,24 +192,43 @@ impl WgpuBackend {
         let bias = bias.map_or(&self.unused, |b| &b.buffer);
         // x and w are bound twice: as scalars, and as vec4 runs (the gemv reads w as raw
         // 16-byte units instead).
-        let (kernel, w_runs, groups) = if rows == 1 {
-            // 8 outputs per workgroup.
-            (&self.kernels.gemv, 7, n_out.div_ceil(8))
-        } else {
-            // 64 x 64 tiles.
-            let tiles = rows.div_ceil(64) * n_out.div_ceil(64);
-            (&self.kernels.matmul, 6, tiles)
-        };
-        let buffers = [
+        let mut buffers = vec![
             (1, &x.buffer),
             (2, &w.buffer),
             (3, bias),
             (4, &out.buffer),
             (5, &x.buffer),
-            (w_runs, &w.buffer),
         ];
+        let (kernel, groups) = match then {
+            Product::SwiGlu(act) => {
+                buffers.extend([(7, &w.buffer), (8, &act.buffer)]);
+                // 8 (gate, up) pairs per workgroup.
+                (&self.kernels.gemv_swiglu, (n_out / 2).div_ceil(8))
+            }
+            _ if rows == 1 => {
+                buffers.push((7, &w.buffer));
+                // 8 outputs per workgroup.
+                (&self.kernels.gemv, n_out.div_ceil(8))
+            }
+            _ => {
+                buffers.push((6, &w.buffer));
+                // 64 x 64 tiles.
+                (&self.kernels.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
+            }
+        };
         self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
+}
+
+/// What a product does with its result.
+enum Product<'a> {
+    Plain,
+    /// Adds it into what the output holds.
+    Accumulate,
+    /// Through a GELU: form 1 erf, 2 tanh.
+    Gelu(u32),
+    /// Keeps the fused [gate | up] row and writes its SwiGLU into the buffer (one row only).
+    SwiGlu(&'a mut WgpuBuf),
 }
 
 impl Backend for WgpuBackend {
@@ -277,9 +299,9 @@ impl Backend for WgpuBackend {
                 "token id {id} is outside the vocabulary of {vocab}"
             )));
         }
-        let ids_buf = self
-            .gpu
-            .buffer_with(bytemuck::cast_slice(ids), "token ids")?;
+        // A scratch buffer rather than a new one per step, so the bind group is reused.
+        let ids_buf = self.scratch("token ids", 4 * ids.len() as u64)?;
+        self.gpu.write(&ids_buf, bytemuck::cast_slice(ids));
         self.elementwise(
             &self.kernels.embed,
             &[word(ids.len())?, word(dim)?],
@@ -376,7 +398,7 @@ impl Backend for WgpuBackend {
         n_in: usize,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), out, (false, 0))
+        self.product(x, rows, w, bias, (n_out, n_in), out, Product::Plain)
     }
 
     fn linear_residual(
@@ -390,7 +412,15 @@ impl Backend for WgpuBackend {
         _scratch: &mut WgpuBuf,
         residual: &mut WgpuBuf,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), residual, (true, 0))
+        self.product(
+            x,
+            rows,
+            w,
+            bias,
+            (n_out, n_in),
+            residual,
+            Product::Accumulate,
+        )
     }
 
     fn linear_activation(
@@ -407,12 +437,17 @@ impl Backend for WgpuBackend {
         let gelu = match act {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
+            // One row: the gemv writes the SwiGLU too.
+            Activation::SwiGlu if rows == 1 => {
+                check_len("swiglu output", out.len, n_out / 2)?;
+                return self.product(x, rows, w, bias, (n_out, n_in), mid, Product::SwiGlu(out));
+            }
             Activation::SwiGlu => {
-                self.product(x, rows, w, bias, (n_out, n_in), mid, (false, 0))?;
+                self.product(x, rows, w, bias, (n_out, n_in), mid, Product::Plain)?;
                 return self.activation(act, mid, rows, n_out / 2, out);
             }
         };
-        self.product(x, rows, w, bias, (n_out, n_in), mid, (false, gelu))
+        self.product(x, rows, w, bias, (n_out, n_in), mid, Product::Gelu(gelu))
     }
 
     fn activation(
@@ -505,6 +540,17 @@ impl Backend for WgpuBackend {
         out: &mut WgpuBuf,
     ) -> Result<()> {
         cache::attention(self, spec, qkv, rows, first_pos, cache, layer, score, out)
+    }
+
+    fn attention_batch(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &WgpuBuf,
+        seqs: &mut [SeqStep<'_, WgpuCache>],
+        layer: usize,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        cache::decode(self, spec, qkv, seqs, layer, out)
     }
 
     fn evict(&self, cache: &mut WgpuCache, layer: usize, keep: &Keep) -> Result<()> {
