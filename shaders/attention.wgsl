@@ -2,7 +2,8 @@
 // - attention_prepare applies positions to the new rows' q and k and appends k, v and the
 //   original positions to the cache;
 // - attention (one workgroup per row and query head) runs a chunked online softmax over the
-//   keys the row may see and, when scoring, the log-sum-exp of the noisy logits;
+//   keys the row may see and, when scoring, the log-sum-exp of the noisy logits. A decode step
+//   (one row) skips attention_prepare, a dispatch per layer: this kernel does its work;
 // - attention_score (one invocation per kv head, slot and block of rows) sums exp(noisy - lse)
 //   over the query heads of the group and the block's rows, and attention_score_sum adds the
 //   blocks' sums to the slot's score: a fixed order, so scores are reproducible. A decode step
@@ -55,14 +56,12 @@ const POS_ALIBI: u32 = 3u;
 @group(0) @binding(7) var<storage, read_write> score: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out: array<f32>;
 @group(0) @binding(9) var<storage, read_write> lse: array<f32>;
-// Read-only vec4 views of q, k and v for the kernels that only read them.
+// A read-only vec4 view of q for the kernels that only read it.
 @group(0) @binding(10) var<storage, read> q4: array<vec4<f32>>;
-@group(0) @binding(11) var<storage, read> k4: array<vec4<kt>>;
-@group(0) @binding(12) var<storage, read> v4: array<vec4<kt>>;
 // [kv_head][slot][row block] partial score sums.
 @group(0) @binding(13) var<storage, read_write> partial_scores: array<f32>;
-// Writable vec4 views of k and v for the kernels that score and move slots (a buffer may not be
-// bound both read-only and writable in one dispatch).
+// Writable vec4 views of k and v (a buffer may not be bound both read-only and writable in one
+// dispatch, and a decode step's attention appends to the cache).
 @group(0) @binding(14) var<storage, read_write> k_runs: array<vec4<kt>>;
 @group(0) @binding(15) var<storage, read_write> v_runs: array<vec4<kt>>;
 
@@ -135,9 +134,46 @@ fn attention_prepare(lane: Lane) {
     }
 }
 
+// Values 4t..4t + 4 of rotated(start, .., r).
+fn rotated_quad(start: u32, t: u32, r: u32) -> vec4<f32> {
+    let d = 4u * t;
+    return vec4(rotated(start, d, r), rotated(start, d + 1u, r), rotated(start, d + 2u, r),
+        rotated(start, d + 3u, r));
+}
+
 var<workgroup> q_head: array<vec4<f32>, 64>;
+// A decode row's own key and value as the cache stores them: another workgroup of the kv head
+// may still be storing them.
+var<workgroup> new_k: array<vec4<f32>, 64>;
+var<workgroup> new_v: array<vec4<f32>, 64>;
 var<workgroup> weights: array<f32, WG>;
 var<workgroup> partial: array<vec4<f32>, WG>;
+
+// Whether slot s (from the kv head's base) is the decode row's own.
+fn is_new(s: u32) -> bool {
+    return p.rows == 1u && s == p.old_len;
+}
+
+fn key_position(base: u32, s: u32) -> u32 {
+    if is_new(s) {
+        return p.first_pos;
+    }
+    return pos[base + s];
+}
+
+fn key_quad(base: u32, s: u32, t: u32) -> vec4<f32> {
+    if is_new(s) {
+        return new_k[t];
+    }
+    return vec4<f32>(k_runs[(base + s) * (p.head_dim / 4u) + t]);
+}
+
+fn value_quad(base: u32, s: u32, t: u32) -> vec4<f32> {
+    if is_new(s) {
+        return new_v[t];
+    }
+    return vec4<f32>(v_runs[(base + s) * (p.head_dim / 4u) + t]);
+}
 
 @compute @workgroup_size(256)
 fn attention(lane: Lane) {
@@ -147,12 +183,38 @@ fn attention(lane: Lane) {
     }
     let r = item / p.heads;
     let h = item % p.heads;
-    let quads = p.head_dim / 4u;
-    let base = h / (p.heads / p.kv_heads) * p.capacity;
+    let hd = p.head_dim;
+    let quads = hd / 4u;
+    let group = p.heads / p.kv_heads;
+    let g = h / group;
+    let base = g * p.capacity;
     let query_pos = p.first_pos + r;
     let t = lane.index;
+    let row = (p.batch_row + r) * (p.heads + 2u * p.kv_heads) * hd;
     if t < quads {
-        q_head[t] = q4[(r * p.heads + h) * quads + t];
+        q_head[t] = rotated_quad(row + h * hd, t, r);
+        if p.rows == 1u {
+            // attention_prepare's work for a decode row: q for the scores, and the row's k, v,
+            // position and zero score appended to the cache by the kv head's first query head.
+            let at = h * hd + 4u * t;
+            for (var c = 0u; c < 4u; c++) {
+                q[at + c] = q_head[t][c];
+            }
+            let key = vec4<kt>(rotated_quad(row + (p.heads + g) * hd, t, r));
+            let v_at = row + (p.heads + p.kv_heads + g) * hd + 4u * t;
+            let value = vec4<kt>(vec4(qkv[v_at], qkv[v_at + 1u], qkv[v_at + 2u], qkv[v_at + 3u]));
+            new_k[t] = vec4<f32>(key);
+            new_v[t] = vec4<f32>(value);
+            if h % group == 0u {
+                let slot = base + p.old_len;
+                k_runs[slot * quads + t] = key;
+                v_runs[slot * quads + t] = value;
+                if t == 0u {
+                    pos[slot] = p.first_pos;
+                    score[slot] = 0.0;
+                }
+            }
+        }
     }
     workgroupBarrier();
     // Weights times values: invocation t adds output quad t % quads over every key_groups-th
@@ -172,13 +234,14 @@ fn attention(lane: Lane) {
         let s = c0 + t;
         var valid = false;
         var x = -FLT_MAX;
+        var key_pos = 0u;
         if s < n {
-            let key_pos = pos[base + s];
+            key_pos = key_position(base, s);
             valid = key_pos <= query_pos;
             if valid {
                 var dot_qk = 0.0;
                 for (var d = 0u; d < quads; d++) {
-                    dot_qk += dot(q_head[d], vec4<f32>(k4[(base + s) * quads + d]));
+                    dot_qk += dot(q_head[d], key_quad(base, s, d));
                 }
                 x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
             }
@@ -194,13 +257,13 @@ fn attention(lane: Lane) {
         if key_group < key_groups {
             let count = min(WG, n - c0);
             for (var j = key_group; j < count; j += key_groups) {
-                acc += weights[j] * vec4<f32>(v4[(base + c0 + j) * quads + out_quad]);
+                acc += weights[j] * value_quad(base, c0 + j, out_quad);
             }
         }
         if p.score != 0u {
             var y = -FLT_MAX;
             if valid {
-                y = noisy(x, h, query_pos, pos[base + s]);
+                y = noisy(x, h, query_pos, key_pos);
             }
             let new_noisy_m = max(noisy_m, wg_max(y, lane));
             let ey = select(0.0, exp(y - new_noisy_m), valid);
@@ -214,8 +277,8 @@ fn attention(lane: Lane) {
     workgroupBarrier();
     if t < quads {
         var total = vec4(0.0);
-        for (var g = 0u; g < key_groups; g++) {
-            total += partial[g * quads + t];
+        for (var kg = 0u; kg < key_groups; kg++) {
+            total += partial[kg * quads + t];
         }
         let o = ((p.batch_row + r) * p.heads + h) * p.head_dim + 4u * t;
         for (var c = 0u; c < 4u; c++) {

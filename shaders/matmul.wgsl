@@ -1,15 +1,23 @@
 // out[rows, n_out] = x[rows, n_in] . w[n_out, n_in]^T (+ bias), f32 accumulation whatever the
 // weight type, then through a GELU or added into what `out` holds (flags). `matmul` tiles many
 // rows; `gemv` serves one row and reads each weight once; `gemv_swiglu` is the gemv of a fused
-// [gate | up] product that also writes its SwiGLU, saving a dispatch per MLP.
+// [gate | up] product that also writes its SwiGLU, saving a dispatch per MLP. Both gemvs may
+// fold the norm of their row into the product (norm_row.wgsl), saving the norm's dispatch.
 
 struct Params {
     rows: u32,
     n_out: u32,
     n_in: u32,
     // Bit 0: add the bias. Bit 1: add the result into out. Bits 2-3: GELU form (gelu.wgsl).
+    // Bits 4-6: the gemv's folded norm (NORM_*).
     flags: u32,
+    // The folded norm's epsilon.
+    eps: f32,
 }
+
+const NORM_FOLDED: u32 = 16u;
+const NORM_RMS: u32 = 32u;
+const NORM_BIAS: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -24,6 +32,9 @@ struct Params {
 @group(0) @binding(7) var<storage, read> w_units: array<vec4<u32>>;
 // gemv_swiglu's [n_out / 2] activations.
 @group(0) @binding(8) var<storage, read_write> act: array<f32>;
+// The folded norm's weight and bias, [n_in] each.
+@group(0) @binding(9) var<storage, read> norm_weight: array<wt>;
+@group(0) @binding(10) var<storage, read> norm_bias: array<wt>;
 
 // x[row][k..k + 4] (k a multiple of 4), zero past the ends.
 fn x_quad(row: u32, k: u32) -> vec4<f32> {
@@ -64,7 +75,7 @@ fn store(row: u32, o: u32, acc: f32) {
     if (p.flags & 2u) != 0u {
         out[at] += y;
     } else {
-        out[at] = gelu(y, p.flags >> 2u);
+        out[at] = gelu(y, (p.flags >> 2u) & 3u);
     }
 }
 
@@ -123,18 +134,55 @@ const GEMV_OUTPUTS: u32 = 8u;
 // Weights per 16-byte unit: 8 halves or 4 floats.
 const UNIT: u32 = 16u / WT_BYTES;
 
-// The dot product of one unit of weights with x[u * UNIT..(u + 1) * UNIT].
-fn unit_dot(units: vec4<u32>, u: u32) -> f32 {
+// The gemv reads x through x4 only, binding one buffer fewer.
+fn x_at(k: u32) -> f32 {
+    return x4[k / 4u][k % 4u];
+}
+
+// The statistics of the gemv's row where it folds a norm in: every workgroup takes them itself.
+fn gemv_stats(lane: Lane) -> RowStats {
+    if (p.flags & NORM_FOLDED) == 0u {
+        return RowStats(0.0, 1.0);
+    }
+    return row_stats(0u, p.n_in, (p.flags & NORM_RMS) != 0u, p.eps, lane);
+}
+
+// Input value k of the gemv: x[k], or its norm.
+fn input_at(k: u32, s: RowStats) -> f32 {
+    if (p.flags & NORM_FOLDED) == 0u {
+        return x_at(k);
+    }
+    return normed(s, x_at(k), k, (p.flags & NORM_BIAS) != 0u);
+}
+
+// Input values 4j..4j + 4 of the gemv, as input_at.
+fn input_quad(j: u32, s: RowStats) -> vec4<f32> {
+    let q = x4[j];
+    if (p.flags & NORM_FOLDED) == 0u {
+        return q;
+    }
+    let k = 4u * j;
+    let bias = (p.flags & NORM_BIAS) != 0u;
+    return vec4(
+        normed(s, q.x, k, bias),
+        normed(s, q.y, k + 1u, bias),
+        normed(s, q.z, k + 2u, bias),
+        normed(s, q.w, k + 3u, bias),
+    );
+}
+
+// The dot product of one unit of weights with inputs u * UNIT..(u + 1) * UNIT.
+fn unit_dot(units: vec4<u32>, u: u32, s: RowStats) -> f32 {
     if WT_BYTES == 2u {
         let lo = vec4(unpack2x16float(units.x), unpack2x16float(units.y));
         let hi = vec4(unpack2x16float(units.z), unpack2x16float(units.w));
-        return dot(lo, x4[2u * u]) + dot(hi, x4[2u * u + 1u]);
+        return dot(lo, input_quad(2u * u, s)) + dot(hi, input_quad(2u * u + 1u, s));
     }
-    return dot(bitcast<vec4<f32>>(units), x4[u]);
+    return dot(bitcast<vec4<f32>>(units), input_quad(u, s));
 }
 
 // This invocation's part of output o's dot product (zero past n_out), for its team to sum.
-fn gemv_part(o: u32, lane: Lane) -> f32 {
+fn gemv_part(o: u32, s: RowStats, lane: Lane) -> f32 {
     let l = team_lane(lane);
     let t = team_size(lane);
     var acc = 0.0;
@@ -149,17 +197,17 @@ fn gemv_part(o: u32, lane: Lane) -> f32 {
             let w1 = w_units[row + u + t];
             let w2 = w_units[row + u + 2u * t];
             let w3 = w_units[row + u + 3u * t];
-            acc += unit_dot(w0, u) + unit_dot(w1, u + t) + unit_dot(w2, u + 2u * t)
-                + unit_dot(w3, u + 3u * t);
+            acc += unit_dot(w0, u, s) + unit_dot(w1, u + t, s) + unit_dot(w2, u + 2u * t, s)
+                + unit_dot(w3, u + 3u * t, s);
             u += 4u * t;
         }
         while u < n {
-            acc += unit_dot(w_units[row + u], u);
+            acc += unit_dot(w_units[row + u], u, s);
             u += t;
         }
     } else if o < p.n_out {
         for (var k = l; k < p.n_in; k += t) {
-            acc += x[k] * f32(w[o * p.n_in + k]);
+            acc += input_at(k, s) * f32(w[o * p.n_in + k]);
         }
     }
     return acc;
@@ -167,10 +215,11 @@ fn gemv_part(o: u32, lane: Lane) -> f32 {
 
 @compute @workgroup_size(256)
 fn gemv(lane: Lane) {
+    let s = gemv_stats(lane);
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
         // Every team sums, in or out of range, so a workgroup-memory team_sum stays uniform.
-        let total = team_sum(gemv_part(o, lane), lane);
+        let total = team_sum(gemv_part(o, s, lane), lane);
         if team_lane(lane) == 0u && o < p.n_out {
             store(0u, o, total);
         }
@@ -181,13 +230,14 @@ fn gemv(lane: Lane) {
 // gemv stores them, and act[o] = SwiGLU(gate, up) as activation.wgsl computes it.
 @compute @workgroup_size(256)
 fn gemv_swiglu(lane: Lane) {
+    let s = gemv_stats(lane);
     let width = p.n_out / 2u;
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
         let inside = o < width;
         // Out of range, o + width may be in range: both sums must still run (uniformity).
-        let gate_sum = team_sum(gemv_part(select(p.n_out, o, inside), lane), lane);
-        let up_sum = team_sum(gemv_part(select(p.n_out, o + width, inside), lane), lane);
+        let gate_sum = team_sum(gemv_part(select(p.n_out, o, inside), s, lane), lane);
+        let up_sum = team_sum(gemv_part(select(p.n_out, o + width, inside), s, lane), lane);
         if team_lane(lane) == 0u && inside {
             store(0u, o, gate_sum);
             store(0u, o + width, up_sum);

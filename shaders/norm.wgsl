@@ -1,5 +1,4 @@
-// LayerNorm (with or without bias) and RMSNorm, one workgroup per row. Mean and variance are
-// two passes over the row, as on the CPU: no E[x^2] - E[x]^2 cancellation.
+// LayerNorm (with or without bias) and RMSNorm, one workgroup per row (norm_row.wgsl).
 
 struct Params {
     rows: u32,
@@ -12,9 +11,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<wt>;
-@group(0) @binding(3) var<storage, read> bias: array<wt>;
+@group(0) @binding(2) var<storage, read> norm_weight: array<wt>;
+@group(0) @binding(3) var<storage, read> norm_bias: array<wt>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+fn x_at(i: u32) -> f32 {
+    return x[i];
+}
 
 @compute @workgroup_size(256)
 fn norm(lane: Lane) {
@@ -23,24 +26,8 @@ fn norm(lane: Lane) {
         return;
     }
     let base = row * p.dim;
-    var sum = 0.0;
-    if p.rms == 0u {
-        for (var i = lane.index; i < p.dim; i += WG) {
-            sum += x[base + i];
-        }
-    }
-    let mean = wg_sum(sum, lane) / f32(p.dim);
-    var squares = 0.0;
+    let stats = row_stats(base, p.dim, p.rms != 0u, p.eps, lane);
     for (var i = lane.index; i < p.dim; i += WG) {
-        let d = x[base + i] - mean;
-        squares += d * d;
-    }
-    let inv = 1.0 / sqrt(wg_sum(squares, lane) / f32(p.dim) + p.eps);
-    for (var i = lane.index; i < p.dim; i += WG) {
-        var y = (x[base + i] - mean) * inv * f32(weight[i]);
-        if p.has_bias != 0u {
-            y += f32(bias[i]);
-        }
-        out[base + i] = y;
+        out[base + i] = normed(stats, x[base + i], i, p.has_bias != 0u);
     }
 }

@@ -20,6 +20,14 @@ pub struct AttentionSpec<'a> {
     pub positions: &'a Positions,
 }
 
+/// A norm's weights and settings, for the ops that normalise their input first.
+pub struct NormSpec<'a, W> {
+    pub kind: NormKind,
+    pub weight: &'a W,
+    pub bias: Option<&'a W>,
+    pub eps: f32,
+}
+
 /// One sequence's part in a batched decode step.
 pub struct SeqStep<'a, C> {
     pub cache: &'a mut C,
@@ -143,6 +151,44 @@ pub trait Backend {
             n_out
         };
         self.activation(act, mid, rows, width, out)
+    }
+    /// `linear` over norm(x), with `normed` as scratch for the normalised rows (what it holds
+    /// afterwards is unspecified). The default runs `norm` then `linear`; GPU backends fold a
+    /// one-row norm into the product, saving a dispatch.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear(
+        &self,
+        norm: &NormSpec<Self::Weight>,
+        x: &Self::Buf,
+        rows: usize,
+        normed: &mut Self::Buf,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        (n_out, n_in): (usize, usize),
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let (kind, eps) = (norm.kind, norm.eps);
+        self.norm(kind, x, norm.weight, norm.bias, eps, rows, n_in, normed)?;
+        self.linear(normed, rows, w, bias, n_out, n_in, out)
+    }
+    /// `linear_activation` over norm(x), as `norm_linear`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear_activation(
+        &self,
+        norm: &NormSpec<Self::Weight>,
+        x: &Self::Buf,
+        rows: usize,
+        normed: &mut Self::Buf,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        (n_out, n_in): (usize, usize),
+        act: Activation,
+        mid: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let (kind, eps) = (norm.kind, norm.eps);
+        self.norm(kind, x, norm.weight, norm.bias, eps, rows, n_in, normed)?;
+        self.linear_activation(normed, rows, w, bias, (n_out, n_in), act, mid, out)
     }
     /// GELU over rows x width in place, or SwiGLU from fused [gate | up] rows of 2*width into
     /// `out` rows of width.

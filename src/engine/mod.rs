@@ -8,7 +8,7 @@ pub mod planner;
 pub mod sampling;
 pub mod select;
 
-use crate::backend::{AttentionSpec, Backend, SeqStep};
+use crate::backend::{AttentionSpec, Backend, NormSpec, SeqStep};
 use crate::error::{Error, Result};
 use crate::kv::policy::{CachePlan, Policy};
 use crate::kv::stats::{CacheStats, LayerStats};
@@ -321,7 +321,6 @@ impl<B: Backend> Model<B> {
     /// cache, or over each row's own session in a batch.
     fn layers(&self, ws: &mut Workspace<B>, rows: usize, attend: &mut Attend<'_, B>) -> Result<()> {
         let (c, w, b) = (&self.config, &self.weights, &self.backend);
-        let h = c.hidden;
         let Workspace {
             x,
             normed,
@@ -332,17 +331,6 @@ impl<B: Backend> Model<B> {
             mlp_act,
             ..
         } = ws;
-        let linear = |lin: &Linear<B::Weight>, input: &B::Buf, out: &mut B::Buf| {
-            b.linear(
-                input,
-                rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                lin.n_out,
-                lin.n_in,
-                out,
-            )
-        };
         let residual =
             |lin: &Linear<B::Weight>, input: &B::Buf, scratch: &mut B::Buf, x: &mut B::Buf| {
                 b.linear_residual(
@@ -356,40 +344,44 @@ impl<B: Backend> Model<B> {
                     x,
                 )
             };
-        let norm = |n: &Norm<B::Weight>, input: &B::Buf, out: &mut B::Buf| {
-            b.norm(
-                c.norm,
-                input,
-                &n.weight,
-                n.bias.as_ref(),
-                c.norm_eps,
-                rows,
-                h,
-                out,
-            )
-        };
         for (i, l) in w.layers.iter().enumerate() {
-            norm(&l.attn_norm, x, normed)?;
-            linear(&l.qkv, normed, qkv)?;
-            attend(i, qkv, attn)?;
-            // In a parallel block the MLP reads the norm taken before this add, so adding the
-            // attention's output into x now is the same as adding it after the MLP.
-            residual(&l.attn_out, attn, proj, x)?;
-            if let Some(mn) = &l.mlp_norm {
-                norm(mn, x, normed)?;
-            }
-            // The MLP reads `normed`: the attention's norm in a parallel block, its own otherwise.
-            let lin = &l.mlp_in;
-            b.linear_activation(
-                normed,
+            let (q, m) = (&l.qkv, &l.mlp_in);
+            let attn_norm = self.norm_spec(&l.attn_norm);
+            b.norm_linear(
+                &attn_norm,
+                x,
                 rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                (lin.n_out, lin.n_in),
+                normed,
+                &q.weight,
+                q.bias.as_ref(),
+                (q.n_out, q.n_in),
+                qkv,
+            )?;
+            attend(i, qkv, attn)?;
+            // A sequential block's MLP reads its own norm of x with the attention's output
+            // added in; a parallel block's reads the attention's norm of x as it was before.
+            let mlp_norm = match &l.mlp_norm {
+                Some(n) => {
+                    residual(&l.attn_out, attn, proj, x)?;
+                    self.norm_spec(n)
+                }
+                None => attn_norm,
+            };
+            b.norm_linear_activation(
+                &mlp_norm,
+                x,
+                rows,
+                normed,
+                &m.weight,
+                m.bias.as_ref(),
+                (m.n_out, m.n_in),
                 c.activation,
                 mlp_mid,
                 mlp_act,
             )?;
+            if l.mlp_norm.is_none() {
+                residual(&l.attn_out, attn, proj, x)?;
+            }
             let mid = if c.activation == Activation::SwiGlu {
                 &*mlp_act
             } else {
@@ -400,34 +392,27 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// A norm with the model's kind and epsilon.
+    fn norm_spec<'a>(&self, n: &'a Norm<B::Weight>) -> NormSpec<'a, B::Weight> {
+        NormSpec {
+            kind: self.config.norm,
+            weight: &n.weight,
+            bias: n.bias.as_ref(),
+            eps: self.config.norm_eps,
+        }
+    }
+
     /// The final norm and the output head over `rows` rows of `x`: logits [rows][vocab].
     fn head(&self, x: &B::Buf, rows: usize, normed: &mut B::Buf) -> Result<B::Buf> {
         let (c, w, b) = (&self.config, &self.weights, &self.backend);
         let (h, v) = (c.hidden, c.vocab_size);
-        let fnorm = &w.final_norm;
-        b.norm(
-            c.norm,
-            x,
-            &fnorm.weight,
-            fnorm.bias.as_ref(),
-            c.norm_eps,
-            rows,
-            h,
-            normed,
-        )?;
+        let norm = self.norm_spec(&w.final_norm);
         let mut logits = b.scratch(rows * v)?;
-        match &w.lm_head {
-            Some(lin) => b.linear(
-                normed,
-                rows,
-                &lin.weight,
-                lin.bias.as_ref(),
-                v,
-                h,
-                &mut logits,
-            )?,
-            None => b.linear(normed, rows, &w.embed, None, v, h, &mut logits)?,
-        }
+        let (weight, bias) = match &w.lm_head {
+            Some(lin) => (&lin.weight, lin.bias.as_ref()),
+            None => (&w.embed, None),
+        };
+        b.norm_linear(&norm, x, rows, normed, weight, bias, (v, h), &mut logits)?;
         Ok(logits)
     }
 

@@ -2,7 +2,7 @@
 //! oracle from the same seeded random inputs, compared by relative error; cached positions and
 //! kept-token sets compared exactly except where two candidates' scores are near-ties.
 
-use keyformer::backend::{AttentionSpec, Backend, SeqStep};
+use keyformer::backend::{AttentionSpec, Backend, NormSpec, SeqStep};
 use keyformer::engine::sampling::{Draw, Sampler, SamplingParams};
 use keyformer::kv::{CacheShape, Keep, StepScore};
 use keyformer::model::config::{Activation, NormKind, Positions, RopePairs};
@@ -145,6 +145,34 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             let what = act.map_or("residual".to_string(), |a| format!("{a:?}"));
             record(
                 format!("linear {what} rows {rows} out {n_out} in {n_in}"),
+                rel_error(&got, &want),
+            );
+        }
+    }
+
+    // Norms folded into the product: one-row GPU calls fold them into the gemv (n_in 100 takes
+    // its scalar path on f16), others run the norm first.
+    for (kind, bias) in [
+        (NormKind::LayerNorm, true),
+        (NormKind::LayerNorm, false),
+        (NormKind::RmsNorm, false),
+    ] {
+        for (rows, n_out, n_in, act) in [
+            (1, 960, 576, None),
+            (1, 45, 100, Some(Activation::GeluTanh)),
+            (1, 3072, 576, Some(Activation::SwiGlu)),
+            (3, 130, 96, Some(Activation::SwiGlu)),
+        ] {
+            let x = rng.values(rows * n_in, 3.0);
+            let nw = rng.values(n_in, 1.0);
+            let nb = bias.then(|| rng.values(n_in, 1.0));
+            let w = rng.values(n_out * n_in, 0.2);
+            let inputs = (&x[..], &nw[..], nb.as_deref(), &w[..]);
+            let got = norm_product(b, kind, inputs, rows, (n_out, n_in), act).unwrap();
+            let want = norm_product(&cpu, kind, inputs, rows, (n_out, n_in), act).unwrap();
+            let what = act.map_or("linear".to_string(), |a| format!("{a:?}"));
+            record(
+                format!("norm {kind:?} bias {bias} {what} rows {rows} out {n_out} in {n_in}"),
                 rel_error(&got, &want),
             );
         }
@@ -413,6 +441,53 @@ fn fused_linear<B: Backend>(
     match act {
         Activation::SwiGlu => b.download(&out, rows * n_out / 2),
         _ => b.download(&scratch, rows * n_out),
+    }
+}
+
+/// (x, norm weight, norm bias, w).
+type NormProductInputs<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, &'a [f32]);
+
+/// norm_linear (act None) or norm_linear_activation.
+fn norm_product<B: Backend>(
+    b: &B,
+    kind: NormKind,
+    (x, nw, nb, w): NormProductInputs,
+    rows: usize,
+    (n_out, n_in): (usize, usize),
+    act: Option<Activation>,
+) -> Result<Vec<f32>> {
+    let (nw, w) = (b.upload_weight(nw.to_vec())?, b.upload_weight(w.to_vec())?);
+    let nb = nb.map(|v| b.upload_weight(v.to_vec())).transpose()?;
+    let norm = NormSpec {
+        kind,
+        weight: &nw,
+        bias: nb.as_ref(),
+        eps: 1e-5,
+    };
+    let x = b.upload(x)?;
+    let mut normed = b.zeros(rows * n_in)?;
+    let mut mid = b.zeros(rows * n_out)?;
+    let dims = (n_out, n_in);
+    let Some(act) = act else {
+        b.norm_linear(&norm, &x, rows, &mut normed, &w, None, dims, &mut mid)?;
+        return b.download(&mid, rows * n_out);
+    };
+    let mut out = b.zeros(rows * n_out / 2)?;
+    b.norm_linear_activation(
+        &norm,
+        &x,
+        rows,
+        &mut normed,
+        &w,
+        None,
+        dims,
+        act,
+        &mut mid,
+        &mut out,
+    )?;
+    match act {
+        Activation::SwiGlu => b.download(&out, rows * n_out / 2),
+        _ => b.download(&mid, rows * n_out),
     }
 }
 

@@ -316,32 +316,37 @@ fn attend(
         word(evict_one.map_or(0, |k| c.len - k.recent))?,
     ];
     let k = &b.kernels;
+    // The attention kernel does a decode row's preparation itself.
+    if rows > 1 {
+        b.gpu.dispatch(
+            &k.attention_prepare,
+            &params,
+            &[
+                (1, &qkv.buffer),
+                (2, &table),
+                (3, &q),
+                (4, &c.k),
+                (5, &c.v),
+                (6, &c.pos),
+                (7, &c.score),
+            ],
+            groups_for(rows * (nh + nkv) * hd),
+        )?;
+    }
+    // k and v are bound as vec4 runs (14, 15).
     b.gpu.dispatch(
-        &k.attention_prepare,
+        &k.attention,
         &params,
         &[
             (1, &qkv.buffer),
             (2, &table),
             (3, &q),
-            (4, &c.k),
-            (5, &c.v),
             (6, &c.pos),
             (7, &c.score),
-        ],
-        groups_for(rows * (nh + nkv) * hd),
-    )?;
-    // q, k and v are also bound as read-only vec4 views (10, 11, 12).
-    b.gpu.dispatch(
-        &k.attention,
-        &params,
-        &[
-            (2, &table),
-            (6, &c.pos),
             (8, &out.buffer),
             (9, &lse),
-            (10, &q),
-            (11, &c.k),
-            (12, &c.v),
+            (14, &c.k),
+            (15, &c.v),
         ],
         rows * nh,
     )?;

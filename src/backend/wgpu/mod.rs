@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 pub use cache::WgpuCache;
 
-use crate::backend::{AttentionSpec, Backend, SeqStep};
+use crate::backend::{AttentionSpec, Backend, NormSpec, SeqStep};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
@@ -160,12 +160,14 @@ impl WgpuBackend {
             .dispatch(kernel, params, buffers, groups_for(values))
     }
 
-    /// out[rows, n_out] = x . w^T (+ bias), then as `then` says.
+    /// out[rows, n_out] = norm(x) . w^T (+ bias), then as `then` says; x itself where `norm`
+    /// is None (a norm is folded into one-row products only).
     #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
         x: &WgpuBuf,
         rows: usize,
+        norm: Option<&NormSpec<WgpuWeight>>,
         w: &WgpuWeight,
         bias: Option<&WgpuWeight>,
         (n_out, n_in): (usize, usize),
@@ -178,45 +180,88 @@ impl WgpuBackend {
         if let Some(b) = bias {
             check_len("linear bias", b.len, n_out)?;
         }
+        if let Some(n) = norm {
+            check_len("norm weight", n.weight.len, n_in)?;
+            if let Some(b) = n.bias {
+                check_len("norm bias", b.len, n_in)?;
+            }
+            if rows != 1 {
+                return Err(backend_error("a norm is folded into one-row products only"));
+            }
+        }
         let (accumulate, gelu) = match then {
             Product::Accumulate => (true, 0),
             Product::Gelu(form) => (false, form),
             Product::Plain | Product::SwiGlu(_) => (false, 0),
         };
+        let norm_flags = norm.map_or(0, |n| {
+            1 << 4 | ((n.kind == NormKind::RmsNorm) as u32) << 5 | (n.bias.is_some() as u32) << 6
+        });
         let params = [
             word(rows)?,
             word(n_out)?,
             word(n_in)?,
-            bias.is_some() as u32 | (accumulate as u32) << 1 | gelu << 2,
+            bias.is_some() as u32 | (accumulate as u32) << 1 | gelu << 2 | norm_flags,
+            norm.map_or(0.0, |n| n.eps).to_bits(),
         ];
         let bias = bias.map_or(&self.unused, |b| &b.buffer);
-        // x and w are bound twice: as scalars, and as vec4 runs (the gemv reads w as raw
-        // 16-byte units instead).
-        let mut buffers = vec![
-            (1, &x.buffer),
-            (2, &w.buffer),
-            (3, bias),
-            (4, &out.buffer),
-            (5, &x.buffer),
-        ];
+        // x is bound as vec4 runs (and as scalars for the matmul); w as scalars, and as vec4
+        // runs for the matmul or raw 16-byte units for the gemv.
+        let mut buffers = vec![(2, &w.buffer), (3, bias), (4, &out.buffer), (5, &x.buffer)];
+        if rows == 1 {
+            let norm_weight = norm.map_or(&self.unused, |n| &n.weight.buffer);
+            let norm_bias = norm
+                .and_then(|n| n.bias)
+                .map_or(&self.unused, |b| &b.buffer);
+            buffers.extend([(7, &w.buffer), (9, norm_weight), (10, norm_bias)]);
+        }
         let (kernel, groups) = match then {
             Product::SwiGlu(act) => {
-                buffers.extend([(7, &w.buffer), (8, &act.buffer)]);
+                buffers.push((8, &act.buffer));
                 // 8 (gate, up) pairs per workgroup.
                 (&self.kernels.gemv_swiglu, (n_out / 2).div_ceil(8))
             }
-            _ if rows == 1 => {
-                buffers.push((7, &w.buffer));
-                // 8 outputs per workgroup.
-                (&self.kernels.gemv, n_out.div_ceil(8))
-            }
+            // 8 outputs per workgroup.
+            _ if rows == 1 => (&self.kernels.gemv, n_out.div_ceil(8)),
             _ => {
-                buffers.push((6, &w.buffer));
+                buffers.extend([(1, &x.buffer), (6, &w.buffer)]);
                 // 64 x 64 tiles.
                 (&self.kernels.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
             }
         };
         self.gpu.dispatch(kernel, &params, &buffers, groups)
+    }
+
+    /// `linear_activation` over norm(x) where `norm` is Some (one row only).
+    #[allow(clippy::too_many_arguments)]
+    fn product_activation(
+        &self,
+        x: &WgpuBuf,
+        rows: usize,
+        norm: Option<&NormSpec<WgpuWeight>>,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        (n_out, n_in): (usize, usize),
+        act: Activation,
+        mid: &mut WgpuBuf,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        let dims = (n_out, n_in);
+        let gelu = match act {
+            Activation::GeluErf => 1,
+            Activation::GeluTanh => 2,
+            // One row: the gemv writes the SwiGLU too.
+            Activation::SwiGlu if rows == 1 => {
+                check_len("swiglu output", out.len, n_out / 2)?;
+                let then = Product::SwiGlu(out);
+                return self.product(x, rows, norm, w, bias, dims, mid, then);
+            }
+            Activation::SwiGlu => {
+                self.product(x, rows, norm, w, bias, dims, mid, Product::Plain)?;
+                return self.activation(act, mid, rows, n_out / 2, out);
+            }
+        };
+        self.product(x, rows, norm, w, bias, dims, mid, Product::Gelu(gelu))
     }
 }
 
@@ -398,7 +443,7 @@ impl Backend for WgpuBackend {
         n_in: usize,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), out, Product::Plain)
+        self.product(x, rows, None, w, bias, (n_out, n_in), out, Product::Plain)
     }
 
     fn linear_residual(
@@ -412,15 +457,8 @@ impl Backend for WgpuBackend {
         _scratch: &mut WgpuBuf,
         residual: &mut WgpuBuf,
     ) -> Result<()> {
-        self.product(
-            x,
-            rows,
-            w,
-            bias,
-            (n_out, n_in),
-            residual,
-            Product::Accumulate,
-        )
+        let then = Product::Accumulate;
+        self.product(x, rows, None, w, bias, (n_out, n_in), residual, then)
     }
 
     fn linear_activation(
@@ -429,25 +467,54 @@ impl Backend for WgpuBackend {
         rows: usize,
         w: &WgpuWeight,
         bias: Option<&WgpuWeight>,
+        dims: (usize, usize),
+        act: Activation,
+        mid: &mut WgpuBuf,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        self.product_activation(x, rows, None, w, bias, dims, act, mid, out)
+    }
+
+    fn norm_linear(
+        &self,
+        norm: &NormSpec<WgpuWeight>,
+        x: &WgpuBuf,
+        rows: usize,
+        normed: &mut WgpuBuf,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        (n_out, n_in): (usize, usize),
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        if rows == 1 {
+            let then = Product::Plain;
+            return self.product(x, rows, Some(norm), w, bias, (n_out, n_in), out, then);
+        }
+        let (kind, eps) = (norm.kind, norm.eps);
+        self.norm(kind, x, norm.weight, norm.bias, eps, rows, n_in, normed)?;
+        self.linear(normed, rows, w, bias, n_out, n_in, out)
+    }
+
+    fn norm_linear_activation(
+        &self,
+        norm: &NormSpec<WgpuWeight>,
+        x: &WgpuBuf,
+        rows: usize,
+        normed: &mut WgpuBuf,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
         (n_out, n_in): (usize, usize),
         act: Activation,
         mid: &mut WgpuBuf,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        let gelu = match act {
-            Activation::GeluErf => 1,
-            Activation::GeluTanh => 2,
-            // One row: the gemv writes the SwiGLU too.
-            Activation::SwiGlu if rows == 1 => {
-                check_len("swiglu output", out.len, n_out / 2)?;
-                return self.product(x, rows, w, bias, (n_out, n_in), mid, Product::SwiGlu(out));
-            }
-            Activation::SwiGlu => {
-                self.product(x, rows, w, bias, (n_out, n_in), mid, Product::Plain)?;
-                return self.activation(act, mid, rows, n_out / 2, out);
-            }
-        };
-        self.product(x, rows, w, bias, (n_out, n_in), mid, Product::Gelu(gelu))
+        let dims = (n_out, n_in);
+        if rows == 1 {
+            return self.product_activation(x, rows, Some(norm), w, bias, dims, act, mid, out);
+        }
+        let (kind, eps) = (norm.kind, norm.eps);
+        self.norm(kind, x, norm.weight, norm.bias, eps, rows, n_in, normed)?;
+        self.linear_activation(normed, rows, w, bias, dims, act, mid, out)
     }
 
     fn activation(
