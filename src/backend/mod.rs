@@ -152,9 +152,14 @@ pub trait Backend {
         };
         self.activation(act, mid, rows, width, out)
     }
-    /// `linear` over norm(x), with `normed` as scratch for the normalised rows (what it holds
-    /// afterwards is unspecified). The default runs `norm` then `linear`; GPU backends fold a
-    /// one-row norm into the product, saving a dispatch.
+    /// Whether `norm_linear` and `norm_linear_activation` fold the norm of `rows` rows of
+    /// `width` into the product. Where they do not, `normed` holds the normalised rows after.
+    fn folds_norm(&self, _rows: usize, _width: usize) -> bool {
+        false
+    }
+    /// `linear` over norm(x), with `normed` for the normalised rows (see `folds_norm`). The
+    /// default runs `norm` then `linear`; the wgpu backend folds a narrow one-row norm into
+    /// the product, saving a dispatch.
     #[allow(clippy::too_many_arguments)]
     fn norm_linear(
         &self,

@@ -359,26 +359,26 @@ impl<B: Backend> Model<B> {
             )?;
             attend(i, qkv, attn)?;
             // A sequential block's MLP reads its own norm of x with the attention's output
-            // added in; a parallel block's reads the attention's norm of x as it was before.
+            // added in; a parallel block's reads the attention's norm of x as it was before,
+            // which `normed` still holds unless the backend folded that norm.
             let mlp_norm = match &l.mlp_norm {
                 Some(n) => {
                     residual(&l.attn_out, attn, proj, x)?;
-                    self.norm_spec(n)
+                    Some(self.norm_spec(n))
                 }
-                None => attn_norm,
+                None if b.folds_norm(rows, c.hidden) => Some(attn_norm),
+                None => None,
             };
-            b.norm_linear_activation(
-                &mlp_norm,
-                x,
-                rows,
-                normed,
-                &m.weight,
-                m.bias.as_ref(),
-                (m.n_out, m.n_in),
-                c.activation,
-                mlp_mid,
-                mlp_act,
-            )?;
+            let (weight, bias, dims, act) =
+                (&m.weight, m.bias.as_ref(), (m.n_out, m.n_in), c.activation);
+            match &mlp_norm {
+                Some(n) => b.norm_linear_activation(
+                    n, x, rows, normed, weight, bias, dims, act, mlp_mid, mlp_act,
+                )?,
+                None => {
+                    b.linear_activation(normed, rows, weight, bias, dims, act, mlp_mid, mlp_act)?
+                }
+            }
             if l.mlp_norm.is_none() {
                 residual(&l.attn_out, attn, proj, x)?;
             }
