@@ -121,23 +121,21 @@ extern "C" __global__ void bias_act(float* out, const wt* bias, u32 rows, u32 n_
     await_inputs();
     u32 i = first_of_eight(), n = rows * n_out;
     if (i >= n) return;
-    float v[8];
-    bool whole = i + 8 <= n;
-    if (whole) {
-        float4 a = *(const float4*)(out + i), b = *(const float4*)(out + i + 4);
-        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-    }
     u32 col = i % n_out;
-#pragma unroll
-    for (u32 k = 0; k < 8; k++) {
-        if (!whole && i + k >= n) break;
-        float x = whole ? v[k] : out[i + k];
-        v[k] = activate(x + (bias ? to_f32(bias[col]) : 0.0f), act);
-        if (!whole) out[i + k] = v[k];
+    // act(x + bias) of value i, then of i + 1, ...: the column moves on with each call.
+    auto next = [&](float x) {
+        float y = activate(x + (bias ? to_f32(bias[col]) : 0.0f), act);
         col = col + 1 == n_out ? 0 : col + 1;
-    }
-    if (whole) {
-        *(float4*)(out + i) = make_float4(v[0], v[1], v[2], v[3]);
-        *(float4*)(out + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+        return y;
+    };
+    if (i + 8 <= n) {
+        float4 a = *(const float4*)(out + i), b = *(const float4*)(out + i + 4);
+        float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) f[k] = next(f[k]);
+        *(float4*)(out + i) = make_float4(f[0], f[1], f[2], f[3]);
+        *(float4*)(out + i + 4) = make_float4(f[4], f[5], f[6], f[7]);
+    } else {
+        for (; i < n; i++) out[i] = next(out[i]);
     }
 }
