@@ -22,28 +22,20 @@ __device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const wt* wr, 
     }
 }
 
-// out[r][o] = act(x[r] . w[o] (+ bias[o])) for ROWS rows (act as in activate()), or
-// out[r][o] += x[r] . w[o] (+ bias[o]) when `accumulate` (a residual add folded in). One warp
-// per output: each lane keeps four 16-byte loads of the weight row in flight, which measured
-// fastest on an H100 (2.3-3.05 TB/s from 4096x4096 to 50400x4096 in f16, against 2.0-2.95 for
-// eight loads and 256-thread blocks). The first loads go out before waiting for the previous
-// kernel, which computes x. ROWS is a template parameter so the sums stay in registers.
+// acc[r] += x[r] . wr over n_in columns, for ROWS rows of x, by one warp. Each lane keeps four
+// 16-byte loads of the weight row in flight, which measured fastest on an H100 (2.3-3.05 TB/s
+// from 4096x4096 to 50400x4096 in f16, against 2.0-2.95 for eight loads and 256-thread blocks).
+// With `first`, the first loads go out before waiting for the previous kernel, which computes x.
+// ROWS is a template parameter so the sums stay in registers.
 template <int ROWS>
-__device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* out, u32 n_out, u32 n_in,
-                          u32 has_bias, u32 accumulate, u32 act) {
+__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, const wt* wr, u32 n_in, bool first) {
     const int LOADS = 4;
     const u32 STEP = 32 * VEC * LOADS;
-    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    u32 o = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (o >= n_out) return;
-    const wt* wr = w + (size_t)o * n_in;
-    float acc[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
+    u32 lane = threadIdx.x & 31;
     if (n_in % VEC == 0) {
         uint4 raw[LOADS];
         load_weights(raw, wr, lane * VEC, n_in);
-        await_inputs();
+        if (first) await_inputs();
         for (u32 base = lane * VEC; base < n_in; base += STEP) {
             if (base != lane * VEC) load_weights(raw, wr, base, n_in);
 #pragma unroll
@@ -64,27 +56,75 @@ __device__ void gemv_rows(const float* x, const wt* w, const wt* bias, float* ou
             }
         }
     } else {
-        await_inputs();
+        if (first) await_inputs();
         for (u32 i = lane; i < n_in; i += 32) {
             float wv = to_f32(wr[i]);
 #pragma unroll
             for (int r = 0; r < ROWS; r++) acc[r] += wv * x[(size_t)r * n_in + i];
         }
     }
+}
+
+// Output o of each row from the warp's sums: out[r][o] = act(sum + bias), or out[r][o] += sum
+// + bias when `accumulate` (a residual add folded in).
+template <int ROWS>
+__device__ __forceinline__ void store_rows(float (&acc)[ROWS], float bias, float* out, u32 n_out, u32 o,
+                                           u32 accumulate, u32 act) {
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
-        float s = warp_sum(acc[r]);
-        if (has_bias) s += to_f32(bias[o]);
-        if (lane == 0) out[(size_t)r * n_out + o] = accumulate ? out[(size_t)r * n_out + o] + s : activate(s, act);
+        float s = warp_sum(acc[r]) + bias;
+        float* y = out + (size_t)r * n_out + o;
+        if ((threadIdx.x & 31) == 0) *y = accumulate ? *y + s : activate(s, act);
     }
 }
 
-// Grid: ceil(n_out / 4) blocks of 128 threads.
-#define GEMV(R)                                                                                   \
-    extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,   \
-                                       u32 n_out, u32 n_in, u32 has_bias, u32 accumulate,        \
-                                       u32 act) {                                                 \
-        gemv_rows<R>(x, w, bias, out, n_out, n_in, has_bias, accumulate, act);                   \
+// This warp's output index: one warp per output, four per 128-thread block.
+__device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
+
+// Every kernel below takes ROWS rows of x at once, bias pointers may be null, and the grid is
+// ceil(outputs / 4) blocks of 128 threads.
+//
+// gemv: out[r][o] = act(x[r] . w[o] + bias[o]), or out[r][o] += x[r] . w[o] + bias[o] when
+// `accumulate`.
+//
+// gemv_pair: two products of one input in one launch (a parallel block's attention and MLP
+// input products): outputs [0, n_a) from w_a into out_a, the next n_b from w_b into out_b
+// through act_b. One launch instead of two keeps every SM streaming weights across the pair.
+//
+// gemv_sum: out[r][o] += x_a[r] . w_a[o] + x_b[r] . w_b[o] + the biases (a parallel block's
+// two output products added into the residual stream in one launch).
+#define GEMV(R)                                                                                      \
+    extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,      \
+                                       u32 n_out, u32 n_in, u32 accumulate, u32 act) {               \
+        u32 o = warp_output();                                                                       \
+        if (o >= n_out) return;                                                                      \
+        float acc[R] = {};                                                                           \
+        dot_rows<R>(acc, x, w + (size_t)o * n_in, n_in, true);                                       \
+        store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, out, n_out, o, accumulate, act);           \
+    }                                                                                                \
+    extern "C" __global__ void gemv_pair##R(const float* x, u32 n_in, const wt* w_a, const wt* bias_a, \
+                                            float* out_a, u32 n_a, const wt* w_b, const wt* bias_b,  \
+                                            float* out_b, u32 n_b, u32 act_b) {                      \
+        u32 o = warp_output();                                                                       \
+        if (o >= n_a + n_b) return;                                                                  \
+        bool b = o >= n_a;                                                                           \
+        const wt *w = b ? w_b : w_a, *bias = b ? bias_b : bias_a;                                    \
+        u32 n_out = b ? n_b : n_a;                                                                   \
+        if (b) o -= n_a;                                                                             \
+        float acc[R] = {};                                                                           \
+        dot_rows<R>(acc, x, w + (size_t)o * n_in, n_in, true);                                       \
+        store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, b ? out_b : out_a, n_out, o, 0, b ? act_b : 0); \
+    }                                                                                                \
+    extern "C" __global__ void gemv_sum##R(const float* x_a, const wt* w_a, const wt* bias_a, u32 n_a, \
+                                           const float* x_b, const wt* w_b, const wt* bias_b, u32 n_b, \
+                                           float* out, u32 n_out) {                                  \
+        u32 o = warp_output();                                                                       \
+        if (o >= n_out) return;                                                                      \
+        float acc[R] = {};                                                                           \
+        dot_rows<R>(acc, x_a, w_a + (size_t)o * n_a, n_a, true);                                     \
+        dot_rows<R>(acc, x_b, w_b + (size_t)o * n_b, n_b, false);                                    \
+        float bias = (bias_a ? to_f32(bias_a[o]) : 0.0f) + (bias_b ? to_f32(bias_b[o]) : 0.0f);      \
+        store_rows<R>(acc, bias, out, n_out, o, 1, 0);                                               \
     }
 GEMV(1)
 GEMV(2)

@@ -10,6 +10,7 @@ use crate::engine::sampling::Sampler;
 use crate::error::Result;
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, Positions};
+use crate::model::weights::Linear;
 
 /// What the attention op needs to know about the model.
 pub struct AttentionSpec<'a> {
@@ -152,6 +153,35 @@ pub trait Backend {
         };
         self.activation(act, mid, rows, width, out)
     }
+    /// A parallel block's two products of one input: `a_out` = x . a^T (+ bias), and b with
+    /// its activation into `mid` and `out` as `linear_activation`. The default runs them one
+    /// after the other; the CUDA backend runs one-row GELU pairs in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_pair(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        a: (&Linear<Self::Weight>, &mut Self::Buf),
+        b: &Linear<Self::Weight>,
+        act: Activation,
+        mid: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        linear_pair_in_turn(self, x, rows, a, b, act, mid, out)
+    }
+    /// residual += x_a . a^T + x_b . b^T (+ their biases): a parallel block's two output
+    /// products. The default runs two `linear_residual`; the CUDA backend one launch for a
+    /// few rows.
+    fn linear_residual_pair(
+        &self,
+        rows: usize,
+        a: (&Self::Buf, &Linear<Self::Weight>),
+        b: (&Self::Buf, &Linear<Self::Weight>),
+        scratch: &mut Self::Buf,
+        residual: &mut Self::Buf,
+    ) -> Result<()> {
+        linear_residual_pair_in_turn(self, rows, a, b, scratch, residual)
+    }
     /// Whether `norm_linear` and `norm_linear_activation` fold the norm of `rows` rows of
     /// `width` into the product. Where they do not, `normed` holds the normalised rows after.
     fn folds_norm(&self, _rows: usize, _width: usize) -> bool {
@@ -276,6 +306,39 @@ pub trait Backend {
     fn cache_positions(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<u32>>>;
     /// The accumulated scores of each kv head of a layer, in slot order (a readback).
     fn cache_scores(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<f32>>>;
+}
+
+/// `Backend::linear_pair` as two products, one after the other.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_pair_in_turn<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buf,
+    rows: usize,
+    (a, a_out): (&Linear<B::Weight>, &mut B::Buf),
+    b: &Linear<B::Weight>,
+    act: Activation,
+    mid: &mut B::Buf,
+    out: &mut B::Buf,
+) -> Result<()> {
+    be.linear(x, rows, &a.weight, a.bias.as_ref(), a.n_out, a.n_in, a_out)?;
+    let dims = (b.n_out, b.n_in);
+    be.linear_activation(x, rows, &b.weight, b.bias.as_ref(), dims, act, mid, out)
+}
+
+/// `Backend::linear_residual_pair` as two products, one after the other.
+pub fn linear_residual_pair_in_turn<B: Backend + ?Sized>(
+    be: &B,
+    rows: usize,
+    a: (&B::Buf, &Linear<B::Weight>),
+    b: (&B::Buf, &Linear<B::Weight>),
+    scratch: &mut B::Buf,
+    residual: &mut B::Buf,
+) -> Result<()> {
+    for (x, l) in [a, b] {
+        let bias = l.bias.as_ref();
+        be.linear_residual(x, rows, &l.weight, bias, l.n_out, l.n_in, scratch, residual)?;
+    }
+    Ok(())
 }
 
 /// One sequence's decode token: its attention over its own cache, then its eviction.

@@ -345,8 +345,20 @@ impl<B: Backend> Model<B> {
                 )
             };
         for (i, l) in w.layers.iter().enumerate() {
-            let (q, m) = (&l.qkv, &l.mlp_in);
+            let (q, m, act) = (&l.qkv, &l.mlp_in, c.activation);
             let attn_norm = self.norm_spec(&l.attn_norm);
+            if l.mlp_norm.is_none() && !b.folds_norm(rows, c.hidden) {
+                // A parallel block whose norm is not folded: one norm of x feeds both input
+                // products, which go to the backend together, as do the two output products.
+                let n = &attn_norm;
+                b.norm(n.kind, x, n.weight, n.bias, n.eps, rows, c.hidden, normed)?;
+                b.linear_pair(normed, rows, (q, qkv), m, act, mlp_mid, mlp_act)?;
+                attend(i, qkv, attn)?;
+                let mid = mlp_output(act, mlp_mid, mlp_act);
+                b.linear_residual_pair(rows, (attn, &l.attn_out), (mid, &l.mlp_out), proj, x)?;
+                continue;
+            }
+            let dims = (q.n_out, q.n_in);
             b.norm_linear(
                 &attn_norm,
                 x,
@@ -354,40 +366,27 @@ impl<B: Backend> Model<B> {
                 normed,
                 &q.weight,
                 q.bias.as_ref(),
-                (q.n_out, q.n_in),
+                dims,
                 qkv,
             )?;
             attend(i, qkv, attn)?;
             // A sequential block's MLP reads its own norm of x with the attention's output
-            // added in; a parallel block's reads the attention's norm of x as it was before,
-            // which `normed` still holds unless the backend folded that norm.
+            // added in; a parallel block's reads the attention's norm of x as it was before.
             let mlp_norm = match &l.mlp_norm {
                 Some(n) => {
                     residual(&l.attn_out, attn, proj, x)?;
-                    Some(self.norm_spec(n))
+                    self.norm_spec(n)
                 }
-                None if b.folds_norm(rows, c.hidden) => Some(attn_norm),
-                None => None,
+                None => attn_norm,
             };
-            let (weight, bias, dims, act) =
-                (&m.weight, m.bias.as_ref(), (m.n_out, m.n_in), c.activation);
-            match &mlp_norm {
-                Some(n) => b.norm_linear_activation(
-                    n, x, rows, normed, weight, bias, dims, act, mlp_mid, mlp_act,
-                )?,
-                None => {
-                    b.linear_activation(normed, rows, weight, bias, dims, act, mlp_mid, mlp_act)?
-                }
-            }
+            let (weight, bias, dims) = (&m.weight, m.bias.as_ref(), (m.n_out, m.n_in));
+            b.norm_linear_activation(
+                &mlp_norm, x, rows, normed, weight, bias, dims, act, mlp_mid, mlp_act,
+            )?;
             if l.mlp_norm.is_none() {
                 residual(&l.attn_out, attn, proj, x)?;
             }
-            let mid = if c.activation == Activation::SwiGlu {
-                &*mlp_act
-            } else {
-                &*mlp_mid
-            };
-            residual(&l.mlp_out, mid, proj, x)?;
+            residual(&l.mlp_out, mlp_output(act, mlp_mid, mlp_act), proj, x)?;
         }
         Ok(())
     }
@@ -421,5 +420,14 @@ impl<B: Backend> Model<B> {
         let mut out = self.backend.scratch(width)?;
         self.backend.copy_rows(x, row, 1, width, &mut out, 0)?;
         Ok(out)
+    }
+}
+
+/// The MLP's activated rows: `mid` itself after a GELU, `swiglu_out` after SwiGLU.
+fn mlp_output<'a, T>(act: Activation, mid: &'a T, swiglu_out: &'a T) -> &'a T {
+    if act == Activation::SwiGlu {
+        swiglu_out
+    } else {
+        mid
     }
 }

@@ -6,6 +6,7 @@ use keyformer::backend::{AttentionSpec, Backend, NormSpec, SeqStep};
 use keyformer::engine::sampling::{Draw, Sampler, SamplingParams};
 use keyformer::kv::{CacheShape, Keep, StepScore};
 use keyformer::model::config::{Activation, NormKind, Positions, RopePairs};
+use keyformer::model::weights::Linear;
 use keyformer::{CpuBackend, Result};
 
 /// Seeded uniform values in [-scale, scale).
@@ -148,6 +149,44 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
                 rel_error(&got, &want),
             );
         }
+    }
+
+    // A parallel block's pairs of products: the CUDA backend runs up to four GELU rows in one
+    // launch per pair (n_in 100 takes the f16 scalar path); more rows and SwiGLU run in turn.
+    for (rows, n_a, n_b, n_in, act) in [
+        (1, 300, 1000, 256, Activation::GeluErf),
+        (1, 45, 70, 100, Activation::GeluTanh),
+        (3, 130, 64, 96, Activation::GeluErf),
+        (7, 37, 50, 70, Activation::GeluTanh),
+        (1, 30, 80, 64, Activation::SwiGlu),
+    ] {
+        let x = rng.values(rows * n_in, 1.0);
+        let a = HostLinear::random(&mut rng, n_a, n_in, false);
+        let p = HostLinear::random(&mut rng, n_b, n_in, true);
+        let got = linear_pair(b, &x, rows, (&a, &p), act).unwrap();
+        let want = linear_pair(&cpu, &x, rows, (&a, &p), act).unwrap();
+        record(
+            format!("linear pair {act:?} rows {rows} out {n_a}+{n_b} in {n_in}"),
+            rel_error(&got, &want),
+        );
+    }
+    for (rows, n_out, n_a, n_b) in [
+        (1, 300, 256, 1000),
+        (2, 45, 100, 70),
+        (4, 130, 96, 1160),
+        (6, 37, 64, 32),
+    ] {
+        let (x_a, x_b) = (rng.values(rows * n_a, 1.0), rng.values(rows * n_b, 1.0));
+        let a = HostLinear::random(&mut rng, n_out, n_a, rows % 2 == 0);
+        let p = HostLinear::random(&mut rng, n_out, n_b, true);
+        let residual = rng.values(rows * n_out, 1.0);
+        let inputs = ((&x_a[..], &a), (&x_b[..], &p));
+        let got = residual_pair(b, rows, inputs, &residual).unwrap();
+        let want = residual_pair(&cpu, rows, inputs, &residual).unwrap();
+        record(
+            format!("linear residual pair rows {rows} out {n_out} in {n_a}+{n_b}"),
+            rel_error(&got, &want),
+        );
     }
 
     // Norms folded into the product: one-row GPU calls fold them into the gemv (n_in 100 takes
@@ -442,6 +481,76 @@ fn fused_linear<B: Backend>(
         Activation::SwiGlu => b.download(&out, rows * n_out / 2),
         _ => b.download(&scratch, rows * n_out),
     }
+}
+
+/// A product's weights on the host.
+struct HostLinear {
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    n_out: usize,
+    n_in: usize,
+}
+
+impl HostLinear {
+    fn random(rng: &mut Rng, n_out: usize, n_in: usize, bias: bool) -> HostLinear {
+        let w = rng.values(n_out * n_in, 0.2);
+        let bias = bias.then(|| rng.values(n_out, 1.0));
+        HostLinear {
+            w,
+            bias,
+            n_out,
+            n_in,
+        }
+    }
+
+    fn upload<B: Backend>(&self, b: &B) -> Result<Linear<B::Weight>> {
+        Ok(Linear {
+            weight: b.upload_weight(self.w.clone())?,
+            bias: self.bias.clone().map(|v| b.upload_weight(v)).transpose()?,
+            n_out: self.n_out,
+            n_in: self.n_in,
+        })
+    }
+}
+
+/// linear_pair: a's rows, then p's activated rows.
+fn linear_pair<B: Backend>(
+    b: &B,
+    x: &[f32],
+    rows: usize,
+    (a, p): (&HostLinear, &HostLinear),
+    act: Activation,
+) -> Result<Vec<f32>> {
+    let (a, p) = (a.upload(b)?, p.upload(b)?);
+    let mut a_out = b.zeros(rows * a.n_out)?;
+    let mut mid = b.zeros(rows * p.n_out)?;
+    let mut out = b.zeros(rows * p.n_out / 2)?;
+    let x = b.upload(x)?;
+    b.linear_pair(&x, rows, (&a, &mut a_out), &p, act, &mut mid, &mut out)?;
+    let mut values = b.download(&a_out, rows * a.n_out)?;
+    values.extend(match act {
+        Activation::SwiGlu => b.download(&out, rows * p.n_out / 2)?,
+        _ => b.download(&mid, rows * p.n_out)?,
+    });
+    Ok(values)
+}
+
+/// Inputs and weights of the two products of a residual pair.
+type PairInputs<'a> = ((&'a [f32], &'a HostLinear), (&'a [f32], &'a HostLinear));
+
+/// linear_residual_pair over a copy of `residual`.
+fn residual_pair<B: Backend>(
+    b: &B,
+    rows: usize,
+    ((x_a, a), (x_b, p)): PairInputs,
+    residual: &[f32],
+) -> Result<Vec<f32>> {
+    let (a, p) = (a.upload(b)?, p.upload(b)?);
+    let (x_a, x_b) = (b.upload(x_a)?, b.upload(x_b)?);
+    let mut scratch = b.zeros(residual.len())?;
+    let mut out = b.upload(residual)?;
+    b.linear_residual_pair(rows, (&x_a, &a), (&x_b, &p), &mut scratch, &mut out)?;
+    b.download(&out, residual.len())
 }
 
 /// (x, norm weight, norm bias, w).

@@ -60,8 +60,10 @@ pub struct Kernels {
     pub embed: CudaFunction,
     pub add_positions: CudaFunction,
     pub norm: CudaFunction,
-    /// gemv[r - 1] multiplies r rows.
+    /// gemv[r - 1] multiplies r rows, and so do gemv_pair and gemv_sum.
     pub gemv: [CudaFunction; 4],
+    pub gemv_pair: [CudaFunction; 4],
+    pub gemv_sum: [CudaFunction; 4],
     pub to_wt: CudaFunction,
     pub bias_act: CudaFunction,
     pub gelu: CudaFunction,
@@ -101,6 +103,18 @@ impl Kernels {
                 f(2, "gemv2")?,
                 f(2, "gemv3")?,
                 f(2, "gemv4")?,
+            ],
+            gemv_pair: [
+                f(2, "gemv_pair1")?,
+                f(2, "gemv_pair2")?,
+                f(2, "gemv_pair3")?,
+                f(2, "gemv_pair4")?,
+            ],
+            gemv_sum: [
+                f(2, "gemv_sum1")?,
+                f(2, "gemv_sum2")?,
+                f(2, "gemv_sum3")?,
+                f(2, "gemv_sum4")?,
             ],
             to_wt: f(2, "to_wt")?,
             bias_act: f(2, "bias_act")?,

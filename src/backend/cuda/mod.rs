@@ -14,11 +14,14 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig
 pub use attention::{CudaCache, CudaLayer};
 use kernels::{Arg, Kernels};
 
-use crate::backend::{AttentionSpec, Backend, SeqStep};
+use crate::backend::{
+    AttentionSpec, Backend, SeqStep, linear_pair_in_turn, linear_residual_pair_in_turn,
+};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind};
+use crate::model::weights::Linear;
 
 /// How weights and the KV cache are stored on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,15 +290,9 @@ impl CudaBackend {
             Epilogue::Accumulate => (true, 0),
             Epilogue::Store(act) => (false, act.map_or(0, activation_code)),
         };
-        check("linear input", x.len(), rows * n_in)?;
-        check(
-            "linear weight",
-            w.data.len() / self.dtype.bytes(),
-            n_out * n_in,
-        )?;
-        check("linear output", out.len(), rows * n_out)?;
+        self.check_product(x, rows, w, (n_out, n_in), out)?;
         let bias_ptr = bias.map_or(0, |b| self.ptr(&b.data));
-        if rows <= 4 {
+        if rows <= GEMV_ROWS {
             let args = [
                 Arg::P(self.ptr(x)),
                 Arg::P(self.ptr(&w.data)),
@@ -303,16 +300,10 @@ impl CudaBackend {
                 Arg::P(self.ptr(out)),
                 Arg::U(n_out as u32),
                 Arg::U(n_in as u32),
-                Arg::U(bias.is_some() as u32),
                 Arg::U(accumulate as u32),
                 Arg::U(act),
             ];
-            return self.launch(
-                &self.k.gemv[rows - 1],
-                (n_out.div_ceil(4) as u32, 1),
-                128,
-                &args,
-            );
+            return self.launch(&self.k.gemv[rows - 1], gemv_blocks(n_out), 128, &args);
         }
         // Row-major out[rows][n_out] is column-major out^T = W (n_out x n_in, stored as W^T) . x^T.
         let xs;
@@ -344,6 +335,21 @@ impl CudaBackend {
             self.launch(&self.k.bias_act, blocks_of_eight(rows * n_out), 256, &args)?;
         }
         Ok(())
+    }
+
+    /// That x, w and out hold `rows` rows of a product of (n_out, n_in).
+    fn check_product(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        (n_out, n_in): (usize, usize),
+        out: &CudaSlice<f32>,
+    ) -> Result<()> {
+        check("linear input", x.len(), rows * n_in)?;
+        let weight_values = w.data.len() / self.dtype.bytes();
+        check("linear weight", weight_values, n_out * n_in)?;
+        check("linear output", out.len(), rows * n_out)
     }
 
     /// Activations converted to the storage type, for cuBLAS products with the weights.
@@ -379,6 +385,14 @@ fn activation_code(act: Activation) -> u32 {
         Activation::GeluTanh => 2,
         Activation::SwiGlu => 0,
     }
+}
+
+/// Products of up to this many rows take the matrix-vector kernels, more go to cuBLAS.
+const GEMV_ROWS: usize = 4;
+
+/// Blocks of the matrix-vector kernels: one warp per output, four per block of 128 threads.
+fn gemv_blocks(n_out: usize) -> (u32, u32) {
+    (n_out.div_ceil(4) as u32, 1)
 }
 
 fn blocks(n: usize) -> (u32, u32) {
@@ -588,6 +602,69 @@ impl Backend for CudaBackend {
             mid,
             Epilogue::Store(Some(act)),
         )
+    }
+
+    fn linear_pair(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        (a, a_out): (&Linear<CudaWeight>, &mut CudaSlice<f32>),
+        b: &Linear<CudaWeight>,
+        act: Activation,
+        mid: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if rows > GEMV_ROWS || act == Activation::SwiGlu || a.n_in != b.n_in {
+            return linear_pair_in_turn(self, x, rows, (a, a_out), b, act, mid, out);
+        }
+        self.check_product(x, rows, &a.weight, (a.n_out, a.n_in), a_out)?;
+        self.check_product(x, rows, &b.weight, (b.n_out, b.n_in), mid)?;
+        let bias = |l: &Linear<CudaWeight>| l.bias.as_ref().map_or(0, |b| self.ptr(&b.data));
+        let args = [
+            Arg::P(self.ptr(x)),
+            Arg::U(a.n_in as u32),
+            Arg::P(self.ptr(&a.weight.data)),
+            Arg::P(bias(a)),
+            Arg::P(self.ptr(a_out)),
+            Arg::U(a.n_out as u32),
+            Arg::P(self.ptr(&b.weight.data)),
+            Arg::P(bias(b)),
+            Arg::P(self.ptr(mid)),
+            Arg::U(b.n_out as u32),
+            Arg::U(activation_code(act)),
+        ];
+        let blocks = gemv_blocks(a.n_out + b.n_out);
+        self.launch(&self.k.gemv_pair[rows - 1], blocks, 128, &args)
+    }
+
+    fn linear_residual_pair(
+        &self,
+        rows: usize,
+        (x_a, a): (&CudaSlice<f32>, &Linear<CudaWeight>),
+        (x_b, b): (&CudaSlice<f32>, &Linear<CudaWeight>),
+        scratch: &mut CudaSlice<f32>,
+        residual: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if rows > GEMV_ROWS || a.n_out != b.n_out {
+            return linear_residual_pair_in_turn(self, rows, (x_a, a), (x_b, b), scratch, residual);
+        }
+        self.check_product(x_a, rows, &a.weight, (a.n_out, a.n_in), residual)?;
+        self.check_product(x_b, rows, &b.weight, (b.n_out, b.n_in), residual)?;
+        let bias = |l: &Linear<CudaWeight>| l.bias.as_ref().map_or(0, |b| self.ptr(&b.data));
+        let args = [
+            Arg::P(self.ptr(x_a)),
+            Arg::P(self.ptr(&a.weight.data)),
+            Arg::P(bias(a)),
+            Arg::U(a.n_in as u32),
+            Arg::P(self.ptr(x_b)),
+            Arg::P(self.ptr(&b.weight.data)),
+            Arg::P(bias(b)),
+            Arg::U(b.n_in as u32),
+            Arg::P(self.ptr(residual)),
+            Arg::U(a.n_out as u32),
+        ];
+        let blocks = gemv_blocks(a.n_out);
+        self.launch(&self.k.gemv_sum[rows - 1], blocks, 128, &args)
     }
 
     fn activation(
