@@ -22,22 +22,66 @@ __device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const wt* wr, 
     }
 }
 
-// acc[r] += x[r] . wr over n_in columns, for ROWS rows of x, by one warp. Each lane keeps four
-// 16-byte loads of the weight row in flight, which measured fastest on an H100 (2.3-3.05 TB/s
-// from 4096x4096 to 50400x4096 in f16, against 2.0-2.95 for eight loads and 256-thread blocks).
-// With `first`, the first loads go out before waiting for the previous kernel, which computes x.
-// ROWS is a template parameter so the sums stay in registers.
+// The norm a product folds in: LayerNorm (with bias when b is set) or RMSNorm; w null for none.
+struct FoldedNorm {
+    const wt* w;
+    const wt* b;
+    float eps;
+    u32 rms;
+};
+
+// norm(x) of ROWS rows of n into dynamic shared memory, with norm_rows' statistics (two passes,
+// f32), for the whole block; returns the staged rows. Each thread keeps to its own columns
+// between the passes, so only the reductions synchronise.
 template <int ROWS>
-__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, const wt* wr, u32 n_in, bool first) {
-    const int LOADS = 4;
+__device__ const float* stage_norm(const float* x, u32 n, FoldedNorm nm) {
+    extern __shared__ float staged[];
+    for (int r = 0; r < ROWS; r++) {
+        const float* xr = x + (size_t)r * n;
+        float* sr = staged + (size_t)r * n;
+        float s = 0.0f;
+        for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+            sr[i] = xr[i];
+            s += sr[i];
+        }
+        float mean = nm.rms ? 0.0f : block_reduce(s, false) / n;
+        float q = 0.0f;
+        for (u32 i = threadIdx.x; i < n; i += blockDim.x) q += (sr[i] - mean) * (sr[i] - mean);
+        float inv = rsqrtf(block_reduce(q, false) / n + nm.eps);
+        for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+            float y = (sr[i] - mean) * inv * to_f32(nm.w[i]);
+            sr[i] = nm.b ? y + to_f32(nm.b[i]) : y;
+        }
+    }
+    __syncthreads();
+    return staged;
+}
+
+// acc[r] += x[r] . wr over n_in columns, for ROWS rows of x, by one warp; wr null for a warp
+// past the outputs, which only helps stage the norm. With OVERLAP each lane loads the next two
+// 16-byte slices of the weight row while it multiplies the current two; without, it loads four
+// and then multiplies them. Measured on an H100 (ms/token at 2048 tokens, same call): OVERLAP
+// makes gemv faster (MPT 5.98-6.03 against 6.27-6.48) and gemv_pair too (GPT-J 5.27-5.31
+// against 5.35-5.39), but gemv_sum's long rows slower (GPT-J 5.57 against 5.27-5.31). With
+// `first`, the first loads go out before waiting for the previous kernel, which computes x;
+// with a norm, the block then stages norm(x) and reads that. ROWS is a template parameter so
+// the sums stay in registers.
+template <int ROWS, bool OVERLAP>
+__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, const wt* wr, u32 n_in, bool first,
+                                         FoldedNorm norm) {
+    const int LOADS = OVERLAP ? 2 : 4;
     const u32 STEP = 32 * VEC * LOADS;
     u32 lane = threadIdx.x & 31;
-    if (n_in % VEC == 0) {
-        uint4 raw[LOADS];
-        load_weights(raw, wr, lane * VEC, n_in);
-        if (first) await_inputs();
+    bool vec = n_in % VEC == 0;
+    uint4 raw[LOADS], next[LOADS];
+    if (vec && wr) load_weights(raw, wr, lane * VEC, n_in);
+    if (first) await_inputs();
+    if (norm.w) x = stage_norm<ROWS>(x, n_in, norm);
+    if (!wr) return;
+    if (vec) {
         for (u32 base = lane * VEC; base < n_in; base += STEP) {
-            if (base != lane * VEC) load_weights(raw, wr, base, n_in);
+            if (OVERLAP && base + STEP < n_in) load_weights(next, wr, base + STEP, n_in);
+            if (!OVERLAP && base != lane * VEC) load_weights(raw, wr, base, n_in);
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
@@ -54,9 +98,12 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, con
                     }
                 }
             }
+            if (OVERLAP) {
+#pragma unroll
+                for (int u = 0; u < LOADS; u++) raw[u] = next[u];
+            }
         }
     } else {
-        if (first) await_inputs();
         for (u32 i = lane; i < n_in; i += 32) {
             float wv = to_f32(wr[i]);
 #pragma unroll
@@ -78,11 +125,13 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], float bias, float
     }
 }
 
-// This warp's output index: one warp per output, four per 128-thread block.
+// This warp's output index: one warp per output.
 __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
 
-// Every kernel below takes ROWS rows of x at once, bias pointers may be null, and the grid is
-// ceil(outputs / 4) blocks of 128 threads.
+// Every kernel below takes ROWS rows of x at once, bias pointers may be null, and the grid has
+// a warp per output: blocks of 128 threads, or 512 with a folded norm (norm_w set; each block
+// stages the rows' norm in ROWS * n_in floats of dynamic shared memory, and larger blocks
+// stage it fewer times).
 //
 // gemv: out[r][o] = act(x[r] . w[o] + bias[o]), or out[r][o] += x[r] . w[o] + bias[o] when
 // `accumulate`.
@@ -93,26 +142,31 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
 //
 // gemv_sum: out[r][o] += x_a[r] . w_a[o] + x_b[r] . w_b[o] + the biases (a parallel block's
 // two output products added into the residual stream in one launch).
+#define NORM_PARAMS const wt *norm_w, const wt *norm_b, float eps, u32 rms
 #define GEMV(R)                                                                                      \
     extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,      \
-                                       u32 n_out, u32 n_in, u32 accumulate, u32 act) {               \
+                                       u32 n_out, u32 n_in, u32 accumulate, u32 act, NORM_PARAMS) {  \
         u32 o = warp_output();                                                                       \
-        if (o >= n_out) return;                                                                      \
+        if (o >= n_out && !norm_w) return;                                                           \
         float acc[R] = {};                                                                           \
-        dot_rows<R>(acc, x, w + (size_t)o * n_in, n_in, true);                                       \
+        const wt* wr = o < n_out ? w + (size_t)o * n_in : nullptr;                                   \
+        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                             \
+        if (o >= n_out) return;                                                                      \
         store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, out, n_out, o, accumulate, act);           \
     }                                                                                                \
     extern "C" __global__ void gemv_pair##R(const float* x, u32 n_in, const wt* w_a, const wt* bias_a, \
                                             float* out_a, u32 n_a, const wt* w_b, const wt* bias_b,  \
-                                            float* out_b, u32 n_b, u32 act_b) {                      \
+                                            float* out_b, u32 n_b, u32 act_b, NORM_PARAMS) {         \
         u32 o = warp_output();                                                                       \
-        if (o >= n_a + n_b) return;                                                                  \
+        if (o >= n_a + n_b && !norm_w) return;                                                       \
         bool b = o >= n_a;                                                                           \
         const wt *w = b ? w_b : w_a, *bias = b ? bias_b : bias_a;                                    \
         u32 n_out = b ? n_b : n_a;                                                                   \
         if (b) o -= n_a;                                                                             \
         float acc[R] = {};                                                                           \
-        dot_rows<R>(acc, x, w + (size_t)o * n_in, n_in, true);                                       \
+        const wt* wr = o < n_out ? w + (size_t)o * n_in : nullptr;                                   \
+        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                             \
+        if (o >= n_out) return;                                                                      \
         store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, b ? out_b : out_a, n_out, o, 0, b ? act_b : 0); \
     }                                                                                                \
     extern "C" __global__ void gemv_sum##R(const float* x_a, const wt* w_a, const wt* bias_a, u32 n_a, \
@@ -121,8 +175,8 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         u32 o = warp_output();                                                                       \
         if (o >= n_out) return;                                                                      \
         float acc[R] = {};                                                                           \
-        dot_rows<R>(acc, x_a, w_a + (size_t)o * n_a, n_a, true);                                     \
-        dot_rows<R>(acc, x_b, w_b + (size_t)o * n_b, n_b, false);                                    \
+        dot_rows<R, false>(acc, x_a, w_a + (size_t)o * n_a, n_a, true, {});                                 \
+        dot_rows<R, false>(acc, x_b, w_b + (size_t)o * n_b, n_b, false, {});                                \
         float bias = (bias_a ? to_f32(bias_a[o]) : 0.0f) + (bias_b ? to_f32(bias_b[o]) : 0.0f);      \
         store_rows<R>(acc, bias, out, n_out, o, 1, 0);                                               \
     }

@@ -153,21 +153,25 @@ pub trait Backend {
         };
         self.activation(act, mid, rows, width, out)
     }
-    /// A parallel block's two products of one input: `a_out` = x . a^T (+ bias), and b with
-    /// its activation into `mid` and `out` as `linear_activation`. The default runs them one
-    /// after the other; the CUDA backend runs one-row GELU pairs in one launch.
+    /// A parallel block's two products of norm(x), with `normed` as in `norm_linear`: `a_out` =
+    /// norm(x) . a^T (+ bias), and b with its activation into `mid` and `out` as
+    /// `linear_activation`. The default normalises once, or folds the norm into each product
+    /// where the backend folds, and runs the products in turn; the CUDA backend runs few-row
+    /// GELU pairs in one launch.
     #[allow(clippy::too_many_arguments)]
-    fn linear_pair(
+    fn norm_linear_pair(
         &self,
+        norm: &NormSpec<Self::Weight>,
         x: &Self::Buf,
         rows: usize,
+        normed: &mut Self::Buf,
         a: (&Linear<Self::Weight>, &mut Self::Buf),
         b: &Linear<Self::Weight>,
         act: Activation,
         mid: &mut Self::Buf,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        linear_pair_in_turn(self, x, rows, a, b, act, mid, out)
+        norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out)
     }
     /// residual += x_a . a^T + x_b . b^T (+ their biases): a parallel block's two output
     /// products. The default runs two `linear_residual`; the CUDA backend one launch for a
@@ -188,8 +192,8 @@ pub trait Backend {
         false
     }
     /// `linear` over norm(x), with `normed` for the normalised rows (see `folds_norm`). The
-    /// default runs `norm` then `linear`; the wgpu backend folds a narrow one-row norm into
-    /// the product, saving a dispatch.
+    /// default runs `norm` then `linear`; the GPU backends fold the norm of narrow rows (one
+    /// on wgpu, up to four on CUDA) into the product, saving a launch.
     #[allow(clippy::too_many_arguments)]
     fn norm_linear(
         &self,
@@ -308,21 +312,32 @@ pub trait Backend {
     fn cache_scores(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<f32>>>;
 }
 
-/// `Backend::linear_pair` as two products, one after the other.
+/// `Backend::norm_linear_pair` as two products, one after the other.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_pair_in_turn<B: Backend + ?Sized>(
+pub fn norm_linear_pair_in_turn<B: Backend + ?Sized>(
     be: &B,
+    norm: &NormSpec<B::Weight>,
     x: &B::Buf,
     rows: usize,
+    normed: &mut B::Buf,
     (a, a_out): (&Linear<B::Weight>, &mut B::Buf),
     b: &Linear<B::Weight>,
     act: Activation,
     mid: &mut B::Buf,
     out: &mut B::Buf,
 ) -> Result<()> {
-    be.linear(x, rows, &a.weight, a.bias.as_ref(), a.n_out, a.n_in, a_out)?;
-    let dims = (b.n_out, b.n_in);
-    be.linear_activation(x, rows, &b.weight, b.bias.as_ref(), dims, act, mid, out)
+    let (dims_a, bias_a) = ((a.n_out, a.n_in), a.bias.as_ref());
+    let (dims_b, bias_b) = ((b.n_out, b.n_in), b.bias.as_ref());
+    if be.folds_norm(rows, a.n_in) {
+        be.norm_linear(norm, x, rows, normed, &a.weight, bias_a, dims_a, a_out)?;
+        return be.norm_linear_activation(
+            norm, x, rows, normed, &b.weight, bias_b, dims_b, act, mid, out,
+        );
+    }
+    let (kind, eps) = (norm.kind, norm.eps);
+    be.norm(kind, x, norm.weight, norm.bias, eps, rows, a.n_in, normed)?;
+    be.linear(normed, rows, &a.weight, bias_a, a.n_out, a.n_in, a_out)?;
+    be.linear_activation(normed, rows, &b.weight, bias_b, dims_b, act, mid, out)
 }
 
 /// `Backend::linear_residual_pair` as two products, one after the other.

@@ -347,17 +347,18 @@ impl<B: Backend> Model<B> {
         for (i, l) in w.layers.iter().enumerate() {
             let (q, m, act) = (&l.qkv, &l.mlp_in, c.activation);
             let attn_norm = self.norm_spec(&l.attn_norm);
-            if l.mlp_norm.is_none() && !b.folds_norm(rows, c.hidden) {
-                // A parallel block whose norm is not folded: one norm of x feeds both input
-                // products, which go to the backend together, as do the two output products.
-                let n = &attn_norm;
-                b.norm(n.kind, x, n.weight, n.bias, n.eps, rows, c.hidden, normed)?;
-                b.linear_pair(normed, rows, (q, qkv), m, act, mlp_mid, mlp_act)?;
+            let Some(mlp_norm) = &l.mlp_norm else {
+                // A parallel block: one norm of x feeds both input products, which go to the
+                // backend together, as do the two output products.
+                let qkv_out = (q, &mut *qkv);
+                b.norm_linear_pair(
+                    &attn_norm, x, rows, normed, qkv_out, m, act, mlp_mid, mlp_act,
+                )?;
                 attend(i, qkv, attn)?;
                 let mid = mlp_output(act, mlp_mid, mlp_act);
                 b.linear_residual_pair(rows, (attn, &l.attn_out), (mid, &l.mlp_out), proj, x)?;
                 continue;
-            }
+            };
             let dims = (q.n_out, q.n_in);
             b.norm_linear(
                 &attn_norm,
@@ -370,22 +371,13 @@ impl<B: Backend> Model<B> {
                 qkv,
             )?;
             attend(i, qkv, attn)?;
-            // A sequential block's MLP reads its own norm of x with the attention's output
-            // added in; a parallel block's reads the attention's norm of x as it was before.
-            let mlp_norm = match &l.mlp_norm {
-                Some(n) => {
-                    residual(&l.attn_out, attn, proj, x)?;
-                    self.norm_spec(n)
-                }
-                None => attn_norm,
-            };
+            // The MLP reads its own norm of x with the attention's output added in.
+            residual(&l.attn_out, attn, proj, x)?;
             let (weight, bias, dims) = (&m.weight, m.bias.as_ref(), (m.n_out, m.n_in));
+            let mlp_norm = self.norm_spec(mlp_norm);
             b.norm_linear_activation(
                 &mlp_norm, x, rows, normed, weight, bias, dims, act, mlp_mid, mlp_act,
             )?;
-            if l.mlp_norm.is_none() {
-                residual(&l.attn_out, attn, proj, x)?;
-            }
             residual(&l.mlp_out, mlp_output(act, mlp_mid, mlp_act), proj, x)?;
         }
         Ok(())

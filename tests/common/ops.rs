@@ -151,22 +151,26 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         }
     }
 
-    // A parallel block's pairs of products: the CUDA backend runs up to four GELU rows in one
-    // launch per pair (n_in 100 takes the f16 scalar path); more rows and SwiGLU run in turn.
+    // A parallel block's pairs of products over a LayerNorm: the CUDA backend runs up to four
+    // GELU rows in one launch per pair, folding the norm in up to 1024 wide (n_in 100 takes the
+    // f16 scalar path); more rows and SwiGLU run in turn.
     for (rows, n_a, n_b, n_in, act) in [
         (1, 300, 1000, 256, Activation::GeluErf),
         (1, 45, 70, 100, Activation::GeluTanh),
         (3, 130, 64, 96, Activation::GeluErf),
+        (2, 50, 60, 4160, Activation::GeluTanh),
         (7, 37, 50, 70, Activation::GeluTanh),
         (1, 30, 80, 64, Activation::SwiGlu),
     ] {
-        let x = rng.values(rows * n_in, 1.0);
+        let x = rng.values(rows * n_in, 3.0);
+        let (nw, nb) = (rng.values(n_in, 1.0), rng.values(n_in, 1.0));
         let a = HostLinear::random(&mut rng, n_a, n_in, false);
         let p = HostLinear::random(&mut rng, n_b, n_in, true);
-        let got = linear_pair(b, &x, rows, (&a, &p), act).unwrap();
-        let want = linear_pair(&cpu, &x, rows, (&a, &p), act).unwrap();
+        let inputs = (&x[..], &nw[..], &nb[..], (&a, &p));
+        let got = norm_pair(b, inputs, rows, act).unwrap();
+        let want = norm_pair(&cpu, inputs, rows, act).unwrap();
         record(
-            format!("linear pair {act:?} rows {rows} out {n_a}+{n_b} in {n_in}"),
+            format!("norm linear pair {act:?} rows {rows} out {n_a}+{n_b} in {n_in}"),
             rel_error(&got, &want),
         );
     }
@@ -189,8 +193,9 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         );
     }
 
-    // Norms folded into the product: one-row GPU calls fold them into the gemv (n_in 100 takes
-    // its scalar path on f16), others run the norm first.
+    // Norms folded into the product: the GPU backends fold rows of up to 1024 into the gemv,
+    // one row on wgpu and up to four on CUDA (n_in 100 takes the scalar path on f16); other
+    // calls run the norm first.
     for (kind, bias) in [
         (NormKind::LayerNorm, true),
         (NormKind::LayerNorm, false),
@@ -201,6 +206,8 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             (1, 45, 100, Some(Activation::GeluTanh)),
             (1, 3072, 576, Some(Activation::SwiGlu)),
             (3, 130, 96, Some(Activation::SwiGlu)),
+            (4, 64, 1024, Some(Activation::GeluErf)),
+            (2, 40, 2100, None),
         ] {
             let x = rng.values(rows * n_in, 3.0);
             let nw = rng.values(n_in, 1.0);
@@ -513,20 +520,45 @@ impl HostLinear {
     }
 }
 
-/// linear_pair: a's rows, then p's activated rows.
-fn linear_pair<B: Backend>(
+/// (x, LayerNorm weight, LayerNorm bias, the two products).
+type NormPairInputs<'a> = (
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    (&'a HostLinear, &'a HostLinear),
+);
+
+/// norm_linear_pair: a's rows, then p's activated rows.
+fn norm_pair<B: Backend>(
     b: &B,
-    x: &[f32],
+    (x, nw, nb, (a, p)): NormPairInputs,
     rows: usize,
-    (a, p): (&HostLinear, &HostLinear),
     act: Activation,
 ) -> Result<Vec<f32>> {
     let (a, p) = (a.upload(b)?, p.upload(b)?);
+    let (nw, nb) = (b.upload_weight(nw.to_vec())?, b.upload_weight(nb.to_vec())?);
+    let norm = NormSpec {
+        kind: NormKind::LayerNorm,
+        weight: &nw,
+        bias: Some(&nb),
+        eps: 1e-5,
+    };
     let mut a_out = b.zeros(rows * a.n_out)?;
     let mut mid = b.zeros(rows * p.n_out)?;
     let mut out = b.zeros(rows * p.n_out / 2)?;
-    let x = b.upload(x)?;
-    b.linear_pair(&x, rows, (&a, &mut a_out), &p, act, &mut mid, &mut out)?;
+    let (x, mut normed) = (b.upload(x)?, b.zeros(rows * a.n_in)?);
+    let a_pair = (&a, &mut a_out);
+    b.norm_linear_pair(
+        &norm,
+        &x,
+        rows,
+        &mut normed,
+        a_pair,
+        &p,
+        act,
+        &mut mid,
+        &mut out,
+    )?;
     let mut values = b.download(&a_out, rows * a.n_out)?;
     values.extend(match act {
         Activation::SwiGlu => b.download(&out, rows * p.n_out / 2)?,

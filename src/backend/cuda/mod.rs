@@ -15,7 +15,8 @@ pub use attention::{CudaCache, CudaLayer};
 use kernels::{Arg, Kernels};
 
 use crate::backend::{
-    AttentionSpec, Backend, SeqStep, linear_pair_in_turn, linear_residual_pair_in_turn,
+    AttentionSpec, Backend, NormSpec, SeqStep, linear_residual_pair_in_turn,
+    norm_linear_pair_in_turn,
 };
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
@@ -285,7 +286,12 @@ impl CudaBackend {
         (n_out, n_in): (usize, usize),
         out: &mut CudaSlice<f32>,
         epilogue: Epilogue,
+        norm: Option<&NormSpec<CudaWeight>>,
     ) -> Result<()> {
+        debug_assert!(
+            norm.is_none() || rows <= GEMV_ROWS,
+            "a folded norm needs the gemv"
+        );
         let (accumulate, act) = match epilogue {
             Epilogue::Accumulate => (true, 0),
             Epilogue::Store(act) => (false, act.map_or(0, activation_code)),
@@ -293,7 +299,7 @@ impl CudaBackend {
         self.check_product(x, rows, w, (n_out, n_in), out)?;
         let bias_ptr = bias.map_or(0, |b| self.ptr(&b.data));
         if rows <= GEMV_ROWS {
-            let args = [
+            let mut args = vec![
                 Arg::P(self.ptr(x)),
                 Arg::P(self.ptr(&w.data)),
                 Arg::P(bias_ptr),
@@ -303,7 +309,9 @@ impl CudaBackend {
                 Arg::U(accumulate as u32),
                 Arg::U(act),
             ];
-            return self.launch(&self.k.gemv[rows - 1], gemv_blocks(n_out), 128, &args);
+            args.extend(self.norm_args(norm));
+            let f = &self.k.gemv[rows - 1];
+            return self.launch_gemv(f, n_out, rows, n_in, norm.is_some(), &args);
         }
         // Row-major out[rows][n_out] is column-major out^T = W (n_out x n_in, stored as W^T) . x^T.
         let xs;
@@ -335,6 +343,90 @@ impl CudaBackend {
             self.launch(&self.k.bias_act, blocks_of_eight(rows * n_out), 256, &args)?;
         }
         Ok(())
+    }
+
+    /// The product's activation: GELU inside the product, SwiGLU from `mid` into `out` after.
+    #[allow(clippy::too_many_arguments)]
+    fn product_activation(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        dims: (usize, usize),
+        act: Activation,
+        (mid, out): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        norm: Option<&NormSpec<CudaWeight>>,
+    ) -> Result<()> {
+        if act == Activation::SwiGlu {
+            self.product(x, rows, w, bias, dims, mid, Epilogue::Store(None), norm)?;
+            return self.activation(act, mid, rows, dims.0 / 2, out);
+        }
+        self.product(
+            x,
+            rows,
+            w,
+            bias,
+            dims,
+            mid,
+            Epilogue::Store(Some(act)),
+            norm,
+        )
+    }
+
+    /// The input of a product over norm(x): x itself with the norm to fold into the product,
+    /// or `normed` after the norm kernel.
+    fn norm_input<'a, 'n>(
+        &self,
+        norm: &'a NormSpec<'n, CudaWeight>,
+        x: &'a CudaSlice<f32>,
+        rows: usize,
+        width: usize,
+        normed: &'a mut CudaSlice<f32>,
+    ) -> Result<(&'a CudaSlice<f32>, Option<&'a NormSpec<'n, CudaWeight>>)> {
+        if self.folds_norm(rows, width) {
+            return Ok((x, Some(norm)));
+        }
+        let (kind, eps) = (norm.kind, norm.eps);
+        self.norm(kind, x, norm.weight, norm.bias, eps, rows, width, normed)?;
+        Ok((normed, None))
+    }
+
+    /// The matrix-vector kernels' norm parameters (NORM_PARAMS in kernels/matmul.cu).
+    fn norm_args(&self, norm: Option<&NormSpec<CudaWeight>>) -> [Arg<'static>; 4] {
+        match norm {
+            Some(n) => [
+                Arg::P(self.ptr(&n.weight.data)),
+                Arg::P(n.bias.map_or(0, |b| self.ptr(&b.data))),
+                Arg::F(n.eps),
+                Arg::U((n.kind == NormKind::RmsNorm) as u32),
+            ],
+            None => [Arg::P(0), Arg::P(0), Arg::F(0.0), Arg::U(0)],
+        }
+    }
+
+    /// Launches a matrix-vector kernel for `outputs` outputs of `rows` rows of `n_in`, a warp
+    /// per output: blocks of 128 threads, or of 512 staging the rows' norm in shared memory.
+    fn launch_gemv(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        outputs: usize,
+        rows: usize,
+        n_in: usize,
+        folds_norm: bool,
+        args: &[Arg<'_>],
+    ) -> Result<()> {
+        let (threads, shared) = if folds_norm {
+            (512, rows * n_in * 4)
+        } else {
+            (128, 0)
+        };
+        let config = LaunchConfig {
+            grid_dim: (outputs.div_ceil(threads / 32) as u32, 1, 1),
+            block_dim: (threads as u32, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        kernels::launch(&self.stream, f, config, args, self.overlap)
     }
 
     /// That x, w and out hold `rows` rows of a product of (n_out, n_in).
@@ -390,10 +482,10 @@ fn activation_code(act: Activation) -> u32 {
 /// Products of up to this many rows take the matrix-vector kernels, more go to cuBLAS.
 const GEMV_ROWS: usize = 4;
 
-/// Blocks of the matrix-vector kernels: one warp per output, four per block of 128 threads.
-fn gemv_blocks(n_out: usize) -> (u32, u32) {
-    (n_out.div_ceil(4) as u32, 1)
-}
+/// The widest rows whose norm the matrix-vector kernels fold in. Every block stages the rows,
+/// which cost more than the norm's own launch at GPT-J's 4096 (5.43-5.45 against 5.34-5.41
+/// ms/token on an H100) and less at SmolLM2's 576 (0.97-1.12 against 1.32-1.55, noisy).
+const FOLD_NORM_MAX_WIDTH: usize = 1024;
 
 fn blocks(n: usize) -> (u32, u32) {
     (n.div_ceil(256) as u32, 1)
@@ -553,7 +645,8 @@ impl Backend for CudaBackend {
         n_in: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.product(x, rows, w, bias, (n_out, n_in), out, Epilogue::Store(None))
+        let dims = (n_out, n_in);
+        self.product(x, rows, w, bias, dims, out, Epilogue::Store(None), None)
     }
 
     fn linear_residual(
@@ -575,6 +668,7 @@ impl Backend for CudaBackend {
             (n_out, n_in),
             residual,
             Epilogue::Accumulate,
+            None,
         )
     }
 
@@ -584,30 +678,58 @@ impl Backend for CudaBackend {
         rows: usize,
         w: &CudaWeight,
         bias: Option<&CudaWeight>,
-        (n_out, n_in): (usize, usize),
+        dims: (usize, usize),
         act: Activation,
         mid: &mut CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if act == Activation::SwiGlu {
-            self.product(x, rows, w, bias, (n_out, n_in), mid, Epilogue::Store(None))?;
-            return self.activation(act, mid, rows, n_out / 2, out);
-        }
-        self.product(
-            x,
-            rows,
-            w,
-            bias,
-            (n_out, n_in),
-            mid,
-            Epilogue::Store(Some(act)),
-        )
+        self.product_activation(x, rows, w, bias, dims, act, (mid, out), None)
     }
 
-    fn linear_pair(
+    /// A few rows of up to FOLD_NORM_MAX_WIDTH: each block of the matrix-vector kernel
+    /// normalises them itself, saving the norm's launch.
+    fn folds_norm(&self, rows: usize, width: usize) -> bool {
+        rows <= GEMV_ROWS && width <= FOLD_NORM_MAX_WIDTH
+    }
+
+    fn norm_linear(
         &self,
+        norm: &NormSpec<CudaWeight>,
         x: &CudaSlice<f32>,
         rows: usize,
+        normed: &mut CudaSlice<f32>,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        dims: (usize, usize),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (input, fold) = self.norm_input(norm, x, rows, dims.1, normed)?;
+        self.product(input, rows, w, bias, dims, out, Epilogue::Store(None), fold)
+    }
+
+    fn norm_linear_activation(
+        &self,
+        norm: &NormSpec<CudaWeight>,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        normed: &mut CudaSlice<f32>,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        dims: (usize, usize),
+        act: Activation,
+        mid: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (input, fold) = self.norm_input(norm, x, rows, dims.1, normed)?;
+        self.product_activation(input, rows, w, bias, dims, act, (mid, out), fold)
+    }
+
+    fn norm_linear_pair(
+        &self,
+        norm: &NormSpec<CudaWeight>,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        normed: &mut CudaSlice<f32>,
         (a, a_out): (&Linear<CudaWeight>, &mut CudaSlice<f32>),
         b: &Linear<CudaWeight>,
         act: Activation,
@@ -615,13 +737,17 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         if rows > GEMV_ROWS || act == Activation::SwiGlu || a.n_in != b.n_in {
-            return linear_pair_in_turn(self, x, rows, (a, a_out), b, act, mid, out);
+            let pair = ((a, a_out), b);
+            return norm_linear_pair_in_turn(
+                self, norm, x, rows, normed, pair.0, pair.1, act, mid, out,
+            );
         }
-        self.check_product(x, rows, &a.weight, (a.n_out, a.n_in), a_out)?;
-        self.check_product(x, rows, &b.weight, (b.n_out, b.n_in), mid)?;
+        let (input, fold) = self.norm_input(norm, x, rows, a.n_in, normed)?;
+        self.check_product(input, rows, &a.weight, (a.n_out, a.n_in), a_out)?;
+        self.check_product(input, rows, &b.weight, (b.n_out, b.n_in), mid)?;
         let bias = |l: &Linear<CudaWeight>| l.bias.as_ref().map_or(0, |b| self.ptr(&b.data));
-        let args = [
-            Arg::P(self.ptr(x)),
+        let mut args = vec![
+            Arg::P(self.ptr(input)),
             Arg::U(a.n_in as u32),
             Arg::P(self.ptr(&a.weight.data)),
             Arg::P(bias(a)),
@@ -633,8 +759,9 @@ impl Backend for CudaBackend {
             Arg::U(b.n_out as u32),
             Arg::U(activation_code(act)),
         ];
-        let blocks = gemv_blocks(a.n_out + b.n_out);
-        self.launch(&self.k.gemv_pair[rows - 1], blocks, 128, &args)
+        args.extend(self.norm_args(fold));
+        let f = &self.k.gemv_pair[rows - 1];
+        self.launch_gemv(f, a.n_out + b.n_out, rows, a.n_in, fold.is_some(), &args)
     }
 
     fn linear_residual_pair(
@@ -663,8 +790,8 @@ impl Backend for CudaBackend {
             Arg::P(self.ptr(residual)),
             Arg::U(a.n_out as u32),
         ];
-        let blocks = gemv_blocks(a.n_out);
-        self.launch(&self.k.gemv_sum[rows - 1], blocks, 128, &args)
+        let f = &self.k.gemv_sum[rows - 1];
+        self.launch_gemv(f, a.n_out, rows, 0, false, &args)
     }
 
     fn activation(
