@@ -484,7 +484,7 @@ const GEMV_ROWS: usize = 4;
 
 /// The widest rows whose norm the matrix-vector kernels fold in. Every block stages the rows,
 /// which cost more than the norm's own launch at GPT-J's 4096 (5.43-5.45 against 5.34-5.41
-/// ms/token on an H100) and less at SmolLM2's 576 (0.97-1.12 against 1.32-1.55, noisy).
+/// ms/token on an H100) and less at SmolLM2's 576 (1.13 against 1.33 on average, noisy).
 const FOLD_NORM_MAX_WIDTH: usize = 1024;
 
 fn blocks(n: usize) -> (u32, u32) {
