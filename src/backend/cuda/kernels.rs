@@ -94,28 +94,22 @@ impl Kernels {
             );
         }
         let f = |file: usize, name: &str| modules[file].load_function(name).map_err(cuda_err);
+        // A matrix-vector kernel's instances for one to four rows (kernels/matmul.cu).
+        let by_rows = |name: &str| -> Result<[CudaFunction; 4]> {
+            Ok([
+                f(2, &format!("{name}1"))?,
+                f(2, &format!("{name}2"))?,
+                f(2, &format!("{name}3"))?,
+                f(2, &format!("{name}4"))?,
+            ])
+        };
         Ok(Kernels {
             embed: f(0, "embed")?,
             add_positions: f(0, "add_positions")?,
             norm: f(1, "norm_rows")?,
-            gemv: [
-                f(2, "gemv1")?,
-                f(2, "gemv2")?,
-                f(2, "gemv3")?,
-                f(2, "gemv4")?,
-            ],
-            gemv_pair: [
-                f(2, "gemv_pair1")?,
-                f(2, "gemv_pair2")?,
-                f(2, "gemv_pair3")?,
-                f(2, "gemv_pair4")?,
-            ],
-            gemv_sum: [
-                f(2, "gemv_sum1")?,
-                f(2, "gemv_sum2")?,
-                f(2, "gemv_sum3")?,
-                f(2, "gemv_sum4")?,
-            ],
+            gemv: by_rows("gemv")?,
+            gemv_pair: by_rows("gemv_pair")?,
+            gemv_sum: by_rows("gemv_sum")?,
             to_wt: f(2, "to_wt")?,
             bias_act: f(2, "bias_act")?,
             gelu: f(3, "gelu")?,
