@@ -150,7 +150,7 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         if (o >= n_out && !norm_w) return;                                                           \
         float acc[R] = {};                                                                           \
         const wt* wr = o < n_out ? w + (size_t)o * n_in : nullptr;                                   \
-        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                             \
+        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                       \
         if (o >= n_out) return;                                                                      \
         store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, out, n_out, o, accumulate, act);           \
     }                                                                                                \
@@ -165,7 +165,7 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         if (b) o -= n_a;                                                                             \
         float acc[R] = {};                                                                           \
         const wt* wr = o < n_out ? w + (size_t)o * n_in : nullptr;                                   \
-        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                             \
+        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                       \
         if (o >= n_out) return;                                                                      \
         store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, b ? out_b : out_a, n_out, o, 0, b ? act_b : 0); \
     }                                                                                                \
@@ -175,8 +175,8 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         u32 o = warp_output();                                                                       \
         if (o >= n_out) return;                                                                      \
         float acc[R] = {};                                                                           \
-        dot_rows<R, false>(acc, x_a, w_a + (size_t)o * n_a, n_a, true, {});                                 \
-        dot_rows<R, false>(acc, x_b, w_b + (size_t)o * n_b, n_b, false, {});                                \
+        dot_rows<R, false>(acc, x_a, w_a + (size_t)o * n_a, n_a, true, {});                          \
+        dot_rows<R, false>(acc, x_b, w_b + (size_t)o * n_b, n_b, false, {});                         \
         float bias = (bias_a ? to_f32(bias_a[o]) : 0.0f) + (bias_b ? to_f32(bias_b[o]) : 0.0f);      \
         store_rows<R>(acc, bias, out, n_out, o, 1, 0);                                               \
     }

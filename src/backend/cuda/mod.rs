@@ -297,7 +297,7 @@ impl CudaBackend {
             Epilogue::Store(act) => (false, act.map_or(0, activation_code)),
         };
         self.check_product(x, rows, w, (n_out, n_in), out)?;
-        let bias_ptr = bias.map_or(0, |b| self.ptr(&b.data));
+        let bias_ptr = self.optional_ptr(bias);
         if rows <= GEMV_ROWS {
             let mut args = vec![
                 Arg::P(self.ptr(x)),
@@ -397,7 +397,7 @@ impl CudaBackend {
         match norm {
             Some(n) => [
                 Arg::P(self.ptr(&n.weight.data)),
-                Arg::P(n.bias.map_or(0, |b| self.ptr(&b.data))),
+                Arg::P(self.optional_ptr(n.bias)),
                 Arg::F(n.eps),
                 Arg::U((n.kind == NormKind::RmsNorm) as u32),
             ],
@@ -427,6 +427,11 @@ impl CudaBackend {
             shared_mem_bytes: shared as u32,
         };
         kernels::launch(&self.stream, f, config, args, self.overlap)
+    }
+
+    /// The device address of an optional weight (a bias, a norm's bias), 0 for none.
+    fn optional_ptr(&self, w: Option<&CudaWeight>) -> u64 {
+        w.map_or(0, |w| self.ptr(&w.data))
     }
 
     /// That x, w and out hold `rows` rows of a product of (n_out, n_in).
@@ -625,7 +630,7 @@ impl Backend for CudaBackend {
         let args = [
             Arg::P(self.ptr(x)),
             Arg::P(self.ptr(&weight.data)),
-            Arg::P(bias.map_or(0, |b| self.ptr(&b.data))),
+            Arg::P(self.optional_ptr(bias)),
             Arg::P(self.ptr(out)),
             Arg::U(dim as u32),
             Arg::F(eps),
@@ -737,24 +742,21 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         if rows > GEMV_ROWS || act == Activation::SwiGlu || a.n_in != b.n_in {
-            let pair = ((a, a_out), b);
-            return norm_linear_pair_in_turn(
-                self, norm, x, rows, normed, pair.0, pair.1, act, mid, out,
-            );
+            let a = (a, a_out);
+            return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
         }
         let (input, fold) = self.norm_input(norm, x, rows, a.n_in, normed)?;
         self.check_product(input, rows, &a.weight, (a.n_out, a.n_in), a_out)?;
         self.check_product(input, rows, &b.weight, (b.n_out, b.n_in), mid)?;
-        let bias = |l: &Linear<CudaWeight>| l.bias.as_ref().map_or(0, |b| self.ptr(&b.data));
         let mut args = vec![
             Arg::P(self.ptr(input)),
             Arg::U(a.n_in as u32),
             Arg::P(self.ptr(&a.weight.data)),
-            Arg::P(bias(a)),
+            Arg::P(self.optional_ptr(a.bias.as_ref())),
             Arg::P(self.ptr(a_out)),
             Arg::U(a.n_out as u32),
             Arg::P(self.ptr(&b.weight.data)),
-            Arg::P(bias(b)),
+            Arg::P(self.optional_ptr(b.bias.as_ref())),
             Arg::P(self.ptr(mid)),
             Arg::U(b.n_out as u32),
             Arg::U(activation_code(act)),
@@ -777,15 +779,14 @@ impl Backend for CudaBackend {
         }
         self.check_product(x_a, rows, &a.weight, (a.n_out, a.n_in), residual)?;
         self.check_product(x_b, rows, &b.weight, (b.n_out, b.n_in), residual)?;
-        let bias = |l: &Linear<CudaWeight>| l.bias.as_ref().map_or(0, |b| self.ptr(&b.data));
         let args = [
             Arg::P(self.ptr(x_a)),
             Arg::P(self.ptr(&a.weight.data)),
-            Arg::P(bias(a)),
+            Arg::P(self.optional_ptr(a.bias.as_ref())),
             Arg::U(a.n_in as u32),
             Arg::P(self.ptr(x_b)),
             Arg::P(self.ptr(&b.weight.data)),
-            Arg::P(bias(b)),
+            Arg::P(self.optional_ptr(b.bias.as_ref())),
             Arg::U(b.n_in as u32),
             Arg::P(self.ptr(residual)),
             Arg::U(a.n_out as u32),
