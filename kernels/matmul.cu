@@ -12,13 +12,30 @@ __device__ __forceinline__ uint4 load_stream(const wt* p) {
     return r;
 }
 
-// LOADS 16-byte loads of weight row `wr` for one lane from element `base`, zero past n_in.
+// The weights of one output as one stream of n columns: [0, n_a) from w_a against x_a, then
+// [n_a, n) from w_b against x_b (none for a single product). The ROWS rows of x_a are n_a apart,
+// those of x_b n - n_a.
+struct Columns {
+    const float* x_a;
+    const wt* w_a;
+    u32 n_a;
+    const float* x_b;
+    const wt* w_b;
+    u32 n;
+    __device__ __forceinline__ const wt* w(u32 i) const { return i < n_a ? w_a + i : w_b + (i - n_a); }
+    __device__ __forceinline__ const float* x(u32 r, u32 i) const {
+        return i < n_a ? x_a + (size_t)r * n_a + i : x_b + (size_t)r * (n - n_a) + (i - n_a);
+    }
+};
+
+// LOADS 16-byte loads of the weights for one lane from column `base`, zero past the end. A
+// load never straddles the two parts: both are whole 16-byte units (the vector path's test).
 template <int LOADS>
-__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const wt* wr, u32 base, u32 n_in) {
+__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const Columns& c, u32 base) {
 #pragma unroll
     for (int u = 0; u < LOADS; u++) {
         u32 i = base + u * 32 * VEC;
-        raw[u] = i < n_in ? load_stream(wr + i) : make_uint4(0, 0, 0, 0);
+        raw[u] = i < c.n ? load_stream(c.w(i)) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -57,39 +74,35 @@ __device__ const float* stage_norm(const float* x, u32 n, FoldedNorm nm) {
     return staged;
 }
 
-// acc[r] += x[r] . wr over n_in columns, for ROWS rows of x, by one warp; wr null for a warp
-// past the outputs, which only helps stage the norm. With OVERLAP each lane loads the next two
-// 16-byte slices of the weight row while it multiplies the current two; without, it loads four
-// and then multiplies them. Measured on an H100 (ms/token at 2048 tokens, same call): OVERLAP
-// makes gemv faster (MPT 5.98-6.03 against 6.27-6.48) and gemv_pair too (GPT-J 5.27-5.31
-// against 5.35-5.39), but gemv_sum's long rows slower (GPT-J 5.57 against 5.27-5.31). With
-// `first`, the first loads go out before waiting for the previous kernel, which computes x;
-// with a norm, the block then stages norm(x) and reads that. ROWS is a template parameter so
-// the sums stay in registers.
-template <int ROWS, bool OVERLAP>
-__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, const wt* wr, u32 n_in, bool first,
-                                         FoldedNorm norm) {
-    const int LOADS = OVERLAP ? 2 : 4;
+// acc[r] += x[r] . w over the columns, for ROWS rows of x, by one warp; `live` false for a warp
+// past the outputs, which only helps stage the norm. Each lane loads the next two 16-byte
+// slices of weights while it multiplies the current two, on from the first part into the second
+// without draining. The first loads go out before waiting for the previous kernel, which
+// computes x; with a norm, the block then stages norm(x_a) and reads that. Measured on an H100
+// (GPT-J's [attn_out | fc_out], L2 flushed): the two parts as one stream took 66 us, one after
+// the other 84 us. ROWS is a template parameter so the sums stay in registers.
+template <int ROWS>
+__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, bool live, FoldedNorm norm) {
+    const int LOADS = 2;
     const u32 STEP = 32 * VEC * LOADS;
     u32 lane = threadIdx.x & 31;
-    bool vec = n_in % VEC == 0;
+    bool vec = c.n_a % VEC == 0 && c.n % VEC == 0;
     uint4 raw[LOADS], next[LOADS];
-    if (vec && wr) load_weights(raw, wr, lane * VEC, n_in);
-    if (first) await_inputs();
-    if (norm.w) x = stage_norm<ROWS>(x, n_in, norm);
-    if (!wr) return;
+    if (vec && live) load_weights(raw, c, lane * VEC);
+    await_inputs();
+    if (norm.w) c.x_a = stage_norm<ROWS>(c.x_a, c.n_a, norm);
+    if (!live) return;
     if (vec) {
-        for (u32 base = lane * VEC; base < n_in; base += STEP) {
-            if (OVERLAP && base + STEP < n_in) load_weights(next, wr, base + STEP, n_in);
-            if (!OVERLAP && base != lane * VEC) load_weights(raw, wr, base, n_in);
+        for (u32 base = lane * VEC; base < c.n; base += STEP) {
+            if (base + STEP < c.n) load_weights(next, c, base + STEP);
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
-                if (i >= n_in) break;
+                if (i >= c.n) break;
                 const wt* wv = (const wt*)&raw[u];
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
-                    const float4* xr = (const float4*)(x + (size_t)r * n_in + i);
+                    const float4* xr = (const float4*)c.x(r, i);
 #pragma unroll
                     for (u32 k = 0; k < VEC / 4; k++) {
                         float4 xv = xr[k];
@@ -98,16 +111,14 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, con
                     }
                 }
             }
-            if (OVERLAP) {
 #pragma unroll
-                for (int u = 0; u < LOADS; u++) raw[u] = next[u];
-            }
+            for (int u = 0; u < LOADS; u++) raw[u] = next[u];
         }
     } else {
-        for (u32 i = lane; i < n_in; i += 32) {
-            float wv = to_f32(wr[i]);
+        for (u32 i = lane; i < c.n; i += 32) {
+            float wv = to_f32(*c.w(i));
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) acc[r] += wv * x[(size_t)r * n_in + i];
+            for (int r = 0; r < ROWS; r++) acc[r] += wv * *c.x(r, i);
         }
     }
 }
@@ -149,8 +160,8 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         u32 o = warp_output();                                                                       \
         if (o >= n_out && !norm_w) return;                                                           \
         float acc[R] = {};                                                                           \
-        const wt* wr = o < n_out ? w + (size_t)o * n_in : nullptr;                                   \
-        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                       \
+        Columns c = {x, w + (size_t)o * n_in, n_in, nullptr, nullptr, n_in};                         \
+        dot_rows<R>(acc, c, o < n_out, {norm_w, norm_b, eps, rms});                                  \
         if (o >= n_out) return;                                                                      \
         store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, out, n_out, o, accumulate, act);           \
     }                                                                                                \
@@ -164,8 +175,8 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         u32 n_out = b ? n_b : n_a;                                                                   \
         if (b) o -= n_a;                                                                             \
         float acc[R] = {};                                                                           \
-        const wt* wr = o < n_out ? w + (size_t)o * n_in : nullptr;                                   \
-        dot_rows<R, true>(acc, x, wr, n_in, true, {norm_w, norm_b, eps, rms});                       \
+        Columns c = {x, w + (size_t)o * n_in, n_in, nullptr, nullptr, n_in};                         \
+        dot_rows<R>(acc, c, o < n_out, {norm_w, norm_b, eps, rms});                                  \
         if (o >= n_out) return;                                                                      \
         store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, b ? out_b : out_a, n_out, o, 0, b ? act_b : 0); \
     }                                                                                                \
@@ -175,8 +186,8 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
         u32 o = warp_output();                                                                       \
         if (o >= n_out) return;                                                                      \
         float acc[R] = {};                                                                           \
-        dot_rows<R, false>(acc, x_a, w_a + (size_t)o * n_a, n_a, true, {});                          \
-        dot_rows<R, false>(acc, x_b, w_b + (size_t)o * n_b, n_b, false, {});                         \
+        Columns c = {x_a, w_a + (size_t)o * n_a, n_a, x_b, w_b + (size_t)o * n_b, n_a + n_b};        \
+        dot_rows<R>(acc, c, true, {});                                                               \
         float bias = (bias_a ? to_f32(bias_a[o]) : 0.0f) + (bias_b ? to_f32(bias_b[o]) : 0.0f);      \
         store_rows<R>(acc, bias, out, n_out, o, 1, 0);                                               \
     }
