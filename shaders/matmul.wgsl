@@ -1,8 +1,10 @@
 // out[rows, n_out] = x[rows, n_in] . w[n_out, n_in]^T (+ bias), f32 accumulation whatever the
 // weight type, then through a GELU or added into what `out` holds (flags). `matmul` tiles many
 // rows; `gemv` serves one row and reads each weight once; `gemv_swiglu` is the gemv of a fused
-// [gate | up] product that also writes its SwiGLU, saving a dispatch per MLP. Both gemvs may
-// fold the norm of their row into the product (norm_row.wgsl), saving the norm's dispatch.
+// [gate | up] product that also writes its SwiGLU, saving a dispatch per MLP; `gemv_pair` and
+// `gemv_sum` run a parallel block's two products of one kind in one dispatch. The gemvs but
+// gemv_sum may fold the norm of their row into the product (norm_row.wgsl), saving the norm's
+// dispatch.
 
 struct Params {
     rows: u32,
@@ -13,6 +15,10 @@ struct Params {
     flags: u32,
     // The folded norm's epsilon.
     eps: f32,
+    // gemv_pair: the second product's outputs; gemv_sum: its inputs.
+    n_b: u32,
+    // gemv_pair: the second product's bias and GELU bits (as flags); gemv_sum: its bias bit.
+    flags_b: u32,
 }
 
 const NORM_FOLDED: u32 = 16u;
@@ -35,6 +41,12 @@ const NORM_BIAS: u32 = 64u;
 // The folded norm's weight and bias, [n_in] each.
 @group(0) @binding(9) var<storage, read> norm_weight: array<wt>;
 @group(0) @binding(10) var<storage, read> norm_bias: array<wt>;
+// The second product of gemv_pair and gemv_sum: its weights as 16-byte units and its bias;
+// gemv_pair's outputs; gemv_sum's inputs as vec4 runs.
+@group(0) @binding(11) var<storage, read> w_b_units: array<vec4<u32>>;
+@group(0) @binding(12) var<storage, read> bias_b: array<wt>;
+@group(0) @binding(13) var<storage, read_write> out_b: array<f32>;
+@group(0) @binding(14) var<storage, read> x_b4: array<vec4<f32>>;
 
 // x[row][k..k + 4] (k a multiple of 4), zero past the ends.
 fn x_quad(row: u32, k: u32) -> vec4<f32> {
@@ -171,41 +183,63 @@ fn input_quad(j: u32, s: RowStats) -> vec4<f32> {
     );
 }
 
+// What a gemv_part reads: the first product's weights and inputs, the second product of
+// gemv_pair (its own weights, the same inputs) or of gemv_sum (its own weights and inputs).
+const PART_A: u32 = 0u;
+const PART_PAIR_B: u32 = 1u;
+const PART_SUM_B: u32 = 2u;
+
+fn weight_unit(part: u32, i: u32) -> vec4<u32> {
+    if part == PART_A {
+        return w_units[i];
+    }
+    return w_b_units[i];
+}
+
+// Input values 4j..4j + 4 of the part.
+fn part_quad(part: u32, j: u32, s: RowStats) -> vec4<f32> {
+    if part == PART_SUM_B {
+        return x_b4[j];
+    }
+    return input_quad(j, s);
+}
+
 // The dot product of one unit of weights with inputs u * UNIT..(u + 1) * UNIT.
-fn unit_dot(units: vec4<u32>, u: u32, s: RowStats) -> f32 {
+fn unit_dot(units: vec4<u32>, u: u32, s: RowStats, part: u32) -> f32 {
     if WT_BYTES == 2u {
         let lo = vec4(unpack2x16float(units.x), unpack2x16float(units.y));
         let hi = vec4(unpack2x16float(units.z), unpack2x16float(units.w));
-        return dot(lo, input_quad(2u * u, s)) + dot(hi, input_quad(2u * u + 1u, s));
+        return dot(lo, part_quad(part, 2u * u, s)) + dot(hi, part_quad(part, 2u * u + 1u, s));
     }
-    return dot(bitcast<vec4<f32>>(units), input_quad(u, s));
+    return dot(bitcast<vec4<f32>>(units), part_quad(part, u, s));
 }
 
-// This invocation's part of output o's dot product (zero past n_out), for its team to sum.
-fn gemv_part(o: u32, s: RowStats, lane: Lane) -> f32 {
+// This invocation's part of output o's dot product over n_in inputs (zero from `end` on), for
+// its team to sum. The second products take only whole units (the host checks).
+fn gemv_part(o: u32, end: u32, n_in: u32, part: u32, s: RowStats, lane: Lane) -> f32 {
     let l = team_lane(lane);
     let t = team_size(lane);
     var acc = 0.0;
-    if o < p.n_out && p.n_in % UNIT == 0u {
+    if o < end && n_in % UNIT == 0u {
         // Every row starts on a unit boundary (and so x on a vec4 one).
-        let n = p.n_in / UNIT;
+        let n = n_in / UNIT;
         let row = o * n;
         // Four units a pass, all loaded before any is used; then the rest one at a time.
         var u = l;
         while u + 3u * t < n {
-            let w0 = w_units[row + u];
-            let w1 = w_units[row + u + t];
-            let w2 = w_units[row + u + 2u * t];
-            let w3 = w_units[row + u + 3u * t];
-            acc += unit_dot(w0, u, s) + unit_dot(w1, u + t, s) + unit_dot(w2, u + 2u * t, s)
-                + unit_dot(w3, u + 3u * t, s);
+            let w0 = weight_unit(part, row + u);
+            let w1 = weight_unit(part, row + u + t);
+            let w2 = weight_unit(part, row + u + 2u * t);
+            let w3 = weight_unit(part, row + u + 3u * t);
+            acc += unit_dot(w0, u, s, part) + unit_dot(w1, u + t, s, part)
+                + unit_dot(w2, u + 2u * t, s, part) + unit_dot(w3, u + 3u * t, s, part);
             u += 4u * t;
         }
         while u < n {
-            acc += unit_dot(w_units[row + u], u, s);
+            acc += unit_dot(weight_unit(part, row + u), u, s, part);
             u += t;
         }
-    } else if o < p.n_out {
+    } else if o < end && part == PART_A {
         for (var k = l; k < p.n_in; k += t) {
             acc += input_at(k, s) * f32(w[o * p.n_in + k]);
         }
@@ -219,9 +253,57 @@ fn gemv(lane: Lane) {
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
         // Every team sums, in or out of range, so a workgroup-memory team_sum stays uniform.
-        let total = team_sum(gemv_part(o, s, lane), lane);
+        let total = team_sum(gemv_part(o, p.n_out, p.n_in, PART_A, s, lane), lane);
         if team_lane(lane) == 0u && o < p.n_out {
             store(0u, o, total);
+        }
+    }
+}
+
+// Outputs [0, n_out) as gemv computes them, then the second product's n_b into out_b.
+@compute @workgroup_size(256)
+fn gemv_pair(lane: Lane) {
+    let s = gemv_stats(lane);
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        var part = PART_A;
+        var at = o;
+        var end = p.n_out;
+        if o >= p.n_out {
+            part = PART_PAIR_B;
+            at = o - p.n_out;
+            end = p.n_b;
+        }
+        let total = team_sum(gemv_part(at, end, p.n_in, part, s, lane), lane);
+        if team_lane(lane) == 0u && at < end {
+            if part == PART_A {
+                store(0u, at, total);
+            } else {
+                var y = total;
+                if (p.flags_b & 1u) != 0u {
+                    y += f32(bias_b[at]);
+                }
+                out_b[at] = gelu(y, (p.flags_b >> 2u) & 3u);
+            }
+        }
+    }
+}
+
+// out[o] += x . w[o] + x_b . w_b[o] + the biases: gemv with the accumulate flag, over both.
+@compute @workgroup_size(256)
+fn gemv_sum(lane: Lane) {
+    let s = RowStats(0.0, 1.0);
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        let part = gemv_part(o, p.n_out, p.n_in, PART_A, s, lane)
+            + gemv_part(o, p.n_out, p.n_b, PART_SUM_B, s, lane);
+        let total = team_sum(part, lane);
+        if team_lane(lane) == 0u && o < p.n_out {
+            var y = total;
+            if (p.flags_b & 1u) != 0u {
+                y += f32(bias_b[o]);
+            }
+            store(0u, o, y);
         }
     }
 }
@@ -236,8 +318,10 @@ fn gemv_swiglu(lane: Lane) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
         let inside = o < width;
         // Out of range, o + width may be in range: both sums must still run (uniformity).
-        let gate_sum = team_sum(gemv_part(select(p.n_out, o, inside), s, lane), lane);
-        let up_sum = team_sum(gemv_part(select(p.n_out, o + width, inside), s, lane), lane);
+        let gate = select(p.n_out, o, inside);
+        let up = select(p.n_out, o + width, inside);
+        let gate_sum = team_sum(gemv_part(gate, p.n_out, p.n_in, PART_A, s, lane), lane);
+        let up_sum = team_sum(gemv_part(up, p.n_out, p.n_in, PART_A, s, lane), lane);
         if team_lane(lane) == 0u && inside {
             store(0u, o, gate_sum);
             store(0u, o + width, up_sum);

@@ -156,8 +156,8 @@ pub trait Backend {
     /// A parallel block's two products of norm(x), with `normed` as in `norm_linear`: `a_out` =
     /// norm(x) . a^T (+ bias), and b with its activation into `mid` and `out` as
     /// `linear_activation`. The default normalises once, or folds the norm into each product
-    /// where the backend folds, and runs the products in turn; the CUDA backend runs few-row
-    /// GELU pairs in one launch.
+    /// where the backend folds, and runs the products in turn; the GPU backends run GELU pairs
+    /// of a few rows (wgpu: one) in one launch.
     #[allow(clippy::too_many_arguments)]
     fn norm_linear_pair(
         &self,
@@ -174,8 +174,8 @@ pub trait Backend {
         norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out)
     }
     /// residual += x_a . a^T + x_b . b^T (+ their biases): a parallel block's two output
-    /// products. The default runs two `linear_residual`; the CUDA backend one launch for a
-    /// few rows.
+    /// products. The default runs two `linear_residual`; the GPU backends one launch for a
+    /// few rows (wgpu: one).
     fn linear_residual_pair(
         &self,
         rows: usize,

@@ -17,11 +17,15 @@ pub use cache::WgpuCache;
 /// dispatch per norm, but made GPT-J (4096) decode 20% slower.
 const FOLD_NORM_MAX_WIDTH: usize = 1024;
 
-use crate::backend::{AttentionSpec, Backend, NormSpec, SeqStep};
+use crate::backend::{
+    AttentionSpec, Backend, NormSpec, SeqStep, linear_residual_pair_in_turn,
+    norm_linear_pair_in_turn,
+};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind};
+use crate::model::weights::Linear;
 use device::{Gpu, backend_error};
 use kernels::{Kernels, Variant};
 
@@ -124,7 +128,8 @@ impl WgpuBackend {
         let gpu = Gpu::open(&adapter, features)?;
         let variant = Variant { f16, subgroups };
         let kernels = Kernels::build(&gpu, variant)?;
-        let unused = gpu.buffer(4, "unused")?;
+        // 16 bytes: the smallest binding of the kernels' largest element (vec4).
+        let unused = gpu.buffer(16, "unused")?;
         Ok(WgpuBackend {
             gpu,
             kernels,
@@ -185,40 +190,31 @@ impl WgpuBackend {
         if let Some(b) = bias {
             check_len("linear bias", b.len, n_out)?;
         }
-        if let Some(n) = norm {
-            check_len("norm weight", n.weight.len, n_in)?;
-            if let Some(b) = n.bias {
-                check_len("norm bias", b.len, n_in)?;
-            }
-            if rows != 1 {
-                return Err(backend_error("a norm is folded into one-row products only"));
-            }
+        if norm.is_some() && rows != 1 {
+            return Err(backend_error("a norm is folded into one-row products only"));
         }
+        let (norm_flags, eps, norm_buffers) = self.folded_norm(norm, n_in)?;
         let (accumulate, gelu) = match then {
             Product::Accumulate => (true, 0),
             Product::Gelu(form) => (false, form),
             Product::Plain | Product::SwiGlu(_) => (false, 0),
         };
-        let norm_flags = norm.map_or(0, |n| {
-            1 << 4 | ((n.kind == NormKind::RmsNorm) as u32) << 5 | (n.bias.is_some() as u32) << 6
-        });
         let params = [
             word(rows)?,
             word(n_out)?,
             word(n_in)?,
             bias.is_some() as u32 | (accumulate as u32) << 1 | gelu << 2 | norm_flags,
-            norm.map_or(0.0, |n| n.eps).to_bits(),
+            eps.to_bits(),
         ];
-        let bias = bias.map_or(&self.unused, |b| &b.buffer);
+        let bias = self.or_unused(bias);
         // x is bound as vec4 runs (and as scalars for the matmul); w as scalars, and as vec4
         // runs for the matmul or raw 16-byte units for the gemv.
         let mut buffers = vec![(2, &w.buffer), (3, bias), (4, &out.buffer), (5, &x.buffer)];
         if rows == 1 {
-            let norm_weight = norm.map_or(&self.unused, |n| &n.weight.buffer);
-            let norm_bias = norm
-                .and_then(|n| n.bias)
-                .map_or(&self.unused, |b| &b.buffer);
-            buffers.extend([(7, &w.buffer), (9, norm_weight), (10, norm_bias)]);
+            // The gemvs share their dot products with gemv_sum, which also reads binding 11's
+            // weights and binding 14's inputs.
+            buffers.extend([(7, &w.buffer), (11, &self.unused), (14, &self.unused)]);
+            buffers.extend(norm_buffers);
         }
         let (kernel, groups) = match then {
             Product::SwiGlu(act) => {
@@ -235,6 +231,38 @@ impl WgpuBackend {
             }
         };
         self.gpu.dispatch(kernel, &params, &buffers, groups)
+    }
+
+    /// A gemv's folded norm: its flag bits, epsilon and bindings (9 and 10), unused ones for
+    /// none.
+    fn folded_norm<'a>(
+        &'a self,
+        norm: Option<&NormSpec<'a, WgpuWeight>>,
+        n_in: usize,
+    ) -> Result<(u32, f32, Bindings<'a, 2>)> {
+        let Some(n) = norm else {
+            return Ok((0, 0.0, [(9, &self.unused), (10, &self.unused)]));
+        };
+        check_len("norm weight", n.weight.len, n_in)?;
+        if let Some(b) = n.bias {
+            check_len("norm bias", b.len, n_in)?;
+        }
+        let flags =
+            1 << 4 | ((n.kind == NormKind::RmsNorm) as u32) << 5 | (n.bias.is_some() as u32) << 6;
+        let buffers = [(9, &n.weight.buffer), (10, self.or_unused(n.bias))];
+        Ok((flags, n.eps, buffers))
+    }
+
+    /// An optional weight's buffer, or the placeholder for a binding the kernel skips.
+    fn or_unused<'a>(&'a self, w: Option<&'a WgpuWeight>) -> &'a wgpu::Buffer {
+        w.map_or(&self.unused, |w| &w.buffer)
+    }
+
+    /// Whether gemv_pair and gemv_sum take products of these widths: one row of whole 16-byte
+    /// weight units.
+    fn pairs(&self, rows: usize, widths: &[usize]) -> bool {
+        let unit = if self.variant.f16 { 8 } else { 4 };
+        rows == 1 && widths.iter().all(|n| n % unit == 0)
     }
 
     /// `linear_activation` over norm(x) where `norm` is Some (one row only).
@@ -269,6 +297,9 @@ impl WgpuBackend {
         self.product(x, rows, norm, w, bias, dims, mid, Product::Gelu(gelu))
     }
 }
+
+/// Buffers at their binding numbers.
+type Bindings<'a, const N: usize> = [(u32, &'a wgpu::Buffer); N];
 
 /// What a product does with its result.
 enum Product<'a> {
@@ -478,6 +509,124 @@ impl Backend for WgpuBackend {
         out: &mut WgpuBuf,
     ) -> Result<()> {
         self.product_activation(x, rows, None, w, bias, dims, act, mid, out)
+    }
+
+    /// One row of GELU products: one gemv_pair dispatch (the norm folded in where `folds_norm`).
+    fn norm_linear_pair(
+        &self,
+        norm: &NormSpec<WgpuWeight>,
+        x: &WgpuBuf,
+        rows: usize,
+        normed: &mut WgpuBuf,
+        (a, a_out): (&Linear<WgpuWeight>, &mut WgpuBuf),
+        b: &Linear<WgpuWeight>,
+        act: Activation,
+        mid: &mut WgpuBuf,
+        out: &mut WgpuBuf,
+    ) -> Result<()> {
+        let gelu = match act {
+            Activation::GeluErf => 1,
+            Activation::GeluTanh => 2,
+            Activation::SwiGlu => 0,
+        };
+        let n_in = a.n_in;
+        if gelu == 0 || b.n_in != n_in || !self.pairs(rows, &[n_in]) {
+            let a = (a, a_out);
+            return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
+        }
+        check_len("linear input", x.len, n_in)?;
+        for (l, y) in [(a, &*a_out), (b, &*mid)] {
+            check_len("linear weight", l.weight.len, l.n_out * n_in)?;
+            check_len("linear output", y.len, l.n_out)?;
+            if let Some(bias) = &l.bias {
+                check_len("linear bias", bias.len, l.n_out)?;
+            }
+        }
+        let fold = self.folds_norm(rows, n_in).then_some(norm);
+        if fold.is_none() {
+            self.norm(
+                norm.kind,
+                x,
+                norm.weight,
+                norm.bias,
+                norm.eps,
+                1,
+                n_in,
+                normed,
+            )?;
+        }
+        let input = if fold.is_some() { x } else { &*normed };
+        let (norm_flags, eps, norm_buffers) = self.folded_norm(fold, n_in)?;
+        let params = [
+            1,
+            word(a.n_out)?,
+            word(n_in)?,
+            a.bias.is_some() as u32 | norm_flags,
+            eps.to_bits(),
+            word(b.n_out)?,
+            b.bias.is_some() as u32 | gelu << 2,
+        ];
+        let mut buffers = vec![
+            (2, &a.weight.buffer),
+            (3, self.or_unused(a.bias.as_ref())),
+            (4, &a_out.buffer),
+            (5, &input.buffer),
+            (7, &a.weight.buffer),
+            (11, &b.weight.buffer),
+            (12, self.or_unused(b.bias.as_ref())),
+            (13, &mid.buffer),
+            (14, &self.unused),
+        ];
+        buffers.extend(norm_buffers);
+        let groups = (a.n_out + b.n_out).div_ceil(8);
+        self.gpu
+            .dispatch(&self.kernels.gemv_pair, &params, &buffers, groups)
+    }
+
+    /// One row: one gemv_sum dispatch.
+    fn linear_residual_pair(
+        &self,
+        rows: usize,
+        (x_a, a): (&WgpuBuf, &Linear<WgpuWeight>),
+        (x_b, b): (&WgpuBuf, &Linear<WgpuWeight>),
+        scratch: &mut WgpuBuf,
+        residual: &mut WgpuBuf,
+    ) -> Result<()> {
+        if a.n_out != b.n_out || !self.pairs(rows, &[a.n_in, b.n_in]) {
+            return linear_residual_pair_in_turn(self, rows, (x_a, a), (x_b, b), scratch, residual);
+        }
+        check_len("linear output", residual.len, a.n_out)?;
+        for (x, l) in [(x_a, a), (x_b, b)] {
+            check_len("linear input", x.len, l.n_in)?;
+            check_len("linear weight", l.weight.len, l.n_out * l.n_in)?;
+            if let Some(bias) = &l.bias {
+                check_len("linear bias", bias.len, l.n_out)?;
+            }
+        }
+        let (_, _, norm_buffers) = self.folded_norm(None, 0)?;
+        let params = [
+            1,
+            word(a.n_out)?,
+            word(a.n_in)?,
+            a.bias.is_some() as u32 | 1 << 1,
+            0,
+            word(b.n_in)?,
+            b.bias.is_some() as u32,
+        ];
+        let mut buffers = vec![
+            (2, &a.weight.buffer),
+            (3, self.or_unused(a.bias.as_ref())),
+            (4, &residual.buffer),
+            (5, &x_a.buffer),
+            (7, &a.weight.buffer),
+            (11, &b.weight.buffer),
+            (12, self.or_unused(b.bias.as_ref())),
+            (14, &x_b.buffer),
+        ];
+        buffers.extend(norm_buffers);
+        let groups = a.n_out.div_ceil(8);
+        self.gpu
+            .dispatch(&self.kernels.gemv_sum, &params, &buffers, groups)
     }
 
     /// One row of up to FOLD_NORM_MAX_WIDTH: every gemv workgroup normalises the row itself.
