@@ -603,7 +603,6 @@ impl Backend for WgpuBackend {
                 check_len("linear bias", bias.len, l.n_out)?;
             }
         }
-        let (_, _, norm_buffers) = self.folded_norm(None, 0)?;
         let params = [
             1,
             word(a.n_out)?,
@@ -613,7 +612,7 @@ impl Backend for WgpuBackend {
             word(b.n_in)?,
             b.bias.is_some() as u32,
         ];
-        let mut buffers = vec![
+        let buffers = [
             (2, &a.weight.buffer),
             (3, self.or_unused(a.bias.as_ref())),
             (4, &residual.buffer),
@@ -622,8 +621,10 @@ impl Backend for WgpuBackend {
             (11, &b.weight.buffer),
             (12, self.or_unused(b.bias.as_ref())),
             (14, &x_b.buffer),
+            // No norm, but the dot products gemv_sum shares with the gemvs name its bindings.
+            (9, &self.unused),
+            (10, &self.unused),
         ];
-        buffers.extend(norm_buffers);
         let groups = a.n_out.div_ceil(8);
         self.gpu
             .dispatch(&self.kernels.gemv_sum, &params, &buffers, groups)
