@@ -100,6 +100,24 @@ fn groups_for(values: usize) -> usize {
 }
 
 /// A kernel parameter word from a size (kernels index with u32).
+/// That x, w (and its bias) and out hold `rows` rows of a product of (n_out, n_in).
+fn check_product(
+    x: &WgpuBuf,
+    rows: usize,
+    w: &WgpuWeight,
+    bias: Option<&WgpuWeight>,
+    (n_out, n_in): (usize, usize),
+    out: &WgpuBuf,
+) -> Result<()> {
+    check_len("linear input", x.len, rows * n_in)?;
+    check_len("linear weight", w.len, n_out * n_in)?;
+    check_len("linear output", out.len, rows * n_out)?;
+    if let Some(b) = bias {
+        check_len("linear bias", b.len, n_out)?;
+    }
+    Ok(())
+}
+
 fn word(n: usize) -> Result<u32> {
     u32::try_from(n)
         .map_err(|_| backend_error(format!("{n} does not fit the kernels' u32 indices")))
@@ -184,12 +202,7 @@ impl WgpuBackend {
         out: &mut WgpuBuf,
         then: Product,
     ) -> Result<()> {
-        check_len("linear input", x.len, rows * n_in)?;
-        check_len("linear weight", w.len, n_out * n_in)?;
-        check_len("linear output", out.len, rows * n_out)?;
-        if let Some(b) = bias {
-            check_len("linear bias", b.len, n_out)?;
-        }
+        check_product(x, rows, w, bias, (n_out, n_in), out)?;
         if norm.is_some() && rows != 1 {
             return Err(backend_error("a norm is folded into one-row products only"));
         }
@@ -231,6 +244,24 @@ impl WgpuBackend {
             }
         };
         self.gpu.dispatch(kernel, &params, &buffers, groups)
+    }
+
+    /// The input of a product over norm(x): x itself with the norm to fold into the product,
+    /// or `normed` after the norm dispatch.
+    fn norm_input<'a, 'n>(
+        &self,
+        norm: &'a NormSpec<'n, WgpuWeight>,
+        x: &'a WgpuBuf,
+        rows: usize,
+        width: usize,
+        normed: &'a mut WgpuBuf,
+    ) -> Result<(&'a WgpuBuf, Option<&'a NormSpec<'n, WgpuWeight>>)> {
+        if self.folds_norm(rows, width) {
+            return Ok((x, Some(norm)));
+        }
+        let (kind, eps) = (norm.kind, norm.eps);
+        self.norm(kind, x, norm.weight, norm.bias, eps, rows, width, normed)?;
+        Ok((normed, None))
     }
 
     /// A gemv's folded norm: its flag bits, epsilon and bindings (9 and 10), unused ones for
@@ -534,28 +565,10 @@ impl Backend for WgpuBackend {
             let a = (a, a_out);
             return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
         }
-        check_len("linear input", x.len, n_in)?;
+        let (input, fold) = self.norm_input(norm, x, rows, n_in, normed)?;
         for (l, y) in [(a, &*a_out), (b, &*mid)] {
-            check_len("linear weight", l.weight.len, l.n_out * n_in)?;
-            check_len("linear output", y.len, l.n_out)?;
-            if let Some(bias) = &l.bias {
-                check_len("linear bias", bias.len, l.n_out)?;
-            }
+            check_product(input, rows, &l.weight, l.bias.as_ref(), (l.n_out, n_in), y)?;
         }
-        let fold = self.folds_norm(rows, n_in).then_some(norm);
-        if fold.is_none() {
-            self.norm(
-                norm.kind,
-                x,
-                norm.weight,
-                norm.bias,
-                norm.eps,
-                1,
-                n_in,
-                normed,
-            )?;
-        }
-        let input = if fold.is_some() { x } else { &*normed };
         let (norm_flags, eps, norm_buffers) = self.folded_norm(fold, n_in)?;
         let params = [
             1,
@@ -595,13 +608,15 @@ impl Backend for WgpuBackend {
         if a.n_out != b.n_out || !self.pairs(rows, &[a.n_in, b.n_in]) {
             return linear_residual_pair_in_turn(self, rows, (x_a, a), (x_b, b), scratch, residual);
         }
-        check_len("linear output", residual.len, a.n_out)?;
         for (x, l) in [(x_a, a), (x_b, b)] {
-            check_len("linear input", x.len, l.n_in)?;
-            check_len("linear weight", l.weight.len, l.n_out * l.n_in)?;
-            if let Some(bias) = &l.bias {
-                check_len("linear bias", bias.len, l.n_out)?;
-            }
+            check_product(
+                x,
+                rows,
+                &l.weight,
+                l.bias.as_ref(),
+                (l.n_out, l.n_in),
+                residual,
+            )?;
         }
         let params = [
             1,
@@ -646,13 +661,17 @@ impl Backend for WgpuBackend {
         (n_out, n_in): (usize, usize),
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        if self.folds_norm(rows, n_in) {
-            let then = Product::Plain;
-            return self.product(x, rows, Some(norm), w, bias, (n_out, n_in), out, then);
-        }
-        let (kind, eps) = (norm.kind, norm.eps);
-        self.norm(kind, x, norm.weight, norm.bias, eps, rows, n_in, normed)?;
-        self.linear(normed, rows, w, bias, n_out, n_in, out)
+        let (input, fold) = self.norm_input(norm, x, rows, n_in, normed)?;
+        self.product(
+            input,
+            rows,
+            fold,
+            w,
+            bias,
+            (n_out, n_in),
+            out,
+            Product::Plain,
+        )
     }
 
     fn norm_linear_activation(
@@ -668,13 +687,9 @@ impl Backend for WgpuBackend {
         mid: &mut WgpuBuf,
         out: &mut WgpuBuf,
     ) -> Result<()> {
+        let (input, fold) = self.norm_input(norm, x, rows, n_in, normed)?;
         let dims = (n_out, n_in);
-        if self.folds_norm(rows, n_in) {
-            return self.product_activation(x, rows, Some(norm), w, bias, dims, act, mid, out);
-        }
-        let (kind, eps) = (norm.kind, norm.eps);
-        self.norm(kind, x, norm.weight, norm.bias, eps, rows, n_in, normed)?;
-        self.linear_activation(normed, rows, w, bias, dims, act, mid, out)
+        self.product_activation(input, rows, fold, w, bias, dims, act, mid, out)
     }
 
     fn activation(
