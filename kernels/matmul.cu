@@ -2,6 +2,9 @@
 // small helpers around cuBLAS: activations to the weight type, bias and activation epilogue.
 
 #define VEC (16 / sizeof(wt))
+#ifndef GEMV_LOADS
+#define GEMV_LOADS 2
+#endif
 
 // Weights are read once per token and never reused: load them around L1.
 __device__ __forceinline__ uint4 load_stream(const wt* p) {
@@ -28,14 +31,14 @@ struct Columns {
     }
 };
 
-// LOADS 16-byte loads of the weights for one lane from column `base`, zero past the end. A
+// LOADS 16-byte loads of the weights for one lane from column `base`, zero from `end` on. A
 // load never straddles the two parts: both are whole 16-byte units (the vector path's test).
 template <int LOADS>
-__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const Columns& c, u32 base) {
+__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const Columns& c, u32 base, u32 end) {
 #pragma unroll
     for (int u = 0; u < LOADS; u++) {
         u32 i = base + u * 32 * VEC;
-        raw[u] = i < c.n ? load_stream(c.w(i)) : make_uint4(0, 0, 0, 0);
+        raw[u] = i < end ? load_stream(c.w(i)) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -74,31 +77,46 @@ __device__ const float* stage_norm(const float* x, u32 n, FoldedNorm nm) {
     return staged;
 }
 
-// acc[r] += x[r] . w over the columns, for ROWS rows of x, by one warp; `live` false for a warp
-// past the outputs, which only helps stage the norm. Each lane loads the next two 16-byte
-// slices of weights while it multiplies the current two, on from the first part into the second
-// without draining. The first loads go out before waiting for the previous kernel, which
-// computes x; with a norm, the block then stages norm(x_a) and reads that. Measured on an H100
-// (GPT-J's [attn_out | fc_out], L2 flushed): the two parts as one stream took 66 us, one after
-// the other 84 us. ROWS is a template parameter so the sums stay in registers.
+// One output's share of a warp: the output, and which of `split` consecutive column ranges.
+// With few outputs (GPT-J's 4096 of 20480 columns) one warp each cannot keep enough loads in
+// flight, so 2 or 4 warps of a block share an output.
+struct Share {
+    u32 o, part, split;
+    __device__ Share(u32 split) : split(split) {
+        u32 w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+        o = w / split;
+        part = w % split;
+    }
+};
+
+// acc[r] += x[r] . w over this share's columns, for ROWS rows of x, by one warp; `live` false
+// for a warp past the outputs, which only helps stage the norm. Each lane loads the next two
+// 16-byte slices of weights while it multiplies the current two, on from the first part into
+// the second without draining. The first loads go out before waiting for the previous kernel,
+// which computes x; with a norm, the block then stages norm(x_a) and reads that. Measured on an
+// H100 (GPT-J's [attn_out | fc_out], L2 flushed): the two parts as one stream took 66 us, one
+// after the other 84 us. ROWS is a template parameter so the sums stay in registers.
 template <int ROWS>
-__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, bool live, FoldedNorm norm) {
-    const int LOADS = 2;
+__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, Share sh, bool live, FoldedNorm norm) {
+    const int LOADS = GEMV_LOADS;
     const u32 STEP = 32 * VEC * LOADS;
     u32 lane = threadIdx.x & 31;
+    // Shares are whole steps, so that a share's loads stay 16-byte units of one part.
+    u32 chunk = (c.n + sh.split * STEP - 1) / (sh.split * STEP) * STEP;
+    u32 begin = min(c.n, sh.part * chunk), end = min(c.n, begin + chunk);
     bool vec = c.n_a % VEC == 0 && c.n % VEC == 0;
     uint4 raw[LOADS], next[LOADS];
-    if (vec && live) load_weights(raw, c, lane * VEC);
+    if (vec && live) load_weights(raw, c, begin + lane * VEC, end);
     await_inputs();
     if (norm.w) c.x_a = stage_norm<ROWS>(c.x_a, c.n_a, norm);
     if (!live) return;
     if (vec) {
-        for (u32 base = lane * VEC; base < c.n; base += STEP) {
-            if (base + STEP < c.n) load_weights(next, c, base + STEP);
+        for (u32 base = begin + lane * VEC; base < end; base += STEP) {
+            if (base + STEP < end) load_weights(next, c, base + STEP, end);
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
-                if (i >= c.n) break;
+                if (i >= end) break;
                 const wt* wv = (const wt*)&raw[u];
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
@@ -115,7 +133,7 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, bool liv
             for (int u = 0; u < LOADS; u++) raw[u] = next[u];
         }
     } else {
-        for (u32 i = lane; i < c.n; i += 32) {
+        for (u32 i = begin + lane; i < end; i += 32) {
             float wv = to_f32(*c.w(i));
 #pragma unroll
             for (int r = 0; r < ROWS; r++) acc[r] += wv * *c.x(r, i);
@@ -123,26 +141,38 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, bool liv
     }
 }
 
-// Output o of each row from the warp's sums: out[r][o] = act(sum + bias), or out[r][o] += sum
-// + bias when `accumulate` (a residual add folded in).
+// Output o of each row from the sums of the share's warps, added in part order so results are
+// reproducible: out[r][o] = act(sum + bias), or out[r][o] += sum + bias when `accumulate` (a
+// residual add folded in). Every warp of the block comes here, live or not, for the barrier
+// (named barriers per output would cost occupancy: ptxas reserves all 16 for a computed id).
 template <int ROWS>
-__device__ __forceinline__ void store_rows(float (&acc)[ROWS], float bias, float* out, u32 n_out, u32 o,
-                                           u32 accumulate, u32 act) {
+__device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool live, float bias, float* out,
+                                           u32 n_out, u32 accumulate, u32 act) {
+    __shared__ float partial[32][ROWS];
+    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float s[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) s[r] = warp_sum(acc[r]);
+    if (sh.split > 1) {
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) partial[warp][r] = s[r];
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+            for (u32 k = 1; k < sh.split; k++) s[r] += partial[warp + k][r];
+    }
+    if (!live || sh.part != 0 || lane != 0) return;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
-        float s = warp_sum(acc[r]) + bias;
-        float* y = out + (size_t)r * n_out + o;
-        if ((threadIdx.x & 31) == 0) *y = accumulate ? *y + s : activate(s, act);
+        float* y = out + (size_t)r * n_out + sh.o;
+        *y = accumulate ? *y + s[r] + bias : activate(s[r] + bias, act);
     }
 }
 
-// This warp's output index: one warp per output.
-__device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
-
 // Every kernel below takes ROWS rows of x at once, bias pointers may be null, and the grid has
-// a warp per output: blocks of 128 threads, or 512 with a folded norm (norm_w set; each block
-// stages the rows' norm in ROWS * n_in floats of dynamic shared memory, and larger blocks
-// stage it fewer times).
+// `split` warps per output (a power of two up to 4): blocks of 128 threads, or 512 with a
+// folded norm (norm_w set; each block stages the rows' norm in ROWS * n_in floats of dynamic
+// shared memory, and larger blocks stage it fewer times).
 //
 // gemv: out[r][o] = act(x[r] . w[o] + bias[o]), or out[r][o] += x[r] . w[o] + bias[o] when
 // `accumulate`.
@@ -156,40 +186,42 @@ __device__ __forceinline__ u32 warp_output() { return blockIdx.x * (blockDim.x >
 #define NORM_PARAMS const wt *norm_w, const wt *norm_b, float eps, u32 rms
 #define GEMV(R)                                                                                      \
     extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,      \
-                                       u32 n_out, u32 n_in, u32 accumulate, u32 act, NORM_PARAMS) {  \
-        u32 o = warp_output();                                                                       \
-        if (o >= n_out && !norm_w) return;                                                           \
+                                       u32 n_out, u32 n_in, u32 accumulate, u32 act, NORM_PARAMS,    \
+                                       u32 split) {                                                  \
+        Share sh(split);                                                                             \
+        bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x, w + (size_t)o * n_in, n_in, nullptr, nullptr, n_in};                         \
-        dot_rows<R>(acc, c, o < n_out, {norm_w, norm_b, eps, rms});                                  \
-        if (o >= n_out) return;                                                                      \
-        store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, out, n_out, o, accumulate, act);           \
+        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in};                      \
+        dot_rows<R>(acc, c, sh, live, {norm_w, norm_b, eps, rms});                                   \
+        float bo = bias && live ? to_f32(bias[sh.o]) : 0.0f;                                         \
+        store_rows<R>(acc, sh, live, bo, out, n_out, accumulate, act);                               \
     }                                                                                                \
     extern "C" __global__ void gemv_pair##R(const float* x, u32 n_in, const wt* w_a, const wt* bias_a, \
                                             float* out_a, u32 n_a, const wt* w_b, const wt* bias_b,  \
-                                            float* out_b, u32 n_b, u32 act_b, NORM_PARAMS) {         \
-        u32 o = warp_output();                                                                       \
-        if (o >= n_a + n_b && !norm_w) return;                                                       \
-        bool b = o >= n_a;                                                                           \
+                                            float* out_b, u32 n_b, u32 act_b, NORM_PARAMS, u32 split) { \
+        Share sh(split);                                                                             \
+        bool b = sh.o >= n_a;                                                                        \
         const wt *w = b ? w_b : w_a, *bias = b ? bias_b : bias_a;                                    \
         u32 n_out = b ? n_b : n_a;                                                                   \
-        if (b) o -= n_a;                                                                             \
+        if (b) sh.o -= n_a;                                                                          \
+        bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x, w + (size_t)o * n_in, n_in, nullptr, nullptr, n_in};                         \
-        dot_rows<R>(acc, c, o < n_out, {norm_w, norm_b, eps, rms});                                  \
-        if (o >= n_out) return;                                                                      \
-        store_rows<R>(acc, bias ? to_f32(bias[o]) : 0.0f, b ? out_b : out_a, n_out, o, 0, b ? act_b : 0); \
+        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in};                      \
+        dot_rows<R>(acc, c, sh, live, {norm_w, norm_b, eps, rms});                                   \
+        float bo = bias && live ? to_f32(bias[sh.o]) : 0.0f;                                         \
+        store_rows<R>(acc, sh, live, bo, b ? out_b : out_a, n_out, 0, b ? act_b : 0);                \
     }                                                                                                \
     extern "C" __global__ void gemv_sum##R(const float* x_a, const wt* w_a, const wt* bias_a, u32 n_a, \
                                            const float* x_b, const wt* w_b, const wt* bias_b, u32 n_b, \
-                                           float* out, u32 n_out) {                                  \
-        u32 o = warp_output();                                                                       \
-        if (o >= n_out) return;                                                                      \
+                                           float* out, u32 n_out, u32 split) {                       \
+        Share sh(split);                                                                             \
+        bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x_a, w_a + (size_t)o * n_a, n_a, x_b, w_b + (size_t)o * n_b, n_a + n_b};        \
-        dot_rows<R>(acc, c, true, {});                                                               \
-        float bias = (bias_a ? to_f32(bias_a[o]) : 0.0f) + (bias_b ? to_f32(bias_b[o]) : 0.0f);      \
-        store_rows<R>(acc, bias, out, n_out, o, 1, 0);                                               \
+        Columns c = {x_a, w_a + (size_t)sh.o * n_a, n_a, x_b, w_b + (size_t)sh.o * n_b, n_a + n_b};  \
+        dot_rows<R>(acc, c, sh, live, {});                                                           \
+        float bias = 0.0f;                                                                           \
+        if (live) bias = (bias_a ? to_f32(bias_a[sh.o]) : 0.0f) + (bias_b ? to_f32(bias_b[sh.o]) : 0.0f); \
+        store_rows<R>(acc, sh, live, bias, out, n_out, 1, 0);                                        \
     }
 GEMV(1)
 GEMV(2)

@@ -104,13 +104,16 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
     }
 
     // One-row products take the gemv: n_in 100 is a whole number of f32 16-byte units but not
-    // of f16 ones, 1160 leaves a part pass of units, 4096 is a model's width.
+    // of f16 ones, 1160 leaves a part pass of units, 4096 is a model's width; from 8192 the
+    // CUDA gemv splits each row over four warps (8194 on the scalar path).
     for (rows, n_out, n_in) in [
         (1, 37, 70),
         (1, 1000, 256),
         (1, 45, 100),
         (1, 70, 1160),
         (1, 300, 4096),
+        (3, 40, 8200),
+        (1, 30, 8194),
         (7, 130, 96),
         (33, 67, 200),
         (64, 128, 64),
@@ -179,6 +182,7 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         (2, 45, 100, 70),
         (4, 130, 96, 1160),
         (6, 37, 64, 32),
+        (2, 50, 1000, 7400),
     ] {
         let (x_a, x_b) = (rng.values(rows * n_a, 1.0), rng.values(rows * n_b, 1.0));
         let a = HostLinear::random(&mut rng, n_out, n_a, rows % 2 == 0);
