@@ -358,6 +358,7 @@ DECODE_PARTIAL(8)
 extern "C" __global__ void decode_finish(SeqBatch b, const float* part_stat, const float* part_o,
                                          const float* logits, float* out, u32 heads, u32 kv_heads, u32 hd,
                                          u32 span, u32 splits, u32 max_len) {
+    allow_next();
     await_inputs();
     __shared__ float head_m[64], head_inv[64], head_lse[64];
     u32 g = blockIdx.x, z = blockIdx.z, group = heads / kv_heads;

@@ -45,6 +45,17 @@ __device__ __forceinline__ void await_inputs() {
 #endif
 }
 
+// Lets the next kernel start before this one waits: for kernels that have nothing to stream
+// first, so that the kernel after them can start on work that depends on none of them
+// (gemv_sum's MLP half while the attention runs). Still safe: every kernel waits before it
+// touches what others write, and a wait returns only once the previous kernel has finished,
+// which itself waited for the one before.
+__device__ __forceinline__ void allow_next() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -12,6 +12,7 @@ __device__ __forceinline__ bool before(float sa, u32 pa, float sb, u32 pb) {
 // One eviction per kv head of each sequence that evicts this step: find the minimum candidate
 // and move the last slot into its place. Grid (kv_heads, seqs), 256 threads (a power of two).
 extern "C" __global__ void decode_evict(SeqBatch b, u32 hd) {
+    allow_next();
     await_inputs();
     __shared__ float best_s[256];
     __shared__ u32 best_p[256];

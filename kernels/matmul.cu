@@ -25,6 +25,7 @@ struct Columns {
     const float* x_b;
     const wt* w_b;
     u32 n;
+    u32 ready;  // columns whose x no kernel still running writes (read before waiting)
     __device__ __forceinline__ const wt* w(u32 i) const { return i < n_a ? w_a + i : w_b + (i - n_a); }
     __device__ __forceinline__ const float* x(u32 r, u32 i) const {
         return i < n_a ? x_a + (size_t)r * n_a + i : x_b + (size_t)r * (n - n_a) + (i - n_a);
@@ -93,7 +94,8 @@ struct Share {
 // for a warp past the outputs, which only helps stage the norm. Each lane loads the next two
 // 16-byte slices of weights while it multiplies the current two, on from the first part into
 // the second without draining. The first loads go out before waiting for the previous kernel,
-// which computes x; with a norm, the block then stages norm(x_a) and reads that. Measured on an
+// which computes x; columns before c.ready are summed before waiting at all. With a norm, the
+// block stages norm(x_a) after waiting and reads that. Measured on an
 // H100 (GPT-J's [attn_out | fc_out], L2 flushed): the two parts as one stream took 66 us, one
 // after the other 84 us. ROWS is a template parameter so the sums stay in registers.
 template <int ROWS>
@@ -107,11 +109,19 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, Share sh
     bool vec = c.n_a % VEC == 0 && c.n % VEC == 0;
     uint4 raw[LOADS], next[LOADS];
     if (vec && live) load_weights(raw, c, begin + lane * VEC, end);
-    await_inputs();
+    bool waiting = true;
+    if (c.ready == 0) {
+        await_inputs();
+        waiting = false;
+    }
     if (norm.w) c.x_a = stage_norm<ROWS>(c.x_a, c.n_a, norm);
     if (!live) return;
     if (vec) {
         for (u32 base = begin + lane * VEC; base < end; base += STEP) {
+            if (waiting && base - lane * VEC + STEP > c.ready) {
+                await_inputs();
+                waiting = false;
+            }
             if (base + STEP < end) load_weights(next, c, base + STEP, end);
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
@@ -134,6 +144,10 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, Share sh
         }
     } else {
         for (u32 i = begin + lane; i < end; i += 32) {
+            if (waiting && i - lane + 32 > c.ready) {
+                await_inputs();
+                waiting = false;
+            }
             float wv = to_f32(*c.w(i));
 #pragma unroll
             for (int r = 0; r < ROWS; r++) acc[r] += wv * *c.x(r, i);
@@ -182,7 +196,9 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool li
 // through act_b. One launch instead of two keeps every SM streaming weights across the pair.
 //
 // gemv_sum: out[r][o] += x_a[r] . w_a[o] + x_b[r] . w_b[o] + the biases (a parallel block's
-// two output products added into the residual stream in one launch).
+// two output products added into the residual stream in one launch). Neither x_a nor out may
+// be written by the kernels still running: x_a's product streams before waiting on them (the
+// MLP half, computed before the attention that x_b comes from).
 #define NORM_PARAMS const wt *norm_w, const wt *norm_b, float eps, u32 rms
 #define GEMV(R)                                                                                      \
     extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,      \
@@ -191,7 +207,7 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool li
         Share sh(split);                                                                             \
         bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in};                      \
+        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in, 0};                      \
         dot_rows<R>(acc, c, sh, live, {norm_w, norm_b, eps, rms});                                   \
         float bo = bias && live ? to_f32(bias[sh.o]) : 0.0f;                                         \
         store_rows<R>(acc, sh, live, bo, out, n_out, accumulate, act);                               \
@@ -206,7 +222,7 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool li
         if (b) sh.o -= n_a;                                                                          \
         bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in};                      \
+        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in, 0};                      \
         dot_rows<R>(acc, c, sh, live, {norm_w, norm_b, eps, rms});                                   \
         float bo = bias && live ? to_f32(bias[sh.o]) : 0.0f;                                         \
         store_rows<R>(acc, sh, live, bo, b ? out_b : out_a, n_out, 0, b ? act_b : 0);                \
@@ -217,7 +233,7 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool li
         Share sh(split);                                                                             \
         bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x_a, w_a + (size_t)sh.o * n_a, n_a, x_b, w_b + (size_t)sh.o * n_b, n_a + n_b};  \
+        Columns c = {x_a, w_a + (size_t)sh.o * n_a, n_a, x_b, w_b + (size_t)sh.o * n_b, n_a + n_b, n_a};  \
         dot_rows<R>(acc, c, sh, live, {});                                                           \
         float bias = 0.0f;                                                                           \
         if (live) bias = (bias_a ? to_f32(bias_a[sh.o]) : 0.0f) + (bias_b ? to_f32(bias_b[sh.o]) : 0.0f); \

@@ -174,8 +174,9 @@ pub trait Backend {
         norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out)
     }
     /// residual += x_a . a^T + x_b . b^T (+ their biases): a parallel block's two output
-    /// products. The default runs two `linear_residual`; the GPU backends one launch for a
-    /// few rows (wgpu: one).
+    /// products. x_a is the older input (the MLP's; x_b is the attention output just
+    /// computed), so a backend may start on a's product while x_b is being written. The
+    /// default runs two `linear_residual`; the GPU backends one launch for a few rows.
     fn linear_residual_pair(
         &self,
         rows: usize,

@@ -356,7 +356,7 @@ impl<B: Backend> Model<B> {
                 )?;
                 attend(i, qkv, attn)?;
                 let mid = mlp_output(act, mlp_mid, mlp_act);
-                b.linear_residual_pair(rows, (attn, &l.attn_out), (mid, &l.mlp_out), proj, x)?;
+                b.linear_residual_pair(rows, (mid, &l.mlp_out), (attn, &l.attn_out), proj, x)?;
                 continue;
             };
             let dims = (q.n_out, q.n_in);
