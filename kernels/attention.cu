@@ -127,25 +127,6 @@ extern "C" __global__ void attn_prefill_columns(const float* s, float* score, u3
 #define MAX_HD 512
 #define MAX_PASSES (MAX_HD / (32 * VEC))
 
-// Grid (seqs, heads + kv_heads), 128 threads: sequence z's token goes to cache slot len - 1.
-extern "C" __global__ void decode_append(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd,
-                                         u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q) {
-    await_inputs();
-    u32 z = blockIdx.x, hh = blockIdx.y;
-    const SeqDesc& d = b.s[z];
-    const float* row = qkv + (size_t)z * (heads + 2 * kv_heads) * hd;
-    if (hh < heads) {
-        rotate_store(row + hh * hd, q + ((size_t)z * heads + hh) * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq);
-        return;
-    }
-    u32 g = hh - heads;
-    size_t slot = (size_t)g * d.capacity + d.len - 1;
-    rotate_store(row + (heads + g) * hd, d.k + slot * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq);
-    const float* vsrc = row + (heads + kv_heads + g) * hd;
-    for (u32 t = threadIdx.x; t < hd; t += blockDim.x) d.v[slot * hd + t] = from_f32(vsrc[t]);
-    if (threadIdx.x == 0) { d.pos[slot] = d.qpos; d.score[slot] = 0.0f; }
-}
-
 // Asks L2 to fetch `bytes` (a multiple of 16) from a 16-byte aligned address.
 __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
 #if __CUDA_ARCH__ >= 900
@@ -178,8 +159,9 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
     }
 }
 
-// Grid (heads, splits, seqs), WARPS warps. Block (h, c, z) covers key slots [c * span, (c + 1) *
-// span) of sequence z in steps of SUB keys with an online softmax. Each key is read by a team of
+// Grid (heads, splits, seqs), WARPS warps; sequence z's query, key and value are row z of qkv,
+// and its key and value go to cache slot len - 1. Block (h, c, z) covers key slots [c * span,
+// (c + 1) * span) of sequence z in steps of SUB keys with an online softmax. Each key is read by a team of
 // 32 / TEAMS lanes covering the head dimension with 16-byte loads: one team per warp from
 // head_dim 32 * VEC up, more for smaller heads so that no lane idles (the backend picks TEAMS);
 // warp w's teams take keys w, w + WARPS, ... Writes the span's max, sum of exponentials and
@@ -187,7 +169,8 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
 // also the noisy logits y = (x + g) / tau to logits [seq][head][max_len] and their max and sum of
 // exponentials. Needs head_dim % VEC == 0 and <= MAX_HD.
 template <u32 TEAMS>
-__device__ __forceinline__ void decode_partial_teams(const wt* q, const SeqBatch& b, u32 heads, u32 kv_heads, u32 hd, u32 span,
+__device__ __forceinline__ void decode_partial_teams(const float* qkv, const SeqBatch& b, u32 heads, u32 kv_heads, u32 hd,
+                                     u32 rope_dims, u32 rope_halves, const float* inv_freq, u32 span,
                                      u32 splits, u32 max_len, float scale, const float* slopes, u32 layer,
                                      float* logits, float* part_stat, float* part_o) {
     const u32 kl = 32 / TEAMS, keys = KEYS_PER_WARP / TEAMS;
@@ -200,18 +183,34 @@ __device__ __forceinline__ void decode_partial_teams(const wt* q, const SeqBatch
     u32 end = min(d.len, start + span);
     u32 g = h / (heads / kv_heads);
     // L2 starts fetching the first step's keys and values while the previous kernel finishes
-    // (only the newest slot is written there, and L2 is where that write lands).
+    // (it writes none of them; the newest slot's write below lands in L2 too).
     if (threadIdx.x == 0) {
         u32 first = min(end - start, (u32)SUB) * hd * sizeof(wt);
         prefetch_l2(d.k + ((size_t)g * d.capacity + start) * hd, first);
         prefetch_l2(d.v + ((size_t)g * d.capacity + start) * hd, first);
     }
     await_inputs();
+    // Each block rotates its head's query itself, and the block whose span ends at the newest
+    // slot first writes this step's key and value there (each head of a group writes the
+    // same): no launch of its own for appending to the cache.
+    __shared__ __align__(16) wt qh[MAX_HD];
+    const float* row = qkv + (size_t)z * (heads + 2 * kv_heads) * hd;
+    rotate_store(row + h * hd, qh, hd, d.qpos, rope_dims, rope_halves, inv_freq);
+    size_t base = (size_t)g * d.capacity;
+    if (end == d.len) {
+        size_t slot = base + d.len - 1;
+        rotate_store(row + (heads + g) * hd, d.k + slot * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq);
+        const float* vsrc = row + (heads + kv_heads + g) * hd;
+        for (u32 t = threadIdx.x; t < hd; t += blockDim.x) d.v[slot * hd + t] = from_f32(vsrc[t]);
+        if (threadIdx.x == 0) {
+            d.pos[slot] = d.qpos;
+            d.score[slot] = 0.0f;
+        }
+    }
+    __syncthreads();
     u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     u32 team = lane / kl, tl = lane % kl;
     u32 passes = (hd + kl * VEC - 1) / (kl * VEC);
-    size_t base = (size_t)g * d.capacity;
-    const wt* qh = q + ((size_t)z * heads + h) * hd;
     uint4 qraw[MAX_PASSES];
     float o[MAX_PASSES][VEC];
 #pragma unroll
@@ -340,11 +339,12 @@ __device__ __forceinline__ void decode_partial_teams(const wt* q, const SeqBatch
 // Four blocks per SM keep enough keys in flight; the cap keeps the registers to that.
 #define DECODE_PARTIAL(T)                                                                                 \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 4)                                           \
-        decode_partial##T(const wt* q, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 span, u32 splits, \
-                          u32 max_len, float scale, const float* slopes, u32 layer, float* logits,        \
-                          float* part_stat, float* part_o) {                                              \
-        decode_partial_teams<T>(q, b, heads, kv_heads, hd, span, splits, max_len, scale, slopes, layer,   \
-                                logits, part_stat, part_o);                                               \
+        decode_partial##T(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 rope_dims,   \
+                          u32 rope_halves, const float* inv_freq, u32 span, u32 splits, u32 max_len,      \
+                          float scale, const float* slopes, u32 layer, float* logits, float* part_stat,   \
+                          float* part_o) {                                                                \
+        decode_partial_teams<T>(qkv, b, heads, kv_heads, hd, rope_dims, rope_halves, inv_freq, span,      \
+                                splits, max_len, scale, slopes, layer, logits, part_stat, part_o);        \
     }
 DECODE_PARTIAL(1)
 DECODE_PARTIAL(2)

@@ -334,8 +334,9 @@ impl Step<'_> {
 }
 
 /// One decode token for each sequence (row i of qkv and out is seqs[i]), in launches of up to
-/// MAX_SEQS sequences: append, split attention, combine with score accumulation, and the
-/// one-token eviction of the sequences whose `keep` asks for it.
+/// MAX_SEQS sequences: split attention (which appends the token to the cache first), combine
+/// with score accumulation, and the one-token eviction of the sequences whose `keep` asks for
+/// it.
 pub fn decode(
     b: &CudaBackend,
     spec: &AttentionSpec,
@@ -386,7 +387,6 @@ pub fn decode(
         let want = (4 * b.sms).div_ceil(n * heads).max(1);
         let span = max_len.div_ceil(want).div_ceil(SUB).max(1) * SUB;
         let splits = max_len.div_ceil(span);
-        let q = b.uninit::<u8>(n * heads * hd * b.dtype.bytes())?;
         let logits = b.uninit::<f32>(if scoring { n * heads * max_len } else { 1 })?;
         let part_stat = b.uninit::<f32>(n * heads * splits * 4)?;
         let part_o = b.uninit::<f32>(n * heads * splits * hd)?;
@@ -401,20 +401,6 @@ pub fn decode(
             Arg::U(rope_dims),
             Arg::U(rope_halves),
             Arg::P(table),
-            Arg::P(b.ptr(&q)),
-        ];
-        b.launch(
-            &b.k.decode_append,
-            (n as u32, (heads + kv_heads) as u32),
-            128,
-            &args,
-        )?;
-        let args = [
-            Arg::P(b.ptr(&q)),
-            Arg::Seqs(&batch),
-            Arg::U(heads as u32),
-            Arg::U(kv_heads as u32),
-            Arg::U(hd as u32),
             Arg::U(span as u32),
             Arg::U(splits as u32),
             Arg::U(max_len as u32),

@@ -72,7 +72,6 @@ pub struct Kernels {
     pub attn_append: CudaFunction,
     pub attn_prefill_softmax: CudaFunction,
     pub attn_prefill_columns: CudaFunction,
-    pub decode_append: CudaFunction,
     /// decode_partial[i] reads each key with 2^i teams of lanes per warp.
     pub decode_partial: [CudaFunction; 4],
     pub decode_finish: CudaFunction,
@@ -118,7 +117,6 @@ impl Kernels {
             attn_append: f(4, "attn_append")?,
             attn_prefill_softmax: f(4, "attn_prefill_softmax")?,
             attn_prefill_columns: f(4, "attn_prefill_columns")?,
-            decode_append: f(4, "decode_append")?,
             decode_partial: [
                 f(4, "decode_partial1")?,
                 f(4, "decode_partial2")?,
