@@ -2,9 +2,6 @@
 // small helpers around cuBLAS: activations to the weight type, bias and activation epilogue.
 
 #define VEC (16 / sizeof(wt))
-#ifndef GEMV_LOADS
-#define GEMV_LOADS 2
-#endif
 
 // Weights are read once per token and never reused: load them around L1.
 __device__ __forceinline__ uint4 load_stream(const wt* p) {
@@ -15,31 +12,14 @@ __device__ __forceinline__ uint4 load_stream(const wt* p) {
     return r;
 }
 
-// The weights of one output as one stream of n columns: [0, n_a) from w_a against x_a, then
-// [n_a, n) from w_b against x_b (none for a single product). The ROWS rows of x_a are n_a apart,
-// those of x_b n - n_a.
-struct Columns {
-    const float* x_a;
-    const wt* w_a;
-    u32 n_a;
-    const float* x_b;
-    const wt* w_b;
-    u32 n;
-    u32 ready;  // columns whose x no kernel still running writes (read before waiting)
-    __device__ __forceinline__ const wt* w(u32 i) const { return i < n_a ? w_a + i : w_b + (i - n_a); }
-    __device__ __forceinline__ const float* x(u32 r, u32 i) const {
-        return i < n_a ? x_a + (size_t)r * n_a + i : x_b + (size_t)r * (n - n_a) + (i - n_a);
-    }
-};
-
-// LOADS 16-byte loads of the weights for one lane from column `base`, zero from `end` on. A
-// load never straddles the two parts: both are whole 16-byte units (the vector path's test).
+// LOADS 16-byte loads of one output's weights w for one lane from column `base`, zero from `end`
+// on.
 template <int LOADS>
-__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const Columns& c, u32 base, u32 end) {
+__device__ __forceinline__ void load_weights(uint4 (&raw)[LOADS], const wt* w, u32 base, u32 end) {
 #pragma unroll
     for (int u = 0; u < LOADS; u++) {
         u32 i = base + u * 32 * VEC;
-        raw[u] = i < end ? load_stream(c.w(i)) : make_uint4(0, 0, 0, 0);
+        raw[u] = i < end ? load_stream(w + i) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -79,8 +59,8 @@ __device__ const float* stage_norm(const float* x, u32 n, FoldedNorm nm) {
 }
 
 // One output's share of a warp: the output, and which of `split` consecutive column ranges.
-// With few outputs (GPT-J's 4096 of 20480 columns) one warp each cannot keep enough loads in
-// flight, so 2 or 4 warps of a block share an output.
+// With few outputs of long rows (GPT-J's fc_out: 4096 of 16384 columns) one warp each cannot
+// keep enough loads in flight, so several warps of a block share an output.
 struct Share {
     u32 o, part, split;
     __device__ Share(u32 split) : split(split) {
@@ -90,39 +70,29 @@ struct Share {
     }
 };
 
-// acc[r] += x[r] . w over this share's columns, for ROWS rows of x, by one warp; `live` false
-// for a warp past the outputs, which only helps stage the norm. Each lane loads the next two
-// 16-byte slices of weights while it multiplies the current two, on from the first part into
-// the second without draining. The first loads go out before waiting for the previous kernel,
-// which computes x; columns before c.ready are summed before waiting at all. With a norm, the
-// block stages norm(x_a) after waiting and reads that. Measured on an
-// H100 (GPT-J's [attn_out | fc_out], L2 flushed): the two parts as one stream took 66 us, one
-// after the other 84 us. ROWS is a template parameter so the sums stay in registers.
+// acc[r] += x[r] . w over this share's columns of n, for ROWS rows of x, by one warp; `live`
+// false for a warp past the outputs, which only helps stage the norm. Each lane loads the next
+// two 16-byte slices of weights while it multiplies the current two. The first loads go out
+// before waiting for the previous kernel, which computes x, and an `early` product (whose x no
+// kernel still running writes) does not wait at all. With a norm, the block stages norm(x)
+// after waiting and reads that. ROWS is a template parameter so the sums stay in registers.
 template <int ROWS>
-__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, Share sh, bool live, FoldedNorm norm) {
-    const int LOADS = GEMV_LOADS;
+__device__ __forceinline__ void dot_rows(float (&acc)[ROWS], const float* x, const wt* w, u32 n, Share sh, bool live,
+                                         FoldedNorm norm, bool early) {
+    const int LOADS = 2;
     const u32 STEP = 32 * VEC * LOADS;
     u32 lane = threadIdx.x & 31;
-    // Shares are whole steps, so that a share's loads stay 16-byte units of one part.
-    u32 chunk = (c.n + sh.split * STEP - 1) / (sh.split * STEP) * STEP;
-    u32 begin = min(c.n, sh.part * chunk), end = min(c.n, begin + chunk);
-    bool vec = c.n_a % VEC == 0 && c.n % VEC == 0;
+    u32 chunk = (n + sh.split * STEP - 1) / (sh.split * STEP) * STEP;
+    u32 begin = min(n, sh.part * chunk), end = min(n, begin + chunk);
+    bool vec = n % VEC == 0;
     uint4 raw[LOADS], next[LOADS];
-    if (vec && live) load_weights(raw, c, begin + lane * VEC, end);
-    bool waiting = true;
-    if (c.ready == 0) {
-        await_inputs();
-        waiting = false;
-    }
-    if (norm.w) c.x_a = stage_norm<ROWS>(c.x_a, c.n_a, norm);
+    if (vec && live) load_weights(raw, w, begin + lane * VEC, end);
+    if (!early) await_inputs();
+    if (norm.w) x = stage_norm<ROWS>(x, n, norm);
     if (!live) return;
     if (vec) {
         for (u32 base = begin + lane * VEC; base < end; base += STEP) {
-            if (waiting && base - lane * VEC + STEP > c.ready) {
-                await_inputs();
-                waiting = false;
-            }
-            if (base + STEP < end) load_weights(next, c, base + STEP, end);
+            if (base + STEP < end) load_weights(next, w, base + STEP, end);
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
                 u32 i = base + u * 32 * VEC;
@@ -130,7 +100,7 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, Share sh
                 const wt* wv = (const wt*)&raw[u];
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) {
-                    const float4* xr = (const float4*)c.x(r, i);
+                    const float4* xr = (const float4*)(x + (size_t)r * n + i);
 #pragma unroll
                     for (u32 k = 0; k < VEC / 4; k++) {
                         float4 xv = xr[k];
@@ -144,13 +114,9 @@ __device__ __forceinline__ void dot_rows(float (&acc)[ROWS], Columns c, Share sh
         }
     } else {
         for (u32 i = begin + lane; i < end; i += 32) {
-            if (waiting && i - lane + 32 > c.ready) {
-                await_inputs();
-                waiting = false;
-            }
-            float wv = to_f32(*c.w(i));
+            float wv = to_f32(w[i]);
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) acc[r] += wv * *c.x(r, i);
+            for (int r = 0; r < ROWS; r++) acc[r] += wv * x[(size_t)r * n + i];
         }
     }
 }
@@ -189,28 +155,27 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool li
 // shared memory, and larger blocks stage it fewer times).
 //
 // gemv: out[r][o] = act(x[r] . w[o] + bias[o]), or out[r][o] += x[r] . w[o] + bias[o] when
-// `accumulate`.
+// `accumulate`. An `early` product streams without waiting for the kernels before it: neither
+// x nor out may be written by a kernel still running (a parallel block's MLP output product,
+// while the attention runs). Its last block waits at the end, so that it finishes after the
+// kernels before it like every other kernel (the next kernel's wait relies on that).
 //
 // gemv_pair: two products of one input in one launch (a parallel block's attention and MLP
 // input products): outputs [0, n_a) from w_a into out_a, the next n_b from w_b into out_b
 // through act_b. One launch instead of two keeps every SM streaming weights across the pair.
-//
-// gemv_sum: out[r][o] += x_a[r] . w_a[o] + x_b[r] . w_b[o] + the biases (a parallel block's
-// two output products added into the residual stream in one launch). Neither x_a nor out may
-// be written by the kernels still running: x_a's product streams before waiting on them (the
-// MLP half, computed before the attention that x_b comes from).
 #define NORM_PARAMS const wt *norm_w, const wt *norm_b, float eps, u32 rms
 #define GEMV(R)                                                                                      \
     extern "C" __global__ void gemv##R(const float* x, const wt* w, const wt* bias, float* out,      \
-                                       u32 n_out, u32 n_in, u32 accumulate, u32 act, NORM_PARAMS,    \
-                                       u32 split) {                                                  \
+                                       u32 n_out, u32 n_in, u32 accumulate, u32 act, u32 early,      \
+                                       NORM_PARAMS, u32 split) {                                     \
         Share sh(split);                                                                             \
         bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in, 0};                      \
-        dot_rows<R>(acc, c, sh, live, {norm_w, norm_b, eps, rms});                                   \
+        const wt* wo = w + (size_t)sh.o * n_in;                                                      \
+        dot_rows<R>(acc, x, wo, n_in, sh, live, {norm_w, norm_b, eps, rms}, early);                  \
         float bo = bias && live ? to_f32(bias[sh.o]) : 0.0f;                                         \
         store_rows<R>(acc, sh, live, bo, out, n_out, accumulate, act);                               \
+        if (early && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) await_inputs();                \
     }                                                                                                \
     extern "C" __global__ void gemv_pair##R(const float* x, u32 n_in, const wt* w_a, const wt* bias_a, \
                                             float* out_a, u32 n_a, const wt* w_b, const wt* bias_b,  \
@@ -222,22 +187,10 @@ __device__ __forceinline__ void store_rows(float (&acc)[ROWS], Share sh, bool li
         if (b) sh.o -= n_a;                                                                          \
         bool live = sh.o < n_out;                                                                    \
         float acc[R] = {};                                                                           \
-        Columns c = {x, w + (size_t)sh.o * n_in, n_in, nullptr, nullptr, n_in, 0};                      \
-        dot_rows<R>(acc, c, sh, live, {norm_w, norm_b, eps, rms});                                   \
+        const wt* wo = w + (size_t)sh.o * n_in;                                                      \
+        dot_rows<R>(acc, x, wo, n_in, sh, live, {norm_w, norm_b, eps, rms}, false);                  \
         float bo = bias && live ? to_f32(bias[sh.o]) : 0.0f;                                         \
         store_rows<R>(acc, sh, live, bo, b ? out_b : out_a, n_out, 0, b ? act_b : 0);                \
-    }                                                                                                \
-    extern "C" __global__ void gemv_sum##R(const float* x_a, const wt* w_a, const wt* bias_a, u32 n_a, \
-                                           const float* x_b, const wt* w_b, const wt* bias_b, u32 n_b, \
-                                           float* out, u32 n_out, u32 split) {                       \
-        Share sh(split);                                                                             \
-        bool live = sh.o < n_out;                                                                    \
-        float acc[R] = {};                                                                           \
-        Columns c = {x_a, w_a + (size_t)sh.o * n_a, n_a, x_b, w_b + (size_t)sh.o * n_b, n_a + n_b, n_a};  \
-        dot_rows<R>(acc, c, sh, live, {});                                                           \
-        float bias = 0.0f;                                                                           \
-        if (live) bias = (bias_a ? to_f32(bias_a[sh.o]) : 0.0f) + (bias_b ? to_f32(bias_b[sh.o]) : 0.0f); \
-        store_rows<R>(acc, sh, live, bias, out, n_out, 1, 0);                                        \
     }
 GEMV(1)
 GEMV(2)

@@ -176,7 +176,7 @@ pub trait Backend {
     /// residual += x_a . a^T + x_b . b^T (+ their biases): a parallel block's two output
     /// products. x_a is the older input (the MLP's; x_b is the attention output just
     /// computed), so a backend may start on a's product while x_b is being written. The
-    /// default runs two `linear_residual`; the GPU backends one launch for a few rows.
+    /// default runs two `linear_residual`; wgpu one launch for a single row.
     fn linear_residual_pair(
         &self,
         rows: usize,

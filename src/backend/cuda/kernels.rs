@@ -60,10 +60,9 @@ pub struct Kernels {
     pub embed: CudaFunction,
     pub add_positions: CudaFunction,
     pub norm: CudaFunction,
-    /// gemv[r - 1] multiplies r rows, and so do gemv_pair and gemv_sum.
+    /// gemv[r - 1] multiplies r rows, and so does gemv_pair.
     pub gemv: [CudaFunction; 4],
     pub gemv_pair: [CudaFunction; 4],
-    pub gemv_sum: [CudaFunction; 4],
     pub to_wt: CudaFunction,
     pub bias_act: CudaFunction,
     pub gelu: CudaFunction,
@@ -108,7 +107,6 @@ impl Kernels {
             norm: f(1, "norm_rows")?,
             gemv: by_rows("gemv")?,
             gemv_pair: by_rows("gemv_pair")?,
-            gemv_sum: by_rows("gemv_sum")?,
             to_wt: f(2, "to_wt")?,
             bias_act: f(2, "bias_act")?,
             gelu: f(3, "gelu")?,

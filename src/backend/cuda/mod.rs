@@ -14,10 +14,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig
 pub use attention::{CudaCache, CudaLayer};
 use kernels::{Arg, Kernels};
 
-use crate::backend::{
-    AttentionSpec, Backend, NormSpec, SeqStep, linear_residual_pair_in_turn,
-    norm_linear_pair_in_turn,
-};
+use crate::backend::{AttentionSpec, Backend, NormSpec, SeqStep, norm_linear_pair_in_turn};
 use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
@@ -293,9 +290,10 @@ impl CudaBackend {
             "a folded norm needs the gemv"
         );
         let (accumulate, act) = match epilogue {
-            Epilogue::Accumulate => (true, 0),
+            Epilogue::Accumulate | Epilogue::AccumulateEarly => (true, 0),
             Epilogue::Store(act) => (false, act.map_or(0, activation_code)),
         };
+        let early = matches!(epilogue, Epilogue::AccumulateEarly);
         self.check_product(x, rows, w, (n_out, n_in), out)?;
         let bias_ptr = self.optional_ptr(bias);
         if rows <= GEMV_ROWS {
@@ -308,6 +306,7 @@ impl CudaBackend {
                 Arg::U(n_in as u32),
                 Arg::U(accumulate as u32),
                 Arg::U(act),
+                Arg::U(early as u32),
             ];
             args.extend(self.norm_args(norm));
             let f = &self.k.gemv[rows - 1];
@@ -480,6 +479,9 @@ enum Epilogue {
     Store(Option<Activation>),
     /// Adds it to what the output holds.
     Accumulate,
+    /// Adds it to what the output holds, where neither the input nor the output is written by
+    /// a kernel still running: the product streams without waiting for them.
+    AccumulateEarly,
 }
 
 /// The `act` code of kernels/common.cuh's activate(); SwiGLU is never fused.
@@ -778,28 +780,34 @@ impl Backend for CudaBackend {
         rows: usize,
         (x_a, a): (&CudaSlice<f32>, &Linear<CudaWeight>),
         (x_b, b): (&CudaSlice<f32>, &Linear<CudaWeight>),
-        scratch: &mut CudaSlice<f32>,
+        _scratch: &mut CudaSlice<f32>,
         residual: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if rows > GEMV_ROWS || a.n_out != b.n_out {
-            return linear_residual_pair_in_turn(self, rows, (x_a, a), (x_b, b), scratch, residual);
-        }
-        self.check_product(x_a, rows, &a.weight, (a.n_out, a.n_in), residual)?;
-        self.check_product(x_b, rows, &b.weight, (b.n_out, b.n_in), residual)?;
-        let args = [
-            Arg::P(self.ptr(x_a)),
-            Arg::P(self.ptr(&a.weight.data)),
-            Arg::P(self.optional_ptr(a.bias.as_ref())),
-            Arg::U(a.n_in as u32),
-            Arg::P(self.ptr(x_b)),
-            Arg::P(self.ptr(&b.weight.data)),
-            Arg::P(self.optional_ptr(b.bias.as_ref())),
-            Arg::U(b.n_in as u32),
-            Arg::P(self.ptr(residual)),
-            Arg::U(a.n_out as u32),
-        ];
-        let f = &self.k.gemv_sum[rows - 1];
-        self.launch_gemv(f, (a.n_out, a.n_in + b.n_in), rows, false, &args)
+        // x_a is older than the attention output x_b, so a's product streams while the
+        // attention runs; b's follows. Measured on an H100 (GPT-J, full cache), against one
+        // launch for both: 4.59 -> 4.55 ms/token with three attention blocks per SM.
+        let (early, dims) = (Epilogue::AccumulateEarly, (a.n_out, a.n_in));
+        self.product(
+            x_a,
+            rows,
+            &a.weight,
+            a.bias.as_ref(),
+            dims,
+            residual,
+            early,
+            None,
+        )?;
+        let (then, dims) = (Epilogue::Accumulate, (b.n_out, b.n_in));
+        self.product(
+            x_b,
+            rows,
+            &b.weight,
+            b.bias.as_ref(),
+            dims,
+            residual,
+            then,
+            None,
+        )
     }
 
     fn activation(
