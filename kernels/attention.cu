@@ -161,10 +161,10 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
 
 // Grid (heads, splits, seqs), WARPS warps; sequence z's query, key and value are row z of qkv,
 // and its key and value go to cache slot len - 1. Block (h, c, z) covers key slots [c * span,
-// (c + 1) * span) of sequence z in steps of SUB keys with an online softmax. Each key is read by a team of
-// 32 / TEAMS lanes covering the head dimension with 16-byte loads: one team per warp from
-// head_dim 32 * VEC up, more for smaller heads so that no lane idles (the backend picks TEAMS);
-// warp w's teams take keys w, w + WARPS, ... Writes the span's max, sum of exponentials and
+// (c + 1) * span) of sequence z in steps of SUB keys with an online softmax. Each key is read by
+// a team of 32 / TEAMS lanes covering the head dimension with 16-byte loads: one team per warp
+// from head_dim 32 * VEC up, more for smaller heads so that no lane idles (the backend picks
+// TEAMS); warp w's teams take keys w, w + WARPS, ... Writes the span's max, sum of exponentials and
 // unnormalised output to part_stat [seq][head][split][4] and part_o; when the sequence scores,
 // also the noisy logits y = (x + g) / tau to logits [seq][head][max_len] and their max and sum of
 // exponentials. Needs head_dim % VEC == 0 and <= MAX_HD.
