@@ -313,6 +313,30 @@ pub trait Backend {
     fn cache_scores(&self, cache: &Self::Cache, layer: usize) -> Result<Vec<Vec<f32>>>;
 }
 
+/// A product's input and the norm it still has to fold in, if any.
+pub type NormInput<'a, 'n, B> = (
+    &'a <B as Backend>::Buf,
+    Option<&'a NormSpec<'n, <B as Backend>::Weight>>,
+);
+
+/// The input of a product over norm(x) on a backend that may fold the norm in (see
+/// `Backend::folds_norm`): x itself with the norm to fold, or `normed` after running the norm.
+pub fn norm_input<'a, 'n, B: Backend + ?Sized>(
+    be: &B,
+    norm: &'a NormSpec<'n, B::Weight>,
+    x: &'a B::Buf,
+    rows: usize,
+    width: usize,
+    normed: &'a mut B::Buf,
+) -> Result<NormInput<'a, 'n, B>> {
+    if be.folds_norm(rows, width) {
+        return Ok((x, Some(norm)));
+    }
+    let (kind, eps) = (norm.kind, norm.eps);
+    be.norm(kind, x, norm.weight, norm.bias, eps, rows, width, normed)?;
+    Ok((normed, None))
+}
+
 /// `Backend::norm_linear_pair` as two products, one after the other.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_linear_pair_in_turn<B: Backend + ?Sized>(

@@ -18,7 +18,7 @@ pub use cache::WgpuCache;
 const FOLD_NORM_MAX_WIDTH: usize = 1024;
 
 use crate::backend::{
-    AttentionSpec, Backend, NormSpec, SeqStep, linear_residual_pair_in_turn,
+    AttentionSpec, Backend, NormSpec, SeqStep, linear_residual_pair_in_turn, norm_input,
     norm_linear_pair_in_turn,
 };
 use crate::engine::sampling::Sampler;
@@ -244,24 +244,6 @@ impl WgpuBackend {
             }
         };
         self.gpu.dispatch(kernel, &params, &buffers, groups)
-    }
-
-    /// The input of a product over norm(x): x itself with the norm to fold into the product,
-    /// or `normed` after the norm dispatch.
-    fn norm_input<'a, 'n>(
-        &self,
-        norm: &'a NormSpec<'n, WgpuWeight>,
-        x: &'a WgpuBuf,
-        rows: usize,
-        width: usize,
-        normed: &'a mut WgpuBuf,
-    ) -> Result<(&'a WgpuBuf, Option<&'a NormSpec<'n, WgpuWeight>>)> {
-        if self.folds_norm(rows, width) {
-            return Ok((x, Some(norm)));
-        }
-        let (kind, eps) = (norm.kind, norm.eps);
-        self.norm(kind, x, norm.weight, norm.bias, eps, rows, width, normed)?;
-        Ok((normed, None))
     }
 
     /// A gemv's folded norm: its flag bits, epsilon and bindings (9 and 10), unused ones for
@@ -565,7 +547,7 @@ impl Backend for WgpuBackend {
             let a = (a, a_out);
             return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
         }
-        let (input, fold) = self.norm_input(norm, x, rows, n_in, normed)?;
+        let (input, fold) = norm_input(self, norm, x, rows, n_in, normed)?;
         for (l, y) in [(a, &*a_out), (b, &*mid)] {
             check_product(input, rows, &l.weight, l.bias.as_ref(), (l.n_out, n_in), y)?;
         }
@@ -661,7 +643,7 @@ impl Backend for WgpuBackend {
         (n_out, n_in): (usize, usize),
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        let (input, fold) = self.norm_input(norm, x, rows, n_in, normed)?;
+        let (input, fold) = norm_input(self, norm, x, rows, n_in, normed)?;
         self.product(
             input,
             rows,
@@ -687,7 +669,7 @@ impl Backend for WgpuBackend {
         mid: &mut WgpuBuf,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        let (input, fold) = self.norm_input(norm, x, rows, n_in, normed)?;
+        let (input, fold) = norm_input(self, norm, x, rows, n_in, normed)?;
         let dims = (n_out, n_in);
         self.product_activation(input, rows, fold, w, bias, dims, act, mid, out)
     }
