@@ -164,10 +164,10 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
 // (c + 1) * span) of sequence z in steps of SUB keys with an online softmax. Each key is read by
 // a team of 32 / TEAMS lanes covering the head dimension with 16-byte loads: one team per warp
 // from head_dim 32 * VEC up, more for smaller heads so that no lane idles (the backend picks
-// TEAMS); warp w's teams take keys w, w + WARPS, ... Writes the span's max, sum of exponentials and
-// unnormalised output to part_stat [seq][head][split][4] and part_o; when the sequence scores,
-// also the noisy logits y = (x + g) / tau to logits [seq][head][max_len] and their max and sum of
-// exponentials. Needs head_dim % VEC == 0 and <= MAX_HD.
+// TEAMS); warp w's teams take keys w, w + WARPS, ... Writes the span's max, sum of
+// exponentials and unnormalised output to part_stat [seq][head][split][4] and part_o; when the
+// sequence scores, also the noisy logits y = (x + g) / tau to logits [seq][head][max_len] and
+// their max and sum of exponentials. Needs head_dim % VEC == 0 and <= MAX_HD.
 template <u32 TEAMS>
 __device__ __forceinline__ void decode_partial_teams(const float* qkv, const SeqBatch& b, u32 heads, u32 kv_heads, u32 hd,
                                      u32 rope_dims, u32 rope_halves, const float* inv_freq, u32 span,
@@ -336,7 +336,8 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
     }
 }
 
-// Four blocks per SM keep enough keys in flight; the cap keeps the registers to that.
+// The cap keeps the registers low enough for four blocks per SM; the backend sizes the grid for
+// about three, leaving room for the kernels launched after it.
 #define DECODE_PARTIAL(T)                                                                                 \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 4)                                           \
         decode_partial##T(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 rope_dims,   \

@@ -47,7 +47,7 @@ __device__ __forceinline__ void await_inputs() {
 
 // Lets the next kernel start before this one waits: for kernels that have nothing to stream
 // first, so that the kernel after them can start on work that depends on none of them
-// (gemv_sum's MLP half while the attention runs). Still safe: every kernel waits before it
+// (a parallel block's MLP output product while the attention runs). Still safe: every kernel waits before it
 // touches what others write, and a wait returns only once the previous kernel has finished,
 // which itself waited for the one before.
 __device__ __forceinline__ void allow_next() {
