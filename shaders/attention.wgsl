@@ -1,14 +1,17 @@
-// Attention over the KV cache block of one layer, in three kernels:
+// Attention over the KV cache block of one layer:
 // - attention_prepare applies positions to the new rows' q and k and appends k, v and the
-//   original positions to the cache;
-// - attention (one workgroup per row and query head) runs a chunked online softmax over the
-//   keys the row may see and, when scoring, the log-sum-exp of the noisy logits. A decode step
-//   (one row) skips attention_prepare, a dispatch per layer: this kernel does its work;
+//   original positions to the cache; attention (one workgroup per row and query head) then
+//   runs a chunked online softmax over the keys the row may see and, when scoring, the
+//   log-sum-exp of the noisy logits;
+// - a decode step (one row) runs decode_partial instead, which prepares the row itself and
+//   splits the keys over workgroups (flash-decoding: one workgroup walking a long cache alone
+//   leaves the GPU idle), then decode_combine, which merges the spans into the output and the
+//   log-sum-exp;
 // - attention_score (one invocation per kv head, slot and block of rows) sums exp(noisy - lse)
 //   over the query heads of the group and the block's rows, and attention_score_sum adds the
 //   blocks' sums to the slot's score: a fixed order, so scores are reproducible. A decode step
-//   (one row) runs decode_score_evict instead: it adds the row's sums to the scores and evicts
-//   in the same dispatch.
+//   runs decode_score_evict instead: it adds the row's sums to the scores and evicts in the
+//   same dispatch.
 // Cache layout: k, v [kv_head][slot][head_dim], pos and score [kv_head][slot], `capacity` slots.
 // head_dim is a multiple of 4 (at most 256): q, k and v are read as vec4 runs.
 
@@ -40,6 +43,9 @@ struct Params {
     evict: u32,
     sinks: u32,
     candidates_end: u32,
+    // decode_partial's keys per workgroup (a multiple of CHUNK) and workgroups per head.
+    span: u32,
+    splits: u32,
 }
 
 const POS_ROPE_INTERLEAVED: u32 = 1u;
@@ -60,6 +66,9 @@ const POS_ALIBI: u32 = 3u;
 @group(0) @binding(10) var<storage, read> q4: array<vec4<f32>>;
 // [kv_head][slot][row block] partial score sums.
 @group(0) @binding(13) var<storage, read_write> partial_scores: array<f32>;
+// [head][split] results of decode_partial: max, sum of exponentials, noisy max, noisy sum,
+// then head_dim unnormalised outputs.
+@group(0) @binding(16) var<storage, read_write> parts: array<f32>;
 // Writable vec4 views of k and v (a buffer may not be bound both read-only and writable in one
 // dispatch, and a decode step's attention appends to the cache).
 @group(0) @binding(14) var<storage, read_write> k_runs: array<vec4<kt>>;
@@ -193,28 +202,6 @@ fn attention(lane: Lane) {
     let row = (p.batch_row + r) * (p.heads + 2u * p.kv_heads) * hd;
     if t < quads {
         q_head[t] = rotated_quad(row + h * hd, t, r);
-        if p.rows == 1u {
-            // attention_prepare's work for a decode row: q for the scores, and the row's k, v,
-            // position and zero score appended to the cache by the kv head's first query head.
-            let at = h * hd + 4u * t;
-            for (var c = 0u; c < 4u; c++) {
-                q[at + c] = q_head[t][c];
-            }
-            let key = vec4<kt>(rotated_quad(row + (p.heads + g) * hd, t, r));
-            let v_at = row + (p.heads + p.kv_heads + g) * hd + 4u * t;
-            let value = vec4<kt>(vec4(qkv[v_at], qkv[v_at + 1u], qkv[v_at + 2u], qkv[v_at + 3u]));
-            new_k[t] = vec4<f32>(key);
-            new_v[t] = vec4<f32>(value);
-            if h % group == 0u {
-                let slot = base + p.old_len;
-                k_runs[slot * quads + t] = key;
-                v_runs[slot * quads + t] = value;
-                if t == 0u {
-                    pos[slot] = p.first_pos;
-                    score[slot] = 0.0;
-                }
-            }
-        }
     }
     workgroupBarrier();
     // Weights times values: invocation t adds output quad t % quads over every key_groups-th
@@ -287,6 +274,188 @@ fn attention(lane: Lane) {
     }
     if p.score != 0u && t == 0u {
         lse[r * p.heads + h] = noisy_m + log(noisy_sum);
+    }
+}
+
+// ---- Decode: one row, its keys split into spans of whole chunks, one workgroup per (head,
+// span), then combined.
+
+// Keys per step of decode_partial's loop. A step's dot products split each key's head into
+// SEGMENTS runs, one invocation each, so that every invocation loads (a CUDA-style team
+// without shuffles: the runs meet in workgroup memory).
+const CHUNK: u32 = 64u;
+const SEGMENTS: u32 = WG / CHUNK;
+var<workgroup> segment_dots: array<f32, WG>;
+
+fn part_at(h: u32, c: u32) -> u32 {
+    return (h * p.splits + c) * (p.head_dim + 4u);
+}
+
+// Workgroup (h, c) covers key slots [c * span, (c + 1) * span) of the row's kv head with an
+// online softmax and writes the span's statistics and unnormalised output to parts. The
+// workgroups whose span ends at the row's own slot (old_len) store the row's key and value
+// and use them from workgroup memory; span 0 stores the rotated query for decode_score_evict.
+@compute @workgroup_size(256)
+fn decode_partial(lane: Lane) {
+    let item = group_index(lane);
+    if item >= p.heads * p.splits {
+        return;
+    }
+    let h = item / p.splits;
+    let c = item % p.splits;
+    let hd = p.head_dim;
+    let quads = hd / 4u;
+    let group = p.heads / p.kv_heads;
+    let g = h / group;
+    let base = g * p.capacity;
+    let n = p.old_len + 1u;
+    let start = c * p.span;
+    let end = min(n, start + p.span);
+    let t = lane.index;
+    let row = p.batch_row * (p.heads + 2u * p.kv_heads) * hd;
+    if t < quads {
+        q_head[t] = rotated_quad(row + h * hd, t, 0u);
+        if c == 0u {
+            let at = h * hd + 4u * t;
+            for (var i = 0u; i < 4u; i++) {
+                q[at + i] = q_head[t][i];
+            }
+        }
+        if end == n {
+            let key = vec4<kt>(rotated_quad(row + (p.heads + g) * hd, t, 0u));
+            let v_at = row + (p.heads + p.kv_heads + g) * hd + 4u * t;
+            let value = vec4<kt>(vec4(qkv[v_at], qkv[v_at + 1u], qkv[v_at + 2u], qkv[v_at + 3u]));
+            new_k[t] = vec4<f32>(key);
+            new_v[t] = vec4<f32>(value);
+            if h % group == 0u {
+                let slot = base + p.old_len;
+                k_runs[slot * quads + t] = key;
+                v_runs[slot * quads + t] = value;
+                if t == 0u {
+                    pos[slot] = p.first_pos;
+                    score[slot] = 0.0;
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+    // Dot products: invocation t takes quads q0..q1 of key t % CHUNK of the step.
+    let key = t % CHUNK;
+    let per_segment = (quads + SEGMENTS - 1u) / SEGMENTS;
+    let q0 = t / CHUNK * per_segment;
+    let q1 = min(quads, q0 + per_segment);
+    // Weights times values: output quad t % quads over every key_groups-th key of the step.
+    let out_quad = t % quads;
+    let key_group = t / quads;
+    let key_groups = WG / quads;
+    let query_pos = p.first_pos;
+    var m = -FLT_MAX;
+    var sum = 0.0;
+    var acc = vec4(0.0);
+    var noisy_m = -FLT_MAX;
+    var noisy_sum = 0.0;
+    for (var c0 = start; c0 < end; c0 += CHUNK) {
+        let count = min(CHUNK, end - c0);
+        var part = 0.0;
+        if key < count {
+            for (var d = q0; d < q1; d++) {
+                part += dot(q_head[d], key_quad(base, c0 + key, d));
+            }
+        }
+        segment_dots[t] = part;
+        workgroupBarrier();
+        var valid = false;
+        var x = -FLT_MAX;
+        var key_pos = 0u;
+        if t < count {
+            key_pos = key_position(base, c0 + t);
+            valid = key_pos <= query_pos;
+            if valid {
+                var dot_qk = 0.0;
+                for (var i = 0u; i < SEGMENTS; i++) {
+                    dot_qk += segment_dots[i * CHUNK + t];
+                }
+                x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
+            }
+        }
+        let new_m = max(m, wg_max(x, lane));
+        let rescale = exp(m - new_m);
+        let e = select(0.0, exp(x - new_m), valid);
+        weights[t] = e;
+        // The reduction's barrier also publishes `weights`.
+        sum = sum * rescale + wg_sum(e, lane);
+        m = new_m;
+        acc *= rescale;
+        if key_group < key_groups {
+            for (var j = key_group; j < count; j += key_groups) {
+                acc += weights[j] * value_quad(base, c0 + j, out_quad);
+            }
+        }
+        if p.score != 0u {
+            var y = -FLT_MAX;
+            if valid {
+                y = noisy(x, h, query_pos, key_pos);
+            }
+            let new_noisy_m = max(noisy_m, wg_max(y, lane));
+            let ey = select(0.0, exp(y - new_noisy_m), valid);
+            noisy_sum = noisy_sum * exp(noisy_m - new_noisy_m) + wg_sum(ey, lane);
+            noisy_m = new_noisy_m;
+        }
+        // `segment_dots` and `weights` are rewritten by the next step.
+        workgroupBarrier();
+    }
+    partial[t] = acc;
+    workgroupBarrier();
+    let at = part_at(h, c);
+    if t < quads {
+        var total = vec4(0.0);
+        for (var kg = 0u; kg < key_groups; kg++) {
+            total += partial[kg * quads + t];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            parts[at + 4u + 4u * t + i] = total[i];
+        }
+    }
+    if t == 0u {
+        parts[at] = m;
+        parts[at + 1u] = sum;
+        parts[at + 2u] = noisy_m;
+        parts[at + 3u] = noisy_sum;
+    }
+}
+
+// One workgroup per head: the spans' outputs rescaled to the common max and normalised, and
+// the noisy log-sum-exp for decode_score_evict.
+@compute @workgroup_size(256)
+fn decode_combine(lane: Lane) {
+    let h = group_index(lane);
+    if h >= p.heads {
+        return;
+    }
+    var m = -FLT_MAX;
+    var noisy_m = -FLT_MAX;
+    for (var c = 0u; c < p.splits; c++) {
+        m = max(m, parts[part_at(h, c)]);
+        noisy_m = max(noisy_m, parts[part_at(h, c) + 2u]);
+    }
+    var sum = 0.0;
+    var noisy_sum = 0.0;
+    for (var c = 0u; c < p.splits; c++) {
+        let at = part_at(h, c);
+        sum += parts[at + 1u] * exp(parts[at] - m);
+        noisy_sum += parts[at + 3u] * exp(parts[at + 2u] - noisy_m);
+    }
+    let hd = p.head_dim;
+    for (var d = lane.index; d < hd; d += WG) {
+        var total = 0.0;
+        for (var c = 0u; c < p.splits; c++) {
+            let at = part_at(h, c);
+            total += parts[at + 4u + d] * exp(parts[at] - m);
+        }
+        out[(p.batch_row * p.heads + h) * hd + d] = total / sum;
+    }
+    if p.score != 0u && lane.index == 0u {
+        lse[h] = noisy_m + log(noisy_sum);
     }
 }
 

@@ -13,16 +13,27 @@ struct Params {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> token: array<u32>;
 
+// Logits each invocation of `argmax` loads before comparing any: one workgroup walks the
+// whole vocabulary, so its loads must overlap.
+const ARGMAX_LOADS: u32 = 16u;
+
 // Greedy: the index of the largest logit, the lowest index on ties (as the CPU's argmax).
 @compute @workgroup_size(256)
 fn argmax(lane: Lane) {
     var best = 0.0;
     var best_index = NONE;
     // Ascending indices with a strict comparison keep the lowest index among equals.
-    for (var i = lane.index; i < p.len; i += WG) {
-        if best_index == NONE || logits[i] > best {
-            best = logits[i];
-            best_index = i;
+    for (var i0 = lane.index; i0 < p.len; i0 += WG * ARGMAX_LOADS) {
+        var values: array<f32, ARGMAX_LOADS>;
+        for (var u = 0u; u < ARGMAX_LOADS; u++) {
+            values[u] = logits[min(i0 + u * WG, p.len - 1u)];
+        }
+        for (var u = 0u; u < ARGMAX_LOADS; u++) {
+            let i = i0 + u * WG;
+            if i < p.len && (best_index == NONE || values[u] > best) {
+                best = values[u];
+                best_index = i;
+            }
         }
     }
     let winner = wg_argmax(best, best_index, lane);

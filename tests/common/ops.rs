@@ -378,7 +378,43 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             record(format!("attention batch {name} dim {hd} {what}"), error);
         }
     }
+    // Many heads over a longer cache: GPU decode kernels split it into several spans of
+    // several steps each, the last ones partial.
+    let positions = rope(8, RopePairs::Halves);
+    let spec = AttentionSpec {
+        heads: 64,
+        kv_heads: 8,
+        head_dim: 8,
+        scale: 1.0 / 8f32.sqrt(),
+        positions: &positions,
+    };
+    let score = StepScore {
+        noise: true,
+        tau: 1.5,
+        seed: 11,
+    };
+    for score in [None, Some(score)] {
+        let errors = long_decode(b, &spec, score.as_ref(), &mut rng).unwrap();
+        for (what, error) in errors {
+            record(format!("attention long decode {what}"), error);
+        }
+    }
     rows
+}
+
+/// A 300-token prompt and three decode steps with the full cache.
+fn long_decode<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    score: Option<&StepScore>,
+    rng: &mut Rng,
+) -> Result<Vec<(&'static str, f32)>> {
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let mut inputs = vec![rng.values(300 * width, 1.5)];
+    inputs.extend((0..3).map(|_| rng.values(width, 1.5)));
+    let got = trace(b, spec, score, None, &inputs)?;
+    let want = trace(&CpuBackend, spec, score, None, &inputs)?;
+    Ok(compare_traces(&got, &want, score.is_some()))
 }
 
 fn embed<B: Backend>(b: &B, table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {

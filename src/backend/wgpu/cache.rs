@@ -28,6 +28,12 @@ pub struct WgpuCache {
 /// Query rows per partial sum of the slot scores: prefill spreads its rows over invocations.
 const SCORE_ROW_BLOCK: usize = 16;
 
+/// Keys per step of decode_partial (CHUNK in shaders/attention.wgsl); spans are multiples.
+const DECODE_CHUNK: usize = 64;
+/// Workgroups a decode step's attention aims for: enough to spread a long cache over a large
+/// GPU (wgpu does not say how many compute units there are).
+const DECODE_WORKGROUPS: usize = 256;
+
 /// The attention kernels take at most this head size (64 vec4 runs in workgroup memory).
 const MAX_HEAD_DIM: usize = 256;
 
@@ -292,6 +298,12 @@ fn attend(
     // also reports a keep that does not fit its budget.
     let evict_one =
         keep.filter(|k| rows == 1 && c.len == k.budget + 1 && k.sinks + k.recent <= k.budget);
+    // A decode step's keys in spans of whole chunks, one workgroup per head and span.
+    let span = c
+        .len
+        .div_ceil(DECODE_WORKGROUPS.div_ceil(nh))
+        .next_multiple_of(DECODE_CHUNK);
+    let splits = c.len.div_ceil(span);
     let params = [
         word(rows)?,
         word(nh)?,
@@ -314,10 +326,34 @@ fn attend(
         evict_one.is_some() as u32,
         word(evict_one.map_or(0, |k| k.sinks))?,
         word(evict_one.map_or(0, |k| c.len - k.recent))?,
+        word(span)?,
+        word(splits)?,
     ];
     let k = &b.kernels;
-    // The attention kernel does a decode row's preparation itself.
-    if rows > 1 {
+    if rows == 1 {
+        let parts = b.scratch("decode partials", 4 * (nh * splits * (hd + 4)) as u64)?;
+        b.gpu.dispatch(
+            &k.decode_partial,
+            &params,
+            &[
+                (1, &qkv.buffer),
+                (2, &table),
+                (3, &q),
+                (6, &c.pos),
+                (7, &c.score),
+                (14, &c.k),
+                (15, &c.v),
+                (16, &parts),
+            ],
+            nh * splits,
+        )?;
+        b.gpu.dispatch(
+            &k.decode_combine,
+            &params,
+            &[(8, &out.buffer), (9, &lse), (16, &parts)],
+            nh,
+        )?;
+    } else {
         b.gpu.dispatch(
             &k.attention_prepare,
             &params,
@@ -332,24 +368,22 @@ fn attend(
             ],
             groups_for(rows * (nh + nkv) * hd),
         )?;
+        // k and v are bound as vec4 runs (14, 15).
+        b.gpu.dispatch(
+            &k.attention,
+            &params,
+            &[
+                (1, &qkv.buffer),
+                (2, &table),
+                (6, &c.pos),
+                (8, &out.buffer),
+                (9, &lse),
+                (14, &c.k),
+                (15, &c.v),
+            ],
+            rows * nh,
+        )?;
     }
-    // k and v are bound as vec4 runs (14, 15).
-    b.gpu.dispatch(
-        &k.attention,
-        &params,
-        &[
-            (1, &qkv.buffer),
-            (2, &table),
-            (3, &q),
-            (6, &c.pos),
-            (7, &c.score),
-            (8, &out.buffer),
-            (9, &lse),
-            (14, &c.k),
-            (15, &c.v),
-        ],
-        rows * nh,
-    )?;
     if rows == 1 && (score.is_some() || evict_one.is_some()) {
         let buffers = [
             (2, &table),
