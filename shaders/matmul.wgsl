@@ -15,9 +15,10 @@ struct Params {
     flags: u32,
     // The folded norm's epsilon.
     eps: f32,
-    // gemv_pair: the second product's outputs; gemv_sum: its inputs.
+    // gemv_pair: the second product's outputs; gemv_sum: its inputs; gemv_spans: heads.
     n_b: u32,
-    // gemv_pair: the second product's bias and GELU bits (as flags); gemv_sum: its bias bit.
+    // gemv_pair: the second product's bias and GELU bits (as flags); gemv_sum: its bias bit;
+    // gemv_spans: spans per head.
     flags_b: u32,
 }
 
@@ -47,6 +48,11 @@ const NORM_BIAS: u32 = 64u;
 @group(0) @binding(12) var<storage, read> bias_b: array<wt>;
 @group(0) @binding(13) var<storage, read_write> out_b: array<f32>;
 @group(0) @binding(14) var<storage, read> x_b4: array<vec4<f32>>;
+// gemv_spans' input: a decode step's attention spans as decode_partial writes them (per head
+// and span, a vec4 of statistics then head_dim / 4 output runs), and where the combined
+// attention output goes.
+@group(0) @binding(15) var<storage, read> spans: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read_write> attention_out: array<vec4<f32>>;
 
 // x[row][k..k + 4] (k a multiple of 4), zero past the ends.
 fn x_quad(row: u32, k: u32) -> vec4<f32> {
@@ -327,6 +333,75 @@ fn gemv_swiglu(lane: Lane) {
             store(0u, o + width, up_sum);
             let g = out[o];
             act[o] = g / (1.0 + exp(-g)) * out[o + width];
+        }
+    }
+}
+
+// gemv over a decode step's attention output that decode_combine has not written yet: each
+// workgroup combines the spans itself, into workgroup memory (workgroup 0 also writes the
+// output), then computes its outputs as gemv does. One dispatch instead of two: the second
+// costs the GPU more than the repeated combining.
+const SPAN_INPUT_RUNS: u32 = 512u;
+const SPAN_WEIGHTS: u32 = 512u;
+var<workgroup> span_input: array<vec4<f32>, SPAN_INPUT_RUNS>;
+var<workgroup> span_weight: array<f32, SPAN_WEIGHTS>;
+
+@compute @workgroup_size(256)
+fn gemv_spans(lane: Lane) {
+    let heads = p.n_b;
+    let splits = p.flags_b;
+    let runs = p.n_in / heads / 4u;
+    let stride = runs + 1u;
+    // Span c of head h weighs exp(m_c - m) / sum, its share of decode_combine's result.
+    if lane.index < heads {
+        let h = lane.index;
+        var m = -FLT_MAX;
+        for (var c = 0u; c < splits; c++) {
+            m = max(m, spans[(h * splits + c) * stride].x);
+        }
+        var sum = 0.0;
+        for (var c = 0u; c < splits; c++) {
+            let stats = spans[(h * splits + c) * stride];
+            sum += stats.y * exp(stats.x - m);
+        }
+        for (var c = 0u; c < splits; c++) {
+            span_weight[h * splits + c] = exp(spans[(h * splits + c) * stride].x - m) / sum;
+        }
+    }
+    workgroupBarrier();
+    for (var j = lane.index; j < p.n_in / 4u; j += WG) {
+        let h = j / runs;
+        var total = vec4(0.0);
+        for (var c = 0u; c < splits; c++) {
+            total += spans[(h * splits + c) * stride + 1u + j % runs] * span_weight[h * splits + c];
+        }
+        span_input[j] = total;
+        if group_index(lane) == 0u {
+            attention_out[j] = total;
+        }
+    }
+    workgroupBarrier();
+    let l = team_lane(lane);
+    let t = team_size(lane);
+    let n = p.n_in / UNIT;
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        var acc = 0.0;
+        if o < p.n_out {
+            for (var u = l; u < n; u += t) {
+                let units = w_units[o * n + u];
+                if WT_BYTES == 2u {
+                    let lo = vec4(unpack2x16float(units.x), unpack2x16float(units.y));
+                    let hi = vec4(unpack2x16float(units.z), unpack2x16float(units.w));
+                    acc += dot(lo, span_input[2u * u]) + dot(hi, span_input[2u * u + 1u]);
+                } else {
+                    acc += dot(bitcast<vec4<f32>>(units), span_input[u]);
+                }
+            }
+        }
+        let total = team_sum(acc, lane);
+        if team_lane(lane) == 0u && o < p.n_out {
+            store(0u, o, total);
         }
     }
 }

@@ -80,11 +80,11 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
     for g in 0..shape.kv_heads as u64 {
         let (from, to) = (g * c.capacity as u64, g * capacity as u64);
         b.gpu
-            .copy(&c.k, from * value, &next.k, to * value, n * value);
+            .copy(&c.k, from * value, &next.k, to * value, n * value)?;
         b.gpu
-            .copy(&c.v, from * value, &next.v, to * value, n * value);
-        b.gpu.copy(&c.pos, 4 * from, &next.pos, 4 * to, 4 * n);
-        b.gpu.copy(&c.score, 4 * from, &next.score, 4 * to, 4 * n);
+            .copy(&c.v, from * value, &next.v, to * value, n * value)?;
+        b.gpu.copy(&c.pos, 4 * from, &next.pos, 4 * to, 4 * n)?;
+        b.gpu.copy(&c.score, 4 * from, &next.score, 4 * to, 4 * n)?;
     }
     next.len = n as usize;
     *c = next;
@@ -210,6 +210,16 @@ pub(super) fn attention(
     attend(
         b, spec, qkv, rows, first_pos, cache, layer, score, out, step,
     )
+}
+
+/// A decode step's attention before decode_combine: `parts` holds its spans ([head][split] of
+/// the statistics and head_dim unnormalised outputs), for attention output row `row`.
+pub(super) struct SpanCombine {
+    pub parts: wgpu::Buffer,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub splits: usize,
+    pub row: usize,
 }
 
 /// Where a sequence's rows sit in qkv and out, and the eviction a decode step may run in the
@@ -347,11 +357,20 @@ fn attend(
             ],
             nh * splits,
         )?;
-        b.gpu.dispatch(
+        // The combine is deferred: a one-row product of the output may fuse it.
+        let note = SpanCombine {
+            parts: parts.clone(),
+            heads: nh,
+            head_dim: hd,
+            splits,
+            row: batch_row,
+        };
+        b.gpu.defer(
             &k.decode_combine,
             &params,
             &[(8, &out.buffer), (9, &lse), (16, &parts)],
             nh,
+            (&out.buffer, Box::new(note)),
         )?;
     } else {
         b.gpu.dispatch(

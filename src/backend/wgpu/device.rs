@@ -6,6 +6,7 @@
 //! groups are cached: a decode step binds the same buffers and parameter slots as the step
 //! before it.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, mpsc};
@@ -22,6 +23,7 @@ pub(super) fn backend_error(reason: impl Into<String>) -> Error {
 }
 
 /// A compute pipeline and its bind group layout (derived from the shader).
+#[derive(Clone)]
 pub(super) struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
@@ -74,6 +76,21 @@ impl Params {
     }
 }
 
+/// A dispatch recorded later than asked, so that the op after it may replace it with a fused
+/// dispatch of its own: each dispatch costs the GPU several microseconds however small (H100,
+/// Vulkan), and a decode step's attention ends with a small one. Recording anything else
+/// records it first, so results never depend on whether it was fused.
+struct Deferred {
+    kernel: Kernel,
+    params: Vec<u32>,
+    buffers: Vec<(u32, wgpu::Buffer)>,
+    groups: usize,
+    /// The buffer the dispatch writes, which a fusing op reads.
+    target: wgpu::Buffer,
+    /// What a fusing op needs to know of the dispatch.
+    note: Box<dyn Any + Send>,
+}
+
 /// What makes a bind group: the kernel's layout, the parameters' slot (offset and size) and the
 /// buffers at their bindings. The key holds the buffers, so their ids stay unique while cached.
 #[derive(PartialEq, Eq, Hash)]
@@ -104,6 +121,7 @@ pub(super) struct Gpu {
     pending: RefCell<Option<Pending>>,
     params: RefCell<Params>,
     bind_groups: RefCell<BindGroups>,
+    deferred: RefCell<Option<Deferred>>,
     /// The first error the device reported since the last check: wgpu reports validation and
     /// out-of-memory errors to a callback (which panics by default) rather than to the caller.
     error: Arc<Mutex<Option<String>>>,
@@ -166,6 +184,7 @@ impl Gpu {
             pending: RefCell::new(None),
             params,
             bind_groups: RefCell::default(),
+            deferred: RefCell::new(None),
             error,
         })
     }
@@ -302,6 +321,63 @@ impl Gpu {
         buffers: &[(u32, &wgpu::Buffer)],
         groups: usize,
     ) -> Result<()> {
+        self.run_deferred()?;
+        self.record(kernel, params, buffers, groups)
+    }
+
+    /// `dispatch`, held back until the next op (see `Deferred`): that op may take it with
+    /// `take_deferred` when it reads `target`, and `note` says what it needs to know.
+    pub fn defer(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: usize,
+        (target, note): (&wgpu::Buffer, Box<dyn Any + Send>),
+    ) -> Result<()> {
+        self.run_deferred()?;
+        *self.deferred.borrow_mut() = Some(Deferred {
+            kernel: kernel.clone(),
+            params: params.to_vec(),
+            buffers: buffers.iter().map(|&(i, b)| (i, b.clone())).collect(),
+            groups,
+            target: target.clone(),
+            note,
+        });
+        Ok(())
+    }
+
+    /// The note of the deferred dispatch, which the caller now replaces, when it writes
+    /// `target` and its note is a T that `accept` accepts.
+    pub fn take_deferred<T: Send + 'static>(
+        &self,
+        target: &wgpu::Buffer,
+        accept: impl FnOnce(&T) -> bool,
+    ) -> Option<T> {
+        let mut deferred = self.deferred.borrow_mut();
+        let d = deferred.as_ref()?;
+        if d.target != *target || !d.note.downcast_ref::<T>().is_some_and(accept) {
+            return None;
+        }
+        let note = deferred.take()?.note.downcast::<T>().ok()?;
+        Some(*note)
+    }
+
+    fn run_deferred(&self) -> Result<()> {
+        let Some(d) = self.deferred.borrow_mut().take() else {
+            return Ok(());
+        };
+        let buffers: Vec<(u32, &wgpu::Buffer)> = d.buffers.iter().map(|(i, b)| (*i, b)).collect();
+        self.record(&d.kernel, &d.params, &buffers, d.groups)
+    }
+
+    fn record(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: usize,
+    ) -> Result<()> {
         if groups == 0 {
             return Ok(());
         }
@@ -333,7 +409,8 @@ impl Gpu {
         dst: &wgpu::Buffer,
         dst_at: u64,
         bytes: u64,
-    ) {
+    ) -> Result<()> {
+        self.run_deferred()?;
         if bytes > 0 {
             self.pending(|p| {
                 p.pass = None;
@@ -341,13 +418,16 @@ impl Gpu {
                     .copy_buffer_to_buffer(src, src_at, dst, dst_at, bytes)
             });
         }
+        Ok(())
     }
 
     /// Writes `data` at the start of `buffer`. Commands recorded before may still read the old
     /// contents, so they are submitted first (a queue write lands before the next submission).
-    pub fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+    pub fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        self.run_deferred()?;
         self.submit();
         self.queue.write_buffer(buffer, 0, data);
+        Ok(())
     }
 
     /// Submits everything recorded so far.
@@ -368,7 +448,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.copy(src, offset, &staging, 0, bytes.next_multiple_of(4));
+        self.copy(src, offset, &staging, 0, bytes.next_multiple_of(4))?;
         self.submit();
         // Reads end every step, so bind groups a step did not use are not kept past the next.
         self.bind_groups.borrow_mut().sweep();

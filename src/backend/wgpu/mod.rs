@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind};
 use crate::model::weights::Linear;
+use cache::SpanCombine;
 use device::{Gpu, backend_error};
 use kernels::{Kernels, Variant};
 
@@ -95,6 +96,11 @@ fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
 }
 
 /// Workgroups for one invocation per value, 256 invocations each.
+/// Sizes of gemv_spans' workgroup arrays (SPAN_INPUT_RUNS and SPAN_WEIGHTS in
+/// shaders/matmul.wgsl): vec4 runs of the combined input, and heads x spans.
+const GEMV_SPAN_RUNS: usize = 512;
+const GEMV_SPAN_WEIGHTS: usize = 512;
+
 fn groups_for(values: usize) -> usize {
     values.div_ceil(256)
 }
@@ -246,6 +252,52 @@ impl WgpuBackend {
         self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
 
+    /// Whether gemv_spans can take a product of `n_in` inputs over `spans`: one row, the
+    /// attention output whole, within the kernel's workgroup arrays, in whole weight units.
+    fn gemv_spans_fits(&self, spans: &SpanCombine, n_in: usize) -> bool {
+        spans.row == 0
+            && n_in == spans.heads * spans.head_dim
+            && n_in <= 4 * GEMV_SPAN_RUNS
+            && n_in.is_multiple_of(16 / self.kv_value_bytes())
+            && spans.heads * spans.splits <= GEMV_SPAN_WEIGHTS
+    }
+
+    /// residual += x . w^T (+ bias) for the one row x that a decode step's attention left in
+    /// spans (see `SpanCombine`): gemv_spans combines them and runs the product in one
+    /// dispatch.
+    fn gemv_spans(
+        &self,
+        spans: SpanCombine,
+        x: &WgpuBuf,
+        w: &WgpuWeight,
+        bias: Option<&WgpuWeight>,
+        (n_out, n_in): (usize, usize),
+        residual: &mut WgpuBuf,
+    ) -> Result<()> {
+        let params = [
+            1,
+            word(n_out)?,
+            word(n_in)?,
+            bias.is_some() as u32 | 1 << 1,
+            0,
+            word(spans.heads)?,
+            word(spans.splits)?,
+        ];
+        let buffers = [
+            (3, self.or_unused(bias)),
+            (4, &residual.buffer),
+            (7, &w.buffer),
+            (15, &spans.parts),
+            (16, &x.buffer),
+        ];
+        self.gpu.dispatch(
+            &self.kernels.gemv_spans,
+            &params,
+            &buffers,
+            n_out.div_ceil(8),
+        )
+    }
+
     /// A gemv's folded norm: its flag bits, epsilon and bindings (9 and 10), unused ones for
     /// none.
     fn folded_norm<'a>(
@@ -395,7 +447,7 @@ impl Backend for WgpuBackend {
         }
         // A scratch buffer rather than a new one per step, so the bind group is reused.
         let ids_buf = self.scratch("token ids", 4 * ids.len() as u64)?;
-        self.gpu.write(&ids_buf, bytemuck::cast_slice(ids));
+        self.gpu.write(&ids_buf, bytemuck::cast_slice(ids))?;
         self.elementwise(
             &self.kernels.embed,
             &[word(ids.len())?, word(dim)?],
@@ -440,8 +492,7 @@ impl Backend for WgpuBackend {
             &out.buffer,
             bytes(out_row * dim),
             bytes(rows * dim),
-        );
-        Ok(())
+        )
     }
 
     fn norm(
@@ -506,6 +557,13 @@ impl Backend for WgpuBackend {
         _scratch: &mut WgpuBuf,
         residual: &mut WgpuBuf,
     ) -> Result<()> {
+        if rows == 1 {
+            check_product(x, rows, w, bias, (n_out, n_in), residual)?;
+            let fits = |s: &SpanCombine| self.gemv_spans_fits(s, n_in);
+            if let Some(spans) = self.gpu.take_deferred(&x.buffer, fits) {
+                return self.gemv_spans(spans, x, w, bias, (n_out, n_in), residual);
+            }
+        }
         let then = Product::Accumulate;
         self.product(x, rows, None, w, bias, (n_out, n_in), residual, then)
     }
