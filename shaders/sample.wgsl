@@ -13,27 +13,40 @@ struct Params {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> token: array<u32>;
 
-// Logits each invocation of `argmax` loads before comparing any: one workgroup walks the
-// whole vocabulary, so its loads must overlap.
-const ARGMAX_LOADS: u32 = 16u;
+// Whether logit i (inside the vocabulary) beats the best so far: ascending indices with a
+// strict comparison keep the lowest index among equals.
+fn beats(x: f32, i: u32, best: f32, best_index: u32) -> bool {
+    return i < p.len && (best_index == NONE || x > best);
+}
 
 // Greedy: the index of the largest logit, the lowest index on ties (as the CPU's argmax).
+// One workgroup walks the vocabulary, four logits an invocation at a time, loaded before any
+// is compared so that their loads overlap.
 @compute @workgroup_size(256)
 fn argmax(lane: Lane) {
     var best = 0.0;
     var best_index = NONE;
-    // Ascending indices with a strict comparison keep the lowest index among equals.
-    for (var i0 = lane.index; i0 < p.len; i0 += WG * ARGMAX_LOADS) {
-        var values: array<f32, ARGMAX_LOADS>;
-        for (var u = 0u; u < ARGMAX_LOADS; u++) {
-            values[u] = logits[min(i0 + u * WG, p.len - 1u)];
+    let last = p.len - 1u;
+    for (var i = lane.index; i < p.len; i += 4u * WG) {
+        let x0 = logits[i];
+        let x1 = logits[min(i + WG, last)];
+        let x2 = logits[min(i + 2u * WG, last)];
+        let x3 = logits[min(i + 3u * WG, last)];
+        if beats(x0, i, best, best_index) {
+            best = x0;
+            best_index = i;
         }
-        for (var u = 0u; u < ARGMAX_LOADS; u++) {
-            let i = i0 + u * WG;
-            if i < p.len && (best_index == NONE || values[u] > best) {
-                best = values[u];
-                best_index = i;
-            }
+        if beats(x1, i + WG, best, best_index) {
+            best = x1;
+            best_index = i + WG;
+        }
+        if beats(x2, i + 2u * WG, best, best_index) {
+            best = x2;
+            best_index = i + 2u * WG;
+        }
+        if beats(x3, i + 3u * WG, best, best_index) {
+            best = x3;
+            best_index = i + 3u * WG;
         }
     }
     let winner = wg_argmax(best, best_index, lane);
