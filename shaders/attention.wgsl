@@ -69,6 +69,8 @@ const POS_ALIBI: u32 = 3u;
 // [head][split] results of decode_partial: max, sum of exponentials, noisy max, noisy sum,
 // then head_dim unnormalised outputs.
 @group(0) @binding(16) var<storage, read_write> parts: array<f32>;
+// [head][slot] noisy logits of a decode row, from decode_partial for decode_score_evict.
+@group(0) @binding(17) var<storage, read_write> noisy_logits: array<f32>;
 // Writable vec4 views of k and v (a buffer may not be bound both read-only and writable in one
 // dispatch, and a decode step's attention appends to the cache).
 @group(0) @binding(14) var<storage, read_write> k_runs: array<vec4<kt>>;
@@ -294,7 +296,8 @@ fn part_at(h: u32, c: u32) -> u32 {
 // Workgroup (h, c) covers key slots [c * span, (c + 1) * span) of the row's kv head with an
 // online softmax and writes the span's statistics and unnormalised output to parts. The
 // workgroups whose span ends at the row's own slot (old_len) store the row's key and value
-// and use them from workgroup memory; span 0 stores the rotated query for decode_score_evict.
+// and use them from workgroup memory. When scoring, the noisy logits go to noisy_logits for
+// decode_score_evict.
 @compute @workgroup_size(256)
 fn decode_partial(lane: Lane) {
     let item = group_index(lane);
@@ -315,12 +318,6 @@ fn decode_partial(lane: Lane) {
     let row = p.batch_row * (p.heads + 2u * p.kv_heads) * hd;
     if t < quads {
         q_head[t] = rotated_quad(row + h * hd, t, 0u);
-        if c == 0u {
-            let at = h * hd + 4u * t;
-            for (var i = 0u; i < 4u; i++) {
-                q[at + i] = q_head[t][i];
-            }
-        }
         if end == n {
             let key = vec4<kt>(rotated_quad(row + (p.heads + g) * hd, t, 0u));
             let v_at = row + (p.heads + p.kv_heads + g) * hd + 4u * t;
@@ -395,6 +392,9 @@ fn decode_partial(lane: Lane) {
             var y = -FLT_MAX;
             if valid {
                 y = noisy(x, h, query_pos, key_pos);
+            }
+            if t < count {
+                noisy_logits[h * p.capacity + c0 + t] = y;
             }
             let new_noisy_m = max(noisy_m, wg_max(y, lane));
             let ey = select(0.0, exp(y - new_noisy_m), valid);
@@ -541,7 +541,12 @@ fn decode_score_evict(lane: Lane) {
     for (var s = lane.index; s < p.len; s += WG) {
         var total = score[base + s];
         if p.score != 0u {
-            total = slot_score(total, g, base + s, 0u, 1u);
+            // The row's probabilities from the logits decode_partial kept, per head in the
+            // CPU's order.
+            let group = p.heads / p.kv_heads;
+            for (var h = g * group; h < (g + 1u) * group; h++) {
+                total += exp(noisy_logits[h * p.capacity + s] - lse[h]);
+            }
             score[base + s] = total;
         }
         if s >= p.sinks && s < p.candidates_end && better(-total, s, best, best_slot) {

@@ -340,6 +340,8 @@ fn attend(
         word(splits)?,
     ];
     let k = &b.kernels;
+    // A decode row's noisy logits per head and slot, which decode_score_evict sums.
+    let noisy_logits = b.scratch("decode noisy logits", 4 * (nh * c.capacity) as u64)?;
     if rows == 1 {
         let parts = b.scratch("decode partials", 4 * (nh * splits * (hd + 4)) as u64)?;
         b.gpu.dispatch(
@@ -348,12 +350,12 @@ fn attend(
             &[
                 (1, &qkv.buffer),
                 (2, &table),
-                (3, &q),
                 (6, &c.pos),
                 (7, &c.score),
                 (14, &c.k),
                 (15, &c.v),
                 (16, &parts),
+                (17, &noisy_logits),
             ],
             nh * splits,
         )?;
@@ -405,13 +407,12 @@ fn attend(
     }
     if rows == 1 && (score.is_some() || evict_one.is_some()) {
         let buffers = [
-            (2, &table),
             (6, &c.pos),
             (7, &c.score),
             (9, &lse),
-            (10, &q),
             (14, &c.k),
             (15, &c.v),
+            (17, &noisy_logits),
         ];
         b.gpu
             .dispatch(&k.decode_score_evict, &params, &buffers, nkv)?;
