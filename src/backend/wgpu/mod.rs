@@ -1,7 +1,7 @@
 //! The wgpu backend: WGSL compute shaders (shaders/*.wgsl) on Vulkan, Metal or DX12, including
 //! software Vulkan (lavapipe) in CI. Weights are stored in f16 where the adapter supports it,
-//! activations in f32, and every sum accumulates in f32. Ops are recorded into one command
-//! encoder that is submitted only when the host reads something back.
+//! activations in f32, and every sum accumulates in f32. Ops are recorded into a command
+//! encoder that is submitted every few dozen dispatches and when the host reads something back.
 
 mod cache;
 mod device;
