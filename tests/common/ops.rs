@@ -369,7 +369,8 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
                 "attention {name} heads {heads}/{kv_heads} dim {hd} score {:?}",
                 score.map(|s| (s.noise, s.tau))
             );
-            let errors = attention_and_evict(b, &spec, score.as_ref(), &mut rng).unwrap();
+            let errors =
+                attention_trace(b, &spec, score.as_ref(), Some(&KEEP), (45, 12), &mut rng).unwrap();
             for (what, error) in errors {
                 record(format!("{label} {what}"), error);
             }
@@ -394,27 +395,12 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         seed: 11,
     };
     for score in [None, Some(score)] {
-        let errors = long_decode(b, &spec, score.as_ref(), &mut rng).unwrap();
+        let errors = attention_trace(b, &spec, score.as_ref(), None, (300, 3), &mut rng).unwrap();
         for (what, error) in errors {
             record(format!("attention long decode {what}"), error);
         }
     }
     rows
-}
-
-/// A 300-token prompt and three decode steps with the full cache.
-fn long_decode<B: Backend>(
-    b: &B,
-    spec: &AttentionSpec,
-    score: Option<&StepScore>,
-    rng: &mut Rng,
-) -> Result<Vec<(&'static str, f32)>> {
-    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
-    let mut inputs = vec![rng.values(300 * width, 1.5)];
-    inputs.extend((0..3).map(|_| rng.values(width, 1.5)));
-    let got = trace(b, spec, score, None, &inputs)?;
-    let want = trace(&CpuBackend, spec, score, None, &inputs)?;
-    Ok(compare_traces(&got, &want, score.is_some()))
 }
 
 fn embed<B: Backend>(b: &B, table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
@@ -840,17 +826,21 @@ fn sorted_slots<B: Backend>(b: &B, cache: &B::Cache, with_scores: bool) -> Resul
     Ok(out)
 }
 
-fn attention_and_evict<B: Backend>(
+/// A prompt of `prompt` random rows then `steps` decode steps, each evicting to `keep`: the
+/// backend's trace against the CPU's.
+fn attention_trace<B: Backend>(
     b: &B,
     spec: &AttentionSpec,
     score: Option<&StepScore>,
+    keep: Option<&Keep>,
+    (prompt, steps): (usize, usize),
     rng: &mut Rng,
 ) -> Result<Vec<(&'static str, f32)>> {
     let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
-    let mut inputs = vec![rng.values(45 * width, 1.5)];
-    inputs.extend((0..12).map(|_| rng.values(width, 1.5)));
-    let got = trace(b, spec, score, Some(&KEEP), &inputs)?;
-    let want = trace(&CpuBackend, spec, score, Some(&KEEP), &inputs)?;
+    let mut inputs = vec![rng.values(prompt * width, 1.5)];
+    inputs.extend((0..steps).map(|_| rng.values(width, 1.5)));
+    let got = trace(b, spec, score, keep, &inputs)?;
+    let want = trace(&CpuBackend, spec, score, keep, &inputs)?;
     Ok(compare_traces(&got, &want, score.is_some()))
 }
 
