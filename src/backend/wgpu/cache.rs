@@ -297,7 +297,6 @@ fn attend(
     c.len += rows;
     // Scratch, not new buffers: a new buffer per layer and token costs an allocation and the
     // zero fill wgpu records before its first use.
-    let q = b.scratch("rotated queries", 4 * (rows * nh * hd) as u64)?;
     let lse = b.scratch("noisy log-sum-exp", 4 * (rows * nh) as u64)?;
     let step = score.copied().unwrap_or(StepScore {
         noise: false,
@@ -340,10 +339,10 @@ fn attend(
         word(splits)?,
     ];
     let k = &b.kernels;
-    // A decode row's noisy logits per head and slot, which decode_score_evict sums.
-    let noisy_logits = b.scratch("decode noisy logits", 4 * (nh * c.capacity) as u64)?;
     if rows == 1 {
         let parts = b.scratch("decode partials", 4 * (nh * splits * (hd + 4)) as u64)?;
+        // The row's noisy logits per head and slot, which decode_score_evict sums.
+        let noisy_logits = b.scratch("decode noisy logits", 4 * (nh * c.capacity) as u64)?;
         b.gpu.dispatch(
             &k.decode_partial,
             &params,
@@ -374,52 +373,54 @@ fn attend(
             nh,
             (&out.buffer, Box::new(note)),
         )?;
-    } else {
-        b.gpu.dispatch(
-            &k.attention_prepare,
-            &params,
-            &[
-                (1, &qkv.buffer),
-                (2, &table),
-                (3, &q),
-                (4, &c.k),
-                (5, &c.v),
+        if score.is_some() || evict_one.is_some() {
+            let buffers = [
                 (6, &c.pos),
                 (7, &c.score),
-            ],
-            groups_for(rows * (nh + nkv) * hd),
-        )?;
-        // k and v are bound as vec4 runs (14, 15).
-        b.gpu.dispatch(
-            &k.attention,
-            &params,
-            &[
-                (1, &qkv.buffer),
-                (2, &table),
-                (6, &c.pos),
-                (8, &out.buffer),
                 (9, &lse),
                 (14, &c.k),
                 (15, &c.v),
-            ],
-            rows * nh,
-        )?;
+                (17, &noisy_logits),
+            ];
+            b.gpu
+                .dispatch(&k.decode_score_evict, &params, &buffers, nkv)?;
+            if evict_one.is_some() {
+                c.len -= 1;
+            }
+        }
+        return Ok(());
     }
-    if rows == 1 && (score.is_some() || evict_one.is_some()) {
-        let buffers = [
+    let q = b.scratch("rotated queries", 4 * (rows * nh * hd) as u64)?;
+    b.gpu.dispatch(
+        &k.attention_prepare,
+        &params,
+        &[
+            (1, &qkv.buffer),
+            (2, &table),
+            (3, &q),
+            (4, &c.k),
+            (5, &c.v),
             (6, &c.pos),
             (7, &c.score),
+        ],
+        groups_for(rows * (nh + nkv) * hd),
+    )?;
+    // k and v are bound as vec4 runs (14, 15).
+    b.gpu.dispatch(
+        &k.attention,
+        &params,
+        &[
+            (1, &qkv.buffer),
+            (2, &table),
+            (6, &c.pos),
+            (8, &out.buffer),
             (9, &lse),
             (14, &c.k),
             (15, &c.v),
-            (17, &noisy_logits),
-        ];
-        b.gpu
-            .dispatch(&k.decode_score_evict, &params, &buffers, nkv)?;
-        if evict_one.is_some() {
-            c.len -= 1;
-        }
-    } else if score.is_some() {
+        ],
+        rows * nh,
+    )?;
+    if score.is_some() {
         let slots = nkv * c.len;
         let blocks = rows.div_ceil(SCORE_ROW_BLOCK);
         let partial = b.scratch("partial scores", 4 * (slots * blocks) as u64)?;

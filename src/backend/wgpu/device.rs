@@ -347,8 +347,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// The note of the deferred dispatch, which the caller now replaces, when it writes
-    /// `target` and its note is a T that `accept` accepts.
+    /// The deferred dispatch's note, when that dispatch writes `target` and its note is a T
+    /// that `accept` accepts: the caller then records a replacement for it.
     pub fn take_deferred<T: Send + 'static>(
         &self,
         target: &wgpu::Buffer,

@@ -95,12 +95,12 @@ fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
     Ok(())
 }
 
-/// Workgroups for one invocation per value, 256 invocations each.
 /// Sizes of gemv_spans' workgroup arrays (SPAN_INPUT_RUNS and SPAN_WEIGHTS in
 /// shaders/matmul.wgsl): vec4 runs of the combined input, and heads x spans.
 const GEMV_SPAN_RUNS: usize = 512;
 const GEMV_SPAN_WEIGHTS: usize = 512;
 
+/// Workgroups for one invocation per value, 256 invocations each.
 fn groups_for(values: usize) -> usize {
     values.div_ceil(256)
 }
@@ -258,6 +258,7 @@ impl WgpuBackend {
         spans.row == 0
             && n_in == spans.heads * spans.head_dim
             && n_in <= 4 * GEMV_SPAN_RUNS
+            // Whole 16-byte units of weights (stored in the KV cache's type).
             && n_in.is_multiple_of(16 / self.kv_value_bytes())
             && spans.heads * spans.splits <= GEMV_SPAN_WEIGHTS
     }
