@@ -400,7 +400,91 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             record(format!("attention long decode {what}"), error);
         }
     }
+
+    // Decode steps whose attention output goes straight into the output product, which the
+    // wgpu backend fuses with the attention's last dispatch: the residual and the attention
+    // output itself must both come out right.
+    let positions = rope(64, RopePairs::Halves);
+    let spec = AttentionSpec {
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        scale: 0.125,
+        positions: &positions,
+    };
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let inputs: Vec<Vec<f32>> = [70, 1, 1]
+        .iter()
+        .map(|&r| rng.values(r * width, 1.5))
+        .collect();
+    let w_o = HostLinear::random(&mut rng, 100, spec.heads * spec.head_dim, true);
+    let residual = rng.values(100, 1.0);
+    let case = (&inputs[..], &w_o, &residual[..]);
+    let got = attention_then_product(b, &spec, case).unwrap();
+    let want = attention_then_product(&cpu, &spec, case).unwrap();
+    record(
+        "attention decode then output product".into(),
+        rel_error(&got, &want),
+    );
     rows
+}
+
+/// A prompt (inputs[0]) then one decode step per further input, each attention output (one
+/// row) added through `w_o` into a copy of `residual`: the residuals, then the attention
+/// outputs, of every step.
+fn attention_then_product<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    (inputs, w_o, residual): (&[Vec<f32>], &HostLinear, &[f32]),
+) -> Result<Vec<f32>> {
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let q_dim = spec.heads * spec.head_dim;
+    let tokens = inputs.iter().map(|i| i.len() / width).sum();
+    let mut cache = b.new_cache(&trace_shape(spec, None, tokens))?;
+    let prompt = inputs[0].len() / width;
+    let mut out = b.zeros(prompt * q_dim)?;
+    b.attention(
+        spec,
+        &b.upload(&inputs[0])?,
+        prompt,
+        0,
+        &mut cache,
+        1,
+        None,
+        &mut out,
+    )?;
+    let lin = w_o.upload(b)?;
+    let (mut residuals, mut outputs) = (vec![], vec![]);
+    for (step, input) in inputs[1..].iter().enumerate() {
+        let mut out = b.zeros(q_dim)?;
+        let position = prompt + step;
+        b.attention(
+            spec,
+            &b.upload(input)?,
+            1,
+            position,
+            &mut cache,
+            1,
+            None,
+            &mut out,
+        )?;
+        let (mut acc, mut scratch) = (b.upload(residual)?, b.zeros(w_o.n_out)?);
+        let bias = lin.bias.as_ref();
+        b.linear_residual(
+            &out,
+            1,
+            &lin.weight,
+            bias,
+            w_o.n_out,
+            q_dim,
+            &mut scratch,
+            &mut acc,
+        )?;
+        residuals.extend(b.download(&acc, w_o.n_out)?);
+        outputs.extend(b.download(&out, q_dim)?);
+    }
+    residuals.extend(outputs);
+    Ok(residuals)
 }
 
 fn embed<B: Backend>(b: &B, table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
