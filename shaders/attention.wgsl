@@ -186,6 +186,70 @@ fn value_quad(base: u32, s: u32, t: u32) -> vec4<f32> {
     return vec4<f32>(v_runs[(base + s) * (p.head_dim / 4u) + t]);
 }
 
+// A chunked online softmax over one query head's keys, as each invocation holds it: the max
+// and sum of exponentials of the logits so far, this invocation's share of the weighted values
+// (output quad t % quads, over every (WG / quads)-th key of a step, from key t / quads) and,
+// when scoring, the max and sum of exponentials of the noisy logits.
+struct Online {
+    m: f32,
+    sum: f32,
+    acc: vec4<f32>,
+    noisy_m: f32,
+    noisy_sum: f32,
+}
+
+fn online_start() -> Online {
+    return Online(-FLT_MAX, 0.0, vec4(0.0), -FLT_MAX, 0.0);
+}
+
+// `s` with keys c0..c0 + count of the kv head at `base` folded in, this invocation holding key
+// c0 + t's logit x and noisy logit y (`valid` where the query sees the key). Every invocation
+// of the workgroup calls it.
+fn online_step(s: Online, x: f32, y: f32, valid: bool, base: u32, c0: u32, count: u32, lane: Lane) -> Online {
+    let t = lane.index;
+    let quads = p.head_dim / 4u;
+    let key_group = t / quads;
+    let key_groups = WG / quads;
+    var r = s;
+    let new_m = max(r.m, wg_max(x, lane));
+    let rescale = exp(r.m - new_m);
+    let e = select(0.0, exp(x - new_m), valid);
+    weights[t] = e;
+    // The reduction's barrier also publishes `weights`.
+    r.sum = r.sum * rescale + wg_sum(e, lane);
+    r.m = new_m;
+    r.acc *= rescale;
+    if key_group < key_groups {
+        for (var j = key_group; j < count; j += key_groups) {
+            r.acc += weights[j] * value_quad(base, c0 + j, t % quads);
+        }
+    }
+    if p.score != 0u {
+        let new_noisy_m = max(r.noisy_m, wg_max(y, lane));
+        let ey = select(0.0, exp(y - new_noisy_m), valid);
+        r.noisy_sum = r.noisy_sum * exp(r.noisy_m - new_noisy_m) + wg_sum(ey, lane);
+        r.noisy_m = new_noisy_m;
+    }
+    // `weights` is rewritten by the next step.
+    workgroupBarrier();
+    return r;
+}
+
+// The unnormalised output quad t of `s` for invocations t < quads (the key groups' shares
+// summed), zero for the others. Every invocation of the workgroup calls it.
+fn online_output(s: Online, lane: Lane) -> vec4<f32> {
+    let quads = p.head_dim / 4u;
+    partial[lane.index] = s.acc;
+    workgroupBarrier();
+    var total = vec4(0.0);
+    if lane.index < quads {
+        for (var kg = 0u; kg < WG / quads; kg++) {
+            total += partial[kg * quads + lane.index];
+        }
+    }
+    return total;
+}
+
 @compute @workgroup_size(256)
 fn attention(lane: Lane) {
     let item = group_index(lane);
@@ -206,19 +270,10 @@ fn attention(lane: Lane) {
         q_head[t] = rotated_quad(row + h * hd, t, r);
     }
     workgroupBarrier();
-    // Weights times values: invocation t adds output quad t % quads over every key_groups-th
-    // key of a chunk, starting at key t / quads; the groups are summed at the end.
-    let out_quad = t % quads;
-    let key_group = t / quads;
-    let key_groups = WG / quads;
     // The older cache and the new rows up to this one; within them keys are masked by
     // original position, as causality is defined by positions, not slots.
     let n = p.old_len + r + 1u;
-    var m = -FLT_MAX;
-    var sum = 0.0;
-    var acc = vec4(0.0);
-    var noisy_m = -FLT_MAX;
-    var noisy_sum = 0.0;
+    var state = online_start();
     for (var c0 = 0u; c0 < n; c0 += WG) {
         let s = c0 + t;
         var valid = false;
@@ -235,47 +290,21 @@ fn attention(lane: Lane) {
                 x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
             }
         }
-        let new_m = max(m, wg_max(x, lane));
-        let rescale = exp(m - new_m);
-        let e = select(0.0, exp(x - new_m), valid);
-        weights[t] = e;
-        // The reduction's barrier also publishes `weights`.
-        sum = sum * rescale + wg_sum(e, lane);
-        m = new_m;
-        acc *= rescale;
-        if key_group < key_groups {
-            let count = min(WG, n - c0);
-            for (var j = key_group; j < count; j += key_groups) {
-                acc += weights[j] * value_quad(base, c0 + j, out_quad);
-            }
+        var y = -FLT_MAX;
+        if p.score != 0u && valid {
+            y = noisy(x, h, query_pos, key_pos);
         }
-        if p.score != 0u {
-            var y = -FLT_MAX;
-            if valid {
-                y = noisy(x, h, query_pos, key_pos);
-            }
-            let new_noisy_m = max(noisy_m, wg_max(y, lane));
-            let ey = select(0.0, exp(y - new_noisy_m), valid);
-            noisy_sum = noisy_sum * exp(noisy_m - new_noisy_m) + wg_sum(ey, lane);
-            noisy_m = new_noisy_m;
-        }
-        // `weights` is rewritten by the next chunk.
-        workgroupBarrier();
+        state = online_step(state, x, y, valid, base, c0, min(WG, n - c0), lane);
     }
-    partial[t] = acc;
-    workgroupBarrier();
+    let total = online_output(state, lane);
     if t < quads {
-        var total = vec4(0.0);
-        for (var kg = 0u; kg < key_groups; kg++) {
-            total += partial[kg * quads + t];
-        }
         let o = ((p.batch_row + r) * p.heads + h) * p.head_dim + 4u * t;
         for (var c = 0u; c < 4u; c++) {
-            out[o + c] = total[c] / sum;
+            out[o + c] = total[c] / state.sum;
         }
     }
     if p.score != 0u && t == 0u {
-        lse[r * p.heads + h] = noisy_m + log(noisy_sum);
+        lse[r * p.heads + h] = state.noisy_m + log(state.noisy_sum);
     }
 }
 
@@ -341,16 +370,8 @@ fn decode_partial(lane: Lane) {
     let per_segment = (quads + SEGMENTS - 1u) / SEGMENTS;
     let q0 = t / CHUNK * per_segment;
     let q1 = min(quads, q0 + per_segment);
-    // Weights times values: output quad t % quads over every key_groups-th key of the step.
-    let out_quad = t % quads;
-    let key_group = t / quads;
-    let key_groups = WG / quads;
     let query_pos = p.first_pos;
-    var m = -FLT_MAX;
-    var sum = 0.0;
-    var acc = vec4(0.0);
-    var noisy_m = -FLT_MAX;
-    var noisy_sum = 0.0;
+    var state = online_start();
     for (var c0 = start; c0 < end; c0 += CHUNK) {
         let count = min(CHUNK, end - c0);
         var part = 0.0;
@@ -375,52 +396,28 @@ fn decode_partial(lane: Lane) {
                 x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
             }
         }
-        let new_m = max(m, wg_max(x, lane));
-        let rescale = exp(m - new_m);
-        let e = select(0.0, exp(x - new_m), valid);
-        weights[t] = e;
-        // The reduction's barrier also publishes `weights`.
-        sum = sum * rescale + wg_sum(e, lane);
-        m = new_m;
-        acc *= rescale;
-        if key_group < key_groups {
-            for (var j = key_group; j < count; j += key_groups) {
-                acc += weights[j] * value_quad(base, c0 + j, out_quad);
-            }
+        var y = -FLT_MAX;
+        if p.score != 0u && valid {
+            y = noisy(x, h, query_pos, key_pos);
         }
-        if p.score != 0u {
-            var y = -FLT_MAX;
-            if valid {
-                y = noisy(x, h, query_pos, key_pos);
-            }
-            if t < count {
-                noisy_logits[h * p.capacity + c0 + t] = y;
-            }
-            let new_noisy_m = max(noisy_m, wg_max(y, lane));
-            let ey = select(0.0, exp(y - new_noisy_m), valid);
-            noisy_sum = noisy_sum * exp(noisy_m - new_noisy_m) + wg_sum(ey, lane);
-            noisy_m = new_noisy_m;
+        if p.score != 0u && t < count {
+            noisy_logits[h * p.capacity + c0 + t] = y;
         }
-        // `segment_dots` and `weights` are rewritten by the next step.
-        workgroupBarrier();
+        // Its closing barrier also guards `segment_dots`, rewritten by the next step.
+        state = online_step(state, x, y, valid, base, c0, count, lane);
     }
-    partial[t] = acc;
-    workgroupBarrier();
+    let total = online_output(state, lane);
     let at = part_at(h, c);
     if t < quads {
-        var total = vec4(0.0);
-        for (var kg = 0u; kg < key_groups; kg++) {
-            total += partial[kg * quads + t];
-        }
         for (var i = 0u; i < 4u; i++) {
             parts[at + 4u + 4u * t + i] = total[i];
         }
     }
     if t == 0u {
-        parts[at] = m;
-        parts[at + 1u] = sum;
-        parts[at + 2u] = noisy_m;
-        parts[at + 3u] = noisy_sum;
+        parts[at] = state.m;
+        parts[at + 1u] = state.sum;
+        parts[at + 2u] = state.noisy_m;
+        parts[at + 3u] = state.noisy_sum;
     }
 }
 
