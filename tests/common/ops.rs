@@ -441,33 +441,17 @@ fn attention_then_product<B: Backend>(
     let q_dim = spec.heads * spec.head_dim;
     let tokens = inputs.iter().map(|i| i.len() / width).sum();
     let mut cache = b.new_cache(&trace_shape(spec, None, tokens))?;
-    let prompt = inputs[0].len() / width;
-    let mut out = b.zeros(prompt * q_dim)?;
-    b.attention(
-        spec,
-        &b.upload(&inputs[0])?,
-        prompt,
-        0,
-        &mut cache,
-        1,
-        None,
-        &mut out,
-    )?;
     let lin = w_o.upload(b)?;
-    let (mut residuals, mut outputs) = (vec![], vec![]);
-    for (step, input) in inputs[1..].iter().enumerate() {
-        let mut out = b.zeros(q_dim)?;
-        let position = prompt + step;
-        b.attention(
-            spec,
-            &b.upload(input)?,
-            1,
-            position,
-            &mut cache,
-            1,
-            None,
-            &mut out,
-        )?;
+    let (mut residuals, mut outputs, mut position) = (vec![], vec![], 0);
+    for input in inputs {
+        let rows = input.len() / width;
+        let mut out = b.zeros(rows * q_dim)?;
+        let qkv = b.upload(input)?;
+        b.attention(spec, &qkv, rows, position, &mut cache, 1, None, &mut out)?;
+        position += rows;
+        if rows > 1 {
+            continue;
+        }
         let (mut acc, mut scratch) = (b.upload(residual)?, b.zeros(w_o.n_out)?);
         let bias = lin.bias.as_ref();
         b.linear_residual(
