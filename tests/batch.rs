@@ -150,7 +150,7 @@ fn gpu_models(dtype: CudaDtype) -> Vec<(AnyModel, &'static str)> {
             match AnyModel::load(&fixture(&format!("tiny-{arch}")), &options, &mut |_, _| {}) {
                 Ok((model, _)) => models.push((model, arch)),
                 Err(e) => {
-                    println!("SKIP {backend:?}: {e}");
+                    common::skip_if_absent(&format!("{backend:?}"), &e);
                     break;
                 }
             }

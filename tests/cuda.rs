@@ -13,7 +13,7 @@ fn cuda(test: &str, dtype: CudaDtype) -> Option<CudaBackend> {
     match CudaBackend::new(0, dtype) {
         Ok(b) => Some(b),
         Err(e) => {
-            println!("SKIP {test}: {e}");
+            common::skip_if_absent(test, &e);
             None
         }
     }

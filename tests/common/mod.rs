@@ -8,6 +8,24 @@ use std::path::{Path, PathBuf};
 
 use keyformer::{Backend, CpuBackend, GenerateParams, Generation, Model};
 
+/// Prints SKIP where a GPU backend (or f16 on it) is absent from the machine: CI has no CUDA
+/// device. Any other error, a kernel that fails to compile say, fails the test instead.
+pub fn skip_if_absent(what: &str, error: &dyn std::fmt::Display) {
+    let message = error.to_string();
+    let absent = [
+        "not available",
+        "requested, 0 present",
+        "NO_DEVICE",
+        "no GPU adapter",
+        "does not support SHADER_F16",
+    ];
+    assert!(
+        absent.iter().any(|a| message.contains(a)),
+        "{what}: {message}"
+    );
+    println!("SKIP {what}: {message}");
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
