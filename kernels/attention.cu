@@ -159,6 +159,74 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
     }
 }
 
+// Combines the spans of each query head of kv head g of sequence z into out [seq][head][hd];
+// when scoring, adds the group's noisy probabilities exp(y - lse) into the kv head's scores,
+// heads in order so the sums are reproducible. Run by one block, the last of the group's
+// decode_partial blocks to finish: the loads bypass L1, which may hold lines read before the
+// other blocks wrote them.
+__device__ __forceinline__ void finish_group(const SeqDesc& d, u32 g, u32 z, const float* part_stat,
+                                             const float* part_o, const float* logits, float* out, u32 heads,
+                                             u32 kv_heads, u32 hd, u32 span, u32 splits, u32 max_len) {
+    __shared__ float head_m[64], head_inv[64], head_lse[64];
+    u32 group = heads / kv_heads;
+    u32 used = (d.len + span - 1) / span;
+    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    size_t head0 = (size_t)z * heads + g * group;
+    for (u32 i = warp; i < group; i += warps) {
+        const float* st = part_stat + (head0 + i) * splits * 4;
+        float m = NEG_INF, my = NEG_INF;
+        for (u32 c = lane; c < used; c += 32) {
+            m = fmaxf(m, __ldcg(st + c * 4));
+            my = fmaxf(my, __ldcg(st + c * 4 + 2));
+        }
+        m = warp_max(m);
+        my = warp_max(my);
+        float s = 0.0f, sy = 0.0f;
+        for (u32 c = lane; c < used; c += 32) {
+            s += __ldcg(st + c * 4 + 1) * expf(__ldcg(st + c * 4) - m);
+            float myc = __ldcg(st + c * 4 + 2);
+            if (d.scoring && myc > NEG_INF) sy += __ldcg(st + c * 4 + 3) * expf(myc - my);
+        }
+        s = warp_sum(s);
+        sy = warp_sum(sy);
+        if (lane == 0) {
+            head_m[i] = m;
+            head_inv[i] = 1.0f / s;
+            head_lse[i] = my + logf(sy);
+        }
+    }
+    __syncthreads();
+    for (u32 k = threadIdx.x; k < group * hd; k += blockDim.x) {
+        u32 i = k / hd, t = k % hd;
+        const float* st = part_stat + (head0 + i) * splits * 4;
+        const float* po = part_o + (head0 + i) * splits * hd + t;
+        float acc = 0.0f;
+#pragma unroll 16
+        for (u32 c = 0; c < used; c++) acc += __ldcg(po + (size_t)c * hd) * expf(__ldcg(st + c * 4) - head_m[i]);
+        out[(head0 + i) * hd + t] = acc * head_inv[i];
+    }
+    if (!d.scoring) return;
+    // Four keys per thread at a time, their loads issued before any score is written (the
+    // score stores could alias them as far as the compiler knows).
+    float* score = d.score + (size_t)g * d.capacity;
+    for (u32 j0 = threadIdx.x; j0 < d.len; j0 += 4 * blockDim.x) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, old[4];
+        for (u32 i = 0; i < group; i++) {
+#pragma unroll
+            for (u32 r = 0; r < 4; r++) {
+                u32 j = j0 + r * blockDim.x;
+                float y = j < d.len ? __ldcg(logits + (head0 + i) * max_len + j) : NEG_INF;
+                if (y > NEG_INF) acc[r] += expf(y - head_lse[i]);
+            }
+        }
+#pragma unroll
+        for (u32 r = 0; r < 4; r++) old[r] = j0 + r * blockDim.x < d.len ? score[j0 + r * blockDim.x] : 0.0f;
+#pragma unroll
+        for (u32 r = 0; r < 4; r++)
+            if (j0 + r * blockDim.x < d.len) score[j0 + r * blockDim.x] = old[r] + acc[r];
+    }
+}
+
 // Grid (heads, splits, seqs), WARPS warps; sequence z's query, key and value are row z of qkv,
 // and its key and value go to cache slot len - 1. Block (h, c, z) covers key slots [c * span,
 // (c + 1) * span) of sequence z in steps of SUB keys with an online softmax. Each key is read by
@@ -167,12 +235,13 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
 // TEAMS); warp w's teams take keys w, w + WARPS, ... Writes the span's max, sum of
 // exponentials and unnormalised output to part_stat [seq][head][split][4] and part_o; when the
 // sequence scores, also the noisy logits y = (x + g) / tau to logits [seq][head][max_len] and
-// their max and sum of exponentials. Needs head_dim % VEC == 0 and <= MAX_HD.
+// their max and sum of exponentials. The last block of each kv head's group then combines the
+// group's spans (finish_group). Needs head_dim % VEC == 0 and <= MAX_HD.
 template <u32 TEAMS>
 __device__ __forceinline__ void decode_partial_teams(const float* qkv, const SeqBatch& b, u32 heads, u32 kv_heads, u32 hd,
                                      u32 rope_dims, u32 rope_halves, const float* inv_freq, u32 span,
                                      u32 splits, u32 max_len, float scale, const float* slopes, u32 layer,
-                                     float* logits, float* part_stat, float* part_o) {
+                                     float* logits, float* part_stat, float* part_o, float* out, u32* done) {
     const u32 kl = 32 / TEAMS, keys = KEYS_PER_WARP / TEAMS;
     __shared__ float e[SUB];
     __shared__ float red[WARPS][MAX_HD];
@@ -334,6 +403,20 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
         part_stat[pc * 4 + 2] = my;
         part_stat[pc * 4 + 3] = sy;
     }
+    // The group's last block to get here combines its spans; done[z][g] counts the blocks in
+    // and is left at zero for the next launch.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32* counter = done + (size_t)z * kv_heads + g;
+        last = atomicAdd(counter, 1) == heads / kv_heads * ((d.len + span - 1) / span) - 1;
+        if (last) *counter = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    finish_group(d, g, z, part_stat, part_o, logits, out, heads, kv_heads, hd, span, splits, max_len);
 }
 
 // The cap keeps the registers low enough for four blocks per SM; the backend sizes the grid for
@@ -343,70 +426,14 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
         decode_partial##T(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 rope_dims,   \
                           u32 rope_halves, const float* inv_freq, u32 span, u32 splits, u32 max_len,      \
                           float scale, const float* slopes, u32 layer, float* logits, float* part_stat,   \
-                          float* part_o) {                                                                \
+                          float* part_o, float* out, u32* done) {                                         \
         decode_partial_teams<T>(qkv, b, heads, kv_heads, hd, rope_dims, rope_halves, inv_freq, span,      \
-                                splits, max_len, scale, slopes, layer, logits, part_stat, part_o);        \
+                                splits, max_len, scale, slopes, layer, logits, part_stat, part_o, out,    \
+                                done);                                                                    \
     }
 DECODE_PARTIAL(1)
 DECODE_PARTIAL(2)
 DECODE_PARTIAL(4)
 DECODE_PARTIAL(8)
 
-// Grid (kv_heads, parts, seqs), 256 threads. Combines the spans of each query head of kv head g
-// into out [seq][head][hd]; when scoring, adds the group's noisy probabilities exp(y - lse)
-// into the kv head's scores, heads in order so the sums are reproducible. The parts share the
-// output elements and the keys.
-extern "C" __global__ void decode_finish(SeqBatch b, const float* part_stat, const float* part_o,
-                                         const float* logits, float* out, u32 heads, u32 kv_heads, u32 hd,
-                                         u32 span, u32 splits, u32 max_len) {
-    allow_next();
-    await_inputs();
-    __shared__ float head_m[64], head_inv[64], head_lse[64];
-    u32 g = blockIdx.x, z = blockIdx.z, group = heads / kv_heads;
-    const SeqDesc& d = b.s[z];
-    u32 used = (d.len + span - 1) / span;
-    u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    size_t head0 = (size_t)z * heads + g * group;
-    for (u32 i = warp; i < group; i += warps) {
-        const float* st = part_stat + (head0 + i) * splits * 4;
-        float m = NEG_INF, my = NEG_INF;
-        for (u32 c = lane; c < used; c += 32) {
-            m = fmaxf(m, st[c * 4]);
-            my = fmaxf(my, st[c * 4 + 2]);
-        }
-        m = warp_max(m);
-        my = warp_max(my);
-        float s = 0.0f, sy = 0.0f;
-        for (u32 c = lane; c < used; c += 32) {
-            s += st[c * 4 + 1] * expf(st[c * 4] - m);
-            if (d.scoring && st[c * 4 + 2] > NEG_INF) sy += st[c * 4 + 3] * expf(st[c * 4 + 2] - my);
-        }
-        s = warp_sum(s);
-        sy = warp_sum(sy);
-        if (lane == 0) {
-            head_m[i] = m;
-            head_inv[i] = 1.0f / s;
-            head_lse[i] = my + logf(sy);
-        }
-    }
-    __syncthreads();
-    u32 first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
-    for (u32 k = first; k < group * hd; k += stride) {
-        u32 i = k / hd, t = k % hd;
-        const float* st = part_stat + (head0 + i) * splits * 4;
-        const float* po = part_o + (head0 + i) * splits * hd + t;
-        float acc = 0.0f;
-#pragma unroll 16
-        for (u32 c = 0; c < used; c++) acc += po[(size_t)c * hd] * expf(st[c * 4] - head_m[i]);
-        out[(head0 + i) * hd + t] = acc * head_inv[i];
-    }
-    if (!d.scoring) return;
-    for (u32 j = first; j < d.len; j += stride) {
-        float acc = 0.0f;
-        for (u32 i = 0; i < group; i++) {
-            float y = logits[(head0 + i) * max_len + j];
-            if (y > NEG_INF) acc += expf(y - head_lse[i]);
-        }
-        d.score[(size_t)g * d.capacity + j] += acc;
-    }
-}
+

@@ -334,9 +334,9 @@ impl Step<'_> {
 }
 
 /// One decode token for each sequence (row i of qkv and out is seqs[i]), in launches of up to
-/// MAX_SEQS sequences: split attention (which appends the token to the cache first), combine
-/// with score accumulation, and the one-token eviction of the sequences whose `keep` asks for
-/// it.
+/// MAX_SEQS sequences: split attention (which appends the token to the cache first, and whose
+/// last block for each kv head combines the spans with score accumulation), and the one-token
+/// eviction of the sequences whose `keep` asks for it.
 pub fn decode(
     b: &CudaBackend,
     spec: &AttentionSpec,
@@ -412,6 +412,8 @@ pub fn decode(
             Arg::P(b.ptr(&logits)),
             Arg::P(b.ptr(&part_stat)),
             Arg::P(b.ptr(&part_o)),
+            Arg::P(out_at),
+            Arg::P(b.decode_counters(n * kv_heads)?),
         ];
         // Lanes per key: one 16-byte load each across the head, a power of two from 4 to 32.
         let lanes = (hd / (16 / b.dtype.bytes()))
@@ -422,29 +424,6 @@ pub fn decode(
             &b.k.decode_partial[log2_teams],
             (heads as u32, splits as u32, n as u32),
             128,
-            &args,
-        )?;
-        let group_width = (heads / kv_heads * hd).max(if scoring { max_len } else { 0 });
-        let parts = (2 * b.sms)
-            .div_ceil(kv_heads * n)
-            .clamp(1, group_width.div_ceil(256));
-        let args = [
-            Arg::Seqs(&batch),
-            Arg::P(b.ptr(&part_stat)),
-            Arg::P(b.ptr(&part_o)),
-            Arg::P(b.ptr(&logits)),
-            Arg::P(out_at),
-            Arg::U(heads as u32),
-            Arg::U(kv_heads as u32),
-            Arg::U(hd as u32),
-            Arg::U(span as u32),
-            Arg::U(splits as u32),
-            Arg::U(max_len as u32),
-        ];
-        b.launch3(
-            &b.k.decode_finish,
-            (kv_heads as u32, parts as u32, n as u32),
-            256,
             &args,
         )?;
         if batch.s[..n].iter().any(|d| d.evict == 1) {

@@ -73,7 +73,6 @@ pub struct Kernels {
     pub attn_prefill_columns: CudaFunction,
     /// decode_partial[i] reads each key with 2^i teams of lanes per warp.
     pub decode_partial: [CudaFunction; 4],
-    pub decode_finish: CudaFunction,
     pub decode_evict: CudaFunction,
     pub evict_rank: CudaFunction,
     pub compact_index: CudaFunction,
@@ -121,7 +120,6 @@ impl Kernels {
                 f(4, "decode_partial4")?,
                 f(4, "decode_partial8")?,
             ],
-            decode_finish: f(4, "decode_finish")?,
             decode_evict: f(5, "decode_evict")?,
             evict_rank: f(5, "evict_rank")?,
             compact_index: f(5, "compact_index")?,

@@ -5,6 +5,7 @@
 mod attention;
 pub mod kernels;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
@@ -101,6 +102,9 @@ pub struct CudaBackend {
     sms: usize,
     /// Kernels may overlap their predecessor's tail (programmatic dependent launch, sm_90+).
     overlap: bool,
+    /// Zeroed counters the decode attention's blocks count themselves in with (each launch
+    /// leaves them at zero), grown as needed.
+    decode_counters: RefCell<CudaSlice<u32>>,
 }
 
 /// A CUDA library's name and the function that checks it can be loaded.
@@ -145,6 +149,7 @@ impl CudaBackend {
             let k = Kernels::compile(&ctx, &format!("sm_{major}{minor}"), dtype)?;
             let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
             let token = stream.alloc_zeros::<u32>(1).map_err(cuda_err)?;
+            let decode_counters = RefCell::new(stream.alloc_zeros::<u32>(1).map_err(cuda_err)?);
             let device_name = format!("{} (sm_{major}{minor})", ctx.name().map_err(cuda_err)?);
             let sms = ctx
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -158,6 +163,7 @@ impl CudaBackend {
                 token,
                 sms,
                 overlap: major >= 9,
+                decode_counters,
             })
         });
         opened.unwrap_or_else(|_| {
@@ -218,6 +224,15 @@ impl CudaBackend {
     fn uninit<T: cudarc::driver::DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: callers only hand it to kernels that write every element before any read.
         unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(cuda_err)
+    }
+
+    /// The address of at least `len` decode counters.
+    fn decode_counters(&self, len: usize) -> Result<u64> {
+        let mut counters = self.decode_counters.borrow_mut();
+        if counters.len() < len {
+            *counters = self.alloc(len)?;
+        }
+        Ok(self.ptr(&counters))
     }
 
     fn wt_alloc(&self, len: usize) -> Result<CudaSlice<u8>> {
