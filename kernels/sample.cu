@@ -1,15 +1,18 @@
 // Sampling on the device, in one block; only the token id goes back to the host.
 
-// Greedy: the index of the largest logit, the lowest index on ties. Logits are read four at a
-// time (the buffer starts 16-byte aligned), so each thread has several loads in flight.
+// Greedy: the index of the largest logit, the lowest index on ties; 0xffffffff when a logit is
+// NaN. Logits are read four at a time (the buffer starts 16-byte aligned), so each thread has
+// several loads in flight.
 extern "C" __global__ void argmax(const float* logits, u32 n, u32* out) {
     await_inputs();
     __shared__ float best_v[1024];
     __shared__ u32 best_i[1024];
     float v = NEG_INF;
     u32 idx = 0xffffffffu;
+    bool nan = false;
     auto take = [&](float x, u32 i) {
         if (x > v) { v = x; idx = i; }
+        nan |= isnan(x);
     };
 #pragma unroll 4
     for (u32 i = threadIdx.x * 4; i + 4 <= n; i += blockDim.x * 4) {
@@ -17,6 +20,7 @@ extern "C" __global__ void argmax(const float* logits, u32 n, u32* out) {
         take(x.x, i), take(x.y, i + 1), take(x.z, i + 2), take(x.w, i + 3);
     }
     for (u32 i = n / 4 * 4 + threadIdx.x; i < n; i += blockDim.x) take(logits[i], i);
+    bool any_nan = __syncthreads_or(nan);
     best_v[threadIdx.x] = v;
     best_i[threadIdx.x] = idx;
     __syncthreads();
@@ -31,7 +35,7 @@ extern "C" __global__ void argmax(const float* logits, u32 n, u32* out) {
         }
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[0] = best_i[0];
+    if (threadIdx.x == 0) out[0] = any_nan ? 0xffffffffu : best_i[0];
 }
 
 // Temperature / top-k / top-p sampling: what Draw::pick (src/engine/sampling.rs) draws for the
@@ -107,10 +111,17 @@ extern "C" __global__ void sample(const float* logits, u32 n, float temperature,
                                   float u, u32* out) {
     await_inputs();
     u32 top_key = 0, bottom = 0;
+    bool nan = false;
     for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
         u32 k = order_key(logits[i]);
         top_key = max(top_key, k);
         bottom = max(bottom, ~k);
+        nan |= isnan(logits[i]);
+    }
+    // No token for logits that hold a NaN: 0xffffffff tells the host.
+    if (__syncthreads_or(nan)) {
+        if (threadIdx.x == 0) out[0] = 0xffffffffu;
+        return;
     }
     top_key = block_max_u32(top_key);
     float top_logit = __uint_as_float((top_key & 0x80000000u) ? top_key & 0x7fffffffu : ~top_key);

@@ -19,19 +19,26 @@ fn beats(x: f32, i: u32, best: f32, best_index: u32) -> bool {
     return i < p.len && (best_index == NONE || x > best);
 }
 
-// Greedy: the index of the largest logit, the lowest index on ties (as the CPU's argmax).
-// One workgroup walks the vocabulary, four logits an invocation at a time, loaded before any
-// is compared so that their loads overlap.
+// Whether x is NaN, from its bits: WGSL lets compilers assume floats are never NaN.
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Greedy: the index of the largest logit, the lowest index on ties (as the CPU's argmax); NONE
+// when a logit is NaN. One workgroup walks the vocabulary, four logits an invocation at a time,
+// loaded before any is compared so that their loads overlap.
 @compute @workgroup_size(256)
 fn argmax(lane: Lane) {
     var best = 0.0;
     var best_index = NONE;
+    var nan = 0u;
     let last = p.len - 1u;
     for (var i = lane.index; i < p.len; i += 4u * WG) {
         let x0 = logits[i];
         let x1 = logits[min(i + WG, last)];
         let x2 = logits[min(i + 2u * WG, last)];
         let x3 = logits[min(i + 3u * WG, last)];
+        nan |= u32(is_nan(x0) || is_nan(x1) || is_nan(x2) || is_nan(x3));
         if beats(x0, i, best, best_index) {
             best = x0;
             best_index = i;
@@ -50,8 +57,9 @@ fn argmax(lane: Lane) {
         }
     }
     let winner = wg_argmax(best, best_index, lane);
+    let any_nan = max_uniform(nan, lane);
     if lane.index == 0u {
-        token[0] = winner;
+        token[0] = select(winner, NONE, any_nan != 0u);
     }
 }
 
@@ -159,10 +167,19 @@ fn cut(c: Cut, top: Top, threshold: f32, count: bool, lane: Lane) -> Cut {
 fn sample(lane: Lane) {
     var top_key = 0u;
     var bottom = 0u;
+    var nan = 0u;
     for (var i = lane.index; i < p.len; i += WG) {
         let k = order_key(logits[i]);
         top_key = max(top_key, k);
         bottom = max(bottom, ~k);
+        nan |= u32(is_nan(logits[i]));
+    }
+    // No token for logits that hold a NaN: NONE tells the host.
+    if max_uniform(nan, lane) != 0u {
+        if lane.index == 0u {
+            token[0] = NONE;
+        }
+        return;
     }
     top_key = max_uniform(top_key, lane);
     let logit = bitcast<f32>(select(~top_key, top_key & 0x7fffffffu, (top_key & 0x80000000u) != 0u));

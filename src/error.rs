@@ -36,6 +36,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Sampling met a NaN logit: the forward pass overflowed or the weights hold NaN.
+    #[error("the logits hold NaN: the model's activations overflowed or its weights are broken")]
+    NanLogits,
     #[error("backend {backend}: {reason}")]
     Backend {
         backend: &'static str,

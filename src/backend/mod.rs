@@ -7,7 +7,7 @@ pub mod cuda;
 pub mod wgpu;
 
 use crate::engine::sampling::Sampler;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, Positions};
 use crate::model::weights::Linear;
@@ -245,7 +245,11 @@ pub trait Backend {
     /// The next token from one row of logits. The default reads the logits back and samples
     /// on the host; GPU backends sample on the device and return only the id.
     fn sample(&self, logits: &Self::Buf, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
-        Ok(sampler.sample(&self.download(logits, vocab)?))
+        let logits = self.download(logits, vocab)?;
+        if logits.iter().any(|x| x.is_nan()) {
+            return Err(Error::NanLogits);
+        }
+        Ok(sampler.sample(&logits))
     }
 
     /// Bytes of one cached K or V value (4 for f32, 2 for f16).

@@ -42,7 +42,7 @@ impl From<Error> for Failure {
             | Error::Config(_)
             | Error::Tokenizer(_) => KF_ERR_MODEL,
             Error::InvalidInput(_) => KF_ERR_INVALID_ARGUMENT,
-            Error::Backend { .. } => KF_ERR_BACKEND,
+            Error::Backend { .. } | Error::NanLogits => KF_ERR_BACKEND,
         };
         Failure::new(status, e.to_string())
     }

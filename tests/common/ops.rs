@@ -267,6 +267,28 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         "sample argmax vocab 1000".into(),
         if got == want { 0.0 } else { 1.0 },
     );
+    // Logits holding a NaN give no token, greedy or drawn, on every backend.
+    let mut broken = logits.clone();
+    broken[617] = f32::NAN;
+    let device_broken = b.upload(&broken).unwrap();
+    let top_k = SamplingParams {
+        temperature: 1.0,
+        top_k: 40,
+        ..Default::default()
+    };
+    for (name, params) in [("argmax", SamplingParams::default()), ("top-k", top_k)] {
+        let refused = |r: keyformer::Result<u32>| matches!(r, Err(keyformer::Error::NanLogits));
+        let got = b.sample(&device_broken, 1000, &mut Sampler::new(params.clone()));
+        let want = cpu.sample(&broken, 1000, &mut Sampler::new(params));
+        record(
+            format!("sample {name} refuses a NaN logit"),
+            if refused(got) && refused(want) {
+                0.0
+            } else {
+                1.0
+            },
+        );
+    }
 
     // Temperature / top-k / top-p: each seed's first draw on the device against the host
     // sampler's. A different token counts as an error unless the host's f64 sums put that draw

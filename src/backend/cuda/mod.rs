@@ -873,8 +873,11 @@ impl Backend for CudaBackend {
             ];
             self.launch(&self.k.sample, (1, 1), 1024, &args)?;
         }
-        let id = self.stream.clone_dtoh(&self.token).map_err(cuda_err)?;
-        Ok(id[0])
+        // The kernels answer u32::MAX for logits that hold a NaN.
+        match self.stream.clone_dtoh(&self.token).map_err(cuda_err)?[0] {
+            u32::MAX => Err(Error::NanLogits),
+            id => Ok(id),
+        }
     }
 
     fn free_memory(&self) -> Option<usize> {

@@ -800,7 +800,11 @@ impl Backend for WgpuBackend {
         self.gpu
             .dispatch(kernel, &params, &[(1, &logits.buffer), (2, &token)], 1)?;
         let bytes = self.gpu.read(&token, 0, 4)?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        // The shaders answer u32::MAX (NONE) for logits that hold a NaN.
+        match u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) {
+            u32::MAX => Err(Error::NanLogits),
+            id => Ok(id),
+        }
     }
 
     fn kv_value_bytes(&self) -> usize {
