@@ -159,17 +159,16 @@ __device__ __forceinline__ void load_step(uint4 (&raw)[KEYS_PER_WARP], const wt*
     }
 }
 
-// Combines the spans of each query head of kv head g of sequence z into out [seq][head][hd];
+// Combines the `used` spans of each query head of kv head g of sequence z into out [seq][head][hd];
 // when scoring, adds the group's noisy probabilities exp(y - lse) into the kv head's scores,
 // heads in order so the sums are reproducible. Run by one block, the last of the group's
 // decode_partial blocks to finish: the loads bypass L1, which may hold lines read before the
 // other blocks wrote them.
-__device__ __forceinline__ void finish_group(const SeqDesc& d, u32 g, u32 z, const float* part_stat,
+__device__ __forceinline__ void finish_group(const SeqDesc& d, u32 g, u32 z, u32 used, const float* part_stat,
                                              const float* part_o, const float* logits, float* out, u32 heads,
-                                             u32 kv_heads, u32 hd, u32 span, u32 splits, u32 max_len) {
+                                             u32 kv_heads, u32 hd, u32 splits, u32 max_len) {
     __shared__ float head_m[64], head_inv[64], head_lse[64];
     u32 group = heads / kv_heads;
-    u32 used = (d.len + span - 1) / span;
     u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     size_t head0 = (size_t)z * heads + g * group;
     for (u32 i = warp; i < group; i += warps) {
@@ -406,17 +405,18 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
     // The group's last block to get here combines its spans; done[z][g] counts the blocks in
     // and is left at zero for the next launch.
     __shared__ bool last;
+    u32 used = (d.len + span - 1) / span;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         u32* counter = done + (size_t)z * kv_heads + g;
-        last = atomicAdd(counter, 1) == heads / kv_heads * ((d.len + span - 1) / span) - 1;
+        last = atomicAdd(counter, 1) == heads / kv_heads * used - 1;
         if (last) *counter = 0;
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    finish_group(d, g, z, part_stat, part_o, logits, out, heads, kv_heads, hd, span, splits, max_len);
+    finish_group(d, g, z, used, part_stat, part_o, logits, out, heads, kv_heads, hd, splits, max_len);
 }
 
 // The cap keeps the registers low enough for four blocks per SM; the backend sizes the grid for

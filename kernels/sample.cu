@@ -113,10 +113,11 @@ extern "C" __global__ void sample(const float* logits, u32 n, float temperature,
     u32 top_key = 0, bottom = 0;
     bool nan = false;
     for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
-        u32 k = order_key(logits[i]);
+        float x = logits[i];
+        u32 k = order_key(x);
         top_key = max(top_key, k);
         bottom = max(bottom, ~k);
-        nan |= isnan(logits[i]);
+        nan |= isnan(x);
     }
     // No token for logits that hold a NaN: 0xffffffff tells the host.
     if (__syncthreads_or(nan)) {

@@ -169,10 +169,11 @@ fn sample(lane: Lane) {
     var bottom = 0u;
     var nan = 0u;
     for (var i = lane.index; i < p.len; i += WG) {
-        let k = order_key(logits[i]);
+        let x = logits[i];
+        let k = order_key(x);
         top_key = max(top_key, k);
         bottom = max(bottom, ~k);
-        nan |= u32(is_nan(logits[i]));
+        nan |= u32(is_nan(x));
     }
     // No token for logits that hold a NaN: NONE tells the host.
     if max_uniform(nan, lane) != 0u {

@@ -12,6 +12,15 @@ use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, Positions};
 use crate::model::weights::Linear;
 
+/// A token id read back from a device sampling kernel: the kernels (kernels/sample.cu,
+/// shaders/sample.wgsl) answer u32::MAX for logits that hold a NaN.
+fn device_token(id: u32) -> Result<u32> {
+    match id {
+        u32::MAX => Err(Error::NanLogits),
+        id => Ok(id),
+    }
+}
+
 /// What the attention op needs to know about the model.
 pub struct AttentionSpec<'a> {
     pub heads: usize,

@@ -873,11 +873,7 @@ impl Backend for CudaBackend {
             ];
             self.launch(&self.k.sample, (1, 1), 1024, &args)?;
         }
-        // The kernels answer u32::MAX for logits that hold a NaN.
-        match self.stream.clone_dtoh(&self.token).map_err(cuda_err)?[0] {
-            u32::MAX => Err(Error::NanLogits),
-            id => Ok(id),
-        }
+        crate::backend::device_token(self.stream.clone_dtoh(&self.token).map_err(cuda_err)?[0])
     }
 
     fn free_memory(&self) -> Option<usize> {

@@ -800,11 +800,7 @@ impl Backend for WgpuBackend {
         self.gpu
             .dispatch(kernel, &params, &[(1, &logits.buffer), (2, &token)], 1)?;
         let bytes = self.gpu.read(&token, 0, 4)?;
-        // The shaders answer u32::MAX (NONE) for logits that hold a NaN.
-        match u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) {
-            u32::MAX => Err(Error::NanLogits),
-            id => Ok(id),
-        }
+        crate::backend::device_token(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
     fn kv_value_bytes(&self) -> usize {
