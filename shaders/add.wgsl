@@ -6,7 +6,7 @@ struct Params {
     offset: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> y: array<wt>;
 

@@ -52,7 +52,7 @@ const POS_ROPE_INTERLEAVED: u32 = 1u;
 const POS_ROPE_HALVES: u32 = 2u;
 const POS_ALIBI: u32 = 3u;
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> table: array<f32>;
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;

@@ -5,7 +5,7 @@ struct Params {
     dim: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> table: array<wt>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

@@ -17,7 +17,7 @@ struct Params {
     head_dim: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read_write> score: array<f32>;
 // [kv_head][slot], 1 where the slot survives.
 @group(0) @binding(2) var<storage, read_write> keep: array<u32>;

@@ -26,7 +26,7 @@ const NORM_FOLDED: u32 = 16u;
 const NORM_RMS: u32 = 32u;
 const NORM_BIAS: u32 = 64u;
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<wt>;
 @group(0) @binding(3) var<storage, read> bias: array<wt>;

@@ -9,7 +9,7 @@ struct Params {
     has_bias: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> norm_weight: array<wt>;
 @group(0) @binding(3) var<storage, read> norm_bias: array<wt>;

@@ -9,7 +9,7 @@ struct Params {
     u: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> token: array<u32>;
 

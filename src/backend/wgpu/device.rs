@@ -1,10 +1,10 @@
 //! The wgpu device and its one pending command encoder. Ops record their dispatches and copies
 //! into the encoder; it is submitted every few dozen dispatches and when the host needs data
 //! back, so the GPU works while the host records. Consecutive dispatches share one compute
-//! pass, and their parameters share one uniform buffer: per-dispatch passes and buffers cost
-//! more host time than a small model's kernels take on a fast GPU. For the same reason bind
-//! groups are cached: a decode step binds the same buffers and parameter slots as the step
-//! before it.
+//! pass, and their parameters travel in the command stream as immediates (push constants):
+//! per-dispatch passes and buffers cost more host time than a small model's kernels take on a
+//! fast GPU. For the same reason bind groups are cached: a decode step binds the same buffers
+//! as the step before it.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -37,10 +37,6 @@ const MAX_GROUPS_PER_DIM: u32 = 65535;
 /// 7.3 to 4.8 ms per token against one submission per pass).
 const DISPATCHES_PER_SUBMIT: usize = 32;
 
-/// Bytes of one dispatch's parameters in the uniform buffer: wgpu's largest offset alignment,
-/// and more than any kernel's parameters take.
-const PARAMS_SLOT: usize = 256;
-
 /// Commands recorded since the last submission.
 struct Pending {
     /// The open compute pass; a copy closes it (copies are recorded outside passes). Declared
@@ -48,32 +44,6 @@ struct Pending {
     pass: Option<wgpu::ComputePass<'static>>,
     encoder: wgpu::CommandEncoder,
     dispatches: usize,
-}
-
-/// Dispatch parameters, each in its slot of one uniform buffer. They are gathered on the host
-/// and written with one queue write before the submission that reads them (not one write per
-/// dispatch). The buffer is reused by every submission: queue writes land before the next
-/// submission, after the previous one.
-struct Params {
-    buffer: wgpu::Buffer,
-    staged: Vec<u8>,
-}
-
-impl Params {
-    fn new(device: &wgpu::Device) -> Params {
-        Params {
-            buffer: params_buffer(device),
-            staged: Vec::new(),
-        }
-    }
-
-    /// Writes the gathered parameters into the buffer.
-    fn flush(&mut self, queue: &wgpu::Queue) {
-        if !self.staged.is_empty() {
-            queue.write_buffer(&self.buffer, 0, &self.staged);
-            self.staged.clear();
-        }
-    }
 }
 
 /// A dispatch recorded later than asked, so that the op after it may replace it with a fused
@@ -91,12 +61,11 @@ struct Deferred {
     note: Box<dyn Any + Send>,
 }
 
-/// What makes a bind group: the kernel's layout, the parameters' slot (offset and size) and the
-/// buffers at their bindings. The key holds the buffers, so their ids stay unique while cached.
+/// What makes a bind group: the kernel's layout and the buffers at their bindings. The key holds
+/// the buffers, so their ids stay unique while cached.
 #[derive(PartialEq, Eq, Hash)]
 struct BindKey {
     layout: wgpu::BindGroupLayout,
-    params: (u64, u64),
     buffers: Vec<(u32, wgpu::Buffer)>,
 }
 
@@ -119,7 +88,6 @@ pub(super) struct Gpu {
     pub info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     pending: RefCell<Option<Pending>>,
-    params: RefCell<Params>,
     bind_groups: RefCell<BindGroups>,
     deferred: RefCell<Option<Deferred>>,
     /// The first error the device reported since the last check: wgpu reports validation and
@@ -175,14 +143,12 @@ impl Gpu {
             let mut first = sink.lock().unwrap_or_else(|p| p.into_inner());
             first.get_or_insert_with(|| e.to_string());
         }));
-        let params = RefCell::new(Params::new(&device));
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
             pending: RefCell::new(None),
-            params,
             bind_groups: RefCell::default(),
             deferred: RefCell::new(None),
             error,
@@ -249,58 +215,37 @@ impl Gpu {
         f(pending)
     }
 
-    /// Gathers one dispatch's parameters (padded to 16-byte rows) for the params buffer: the
-    /// buffer, the offset and the size to bind. A submission holds at most
-    /// DISPATCHES_PER_SUBMIT dispatches, so their parameters always fit the buffer.
-    fn params(&self, words: &[u32]) -> Result<(wgpu::Buffer, u64, Option<wgpu::BufferSize>)> {
-        let mut words = words.to_vec();
-        words.resize(words.len().next_multiple_of(4).max(4), 0);
-        let bytes: &[u8] = bytemuck::cast_slice(&words);
-        if bytes.len() > PARAMS_SLOT {
+    /// One dispatch's parameters as immediates, checked against the device's limit.
+    fn immediates<'a>(&self, words: &'a [u32]) -> Result<&'a [u8]> {
+        let bytes: &[u8] = bytemuck::cast_slice(words);
+        let limit = self.limits.max_immediate_size as usize;
+        if bytes.len() > limit {
             return Err(backend_error(format!(
-                "{} bytes of dispatch parameters, more than the {PARAMS_SLOT} a dispatch has",
-                bytes.len()
+                "{} bytes of dispatch parameters, more than the {limit} bytes of immediates {} takes",
+                bytes.len(),
+                self.info.name
             )));
         }
-        let mut params = self.params.borrow_mut();
-        let offset = params.staged.len();
-        params.staged.extend_from_slice(bytes);
-        params.staged.resize(offset + PARAMS_SLOT, 0);
-        Ok((
-            params.buffer.clone(),
-            offset as u64,
-            wgpu::BufferSize::new(bytes.len() as u64),
-        ))
+        Ok(bytes)
     }
 
-    /// The bind group of `kernel` with the parameters' slot at binding 0 and `buffers`: a
-    /// cached one where the same were bound before, else a new one.
-    fn bind_group(
-        &self,
-        kernel: &Kernel,
-        params: &wgpu::Buffer,
-        (offset, size): (u64, Option<wgpu::BufferSize>),
-        buffers: &[(u32, &wgpu::Buffer)],
-    ) -> wgpu::BindGroup {
+    /// The bind group of `kernel` with `buffers` at their bindings: a cached one where the same
+    /// were bound before, else a new one.
+    fn bind_group(&self, kernel: &Kernel, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let key = BindKey {
             layout: kernel.layout.clone(),
-            params: (offset, size.map_or(0, |s| s.get())),
             buffers: buffers.iter().map(|&(i, b)| (i, b.clone())).collect(),
         };
         let mut cache = self.bind_groups.borrow_mut();
         let (group, used) = cache.groups.entry(key).or_insert_with_key(|key| {
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: params,
-                    offset,
-                    size,
-                }),
-            }];
-            entries.extend(key.buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: b.as_entire_binding(),
-            }));
+            let entries: Vec<wgpu::BindGroupEntry> = key
+                .buffers
+                .iter()
+                .map(|(binding, b)| wgpu::BindGroupEntry {
+                    binding: *binding,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
             let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &kernel.layout,
@@ -312,8 +257,8 @@ impl Gpu {
         group.clone()
     }
 
-    /// Records `kernel` over `groups` workgroups with `params` (u32 words, f32 as bits) at
-    /// binding 0 and `buffers` at their bindings.
+    /// Records `kernel` over `groups` workgroups with `params` (u32 words, f32 as bits) as its
+    /// immediates and `buffers` at their bindings.
     pub fn dispatch(
         &self,
         kernel: &Kernel,
@@ -382,8 +327,8 @@ impl Gpu {
             return Ok(());
         }
         let (x, y) = grid(groups)?;
-        let (params, offset, size) = self.params(params)?;
-        let bind_group = self.bind_group(kernel, &params, (offset, size), buffers);
+        let immediates = self.immediates(params)?;
+        let bind_group = self.bind_group(kernel, buffers);
         self.pending(|p| {
             let pass = p.pass.get_or_insert_with(|| {
                 p.encoder
@@ -391,6 +336,7 @@ impl Gpu {
                     .forget_lifetime()
             });
             pass.set_pipeline(&kernel.pipeline);
+            pass.set_immediates(0, immediates);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(x, y, 1);
             p.dispatches += 1;
@@ -434,7 +380,6 @@ impl Gpu {
     pub fn submit(&self) {
         if let Some(Pending { pass, encoder, .. }) = self.pending.borrow_mut().take() {
             drop(pass);
-            self.params.borrow_mut().flush(&self.queue);
             self.queue.submit([encoder.finish()]);
         }
     }
@@ -488,15 +433,6 @@ impl Gpu {
 /// views a buffer as vec4 runs.
 fn binding_size(bytes: u64) -> u64 {
     bytes.next_multiple_of(4).max(16)
-}
-
-fn params_buffer(device: &wgpu::Device) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("params"),
-        size: (PARAMS_SLOT * DISPATCHES_PER_SUBMIT) as u64,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }
 
 fn storage_usage() -> wgpu::BufferUsages {

@@ -145,8 +145,17 @@ impl WgpuBackend {
                 )));
             }
         };
+        // Every kernel takes its parameters as immediates: push constants on Vulkan, root
+        // constants on DX12, inline bytes on Metal.
+        if !available.contains(wgpu::Features::IMMEDIATES) {
+            return Err(backend_error(format!(
+                "{} does not support immediates (push constants), which the kernels take their \
+                 parameters in",
+                adapter.get_info().name
+            )));
+        }
         let subgroups = options.subgroups && available.contains(wgpu::Features::SUBGROUP);
-        let mut features = wgpu::Features::empty();
+        let mut features = wgpu::Features::IMMEDIATES;
         features.set(wgpu::Features::SHADER_F16, f16);
         features.set(wgpu::Features::SUBGROUP, subgroups);
         let gpu = Gpu::open(&adapter, features)?;
