@@ -250,7 +250,11 @@ impl WgpuBackend {
                 // 8 (gate, up) pairs per workgroup.
                 (&self.kernels.gemv_swiglu, (n_out / 2).div_ceil(8))
             }
-            // 8 outputs per workgroup.
+            // 8 outputs per workgroup; gemv_units binds only what it reads.
+            _ if rows == 1 && norm.is_none() && n_in.is_multiple_of(self.weight_unit()) => {
+                buffers.retain(|(binding, _)| [3, 4, 5, 7].contains(binding));
+                (&self.kernels.gemv_units, n_out.div_ceil(8))
+            }
             _ if rows == 1 => (&self.kernels.gemv, n_out.div_ceil(8)),
             _ => {
                 buffers.extend([(1, &x.buffer), (6, &w.buffer)]);
@@ -261,6 +265,11 @@ impl WgpuBackend {
         self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
 
+    /// Weights per 16-byte unit (UNIT in shaders/matmul.wgsl): the gemvs read whole units.
+    fn weight_unit(&self) -> usize {
+        16 / self.kv_value_bytes()
+    }
+
     /// Whether gemv_spans can take a product of `n_in` inputs over `spans`: one row, the
     /// attention output whole, within the kernel's workgroup arrays, in whole weight units.
     fn gemv_spans_fits(&self, spans: &SpanCombine, n_in: usize) -> bool {
@@ -268,7 +277,7 @@ impl WgpuBackend {
             && n_in == spans.heads * spans.head_dim
             && n_in <= 4 * GEMV_SPAN_RUNS
             // Whole 16-byte units of weights (stored in the KV cache's type).
-            && n_in.is_multiple_of(16 / self.kv_value_bytes())
+            && n_in.is_multiple_of(self.weight_unit())
             && spans.heads * spans.splits <= GEMV_SPAN_WEIGHTS
     }
 
