@@ -53,6 +53,9 @@ var<immediate> p: Params;
 // attention output goes.
 @group(0) @binding(15) var<storage, read> spans: array<vec4<f32>>;
 @group(0) @binding(16) var<storage, read_write> attention_out: array<vec4<f32>>;
+// The folded RMSNorm's weight as 16-byte units, like w_units (gemv_units_rms and
+// gemv_swiglu_units_rms).
+@group(0) @binding(17) var<storage, read> norm_units: array<vec4<u32>>;
 
 // x[row][k..k + 4] (k a multiple of 4), zero past the ends.
 fn x_quad(row: u32, k: u32) -> vec4<f32> {
@@ -266,50 +269,109 @@ fn gemv(lane: Lane) {
     }
 }
 
-// gemv without a folded norm, over whole weight units (n_in a multiple of UNIT): the same
-// sums without the branches and bindings the general gemv carries. Decode's plainest products
-// (the down projections) are the commonest; on the H100 this saved ~3% of SmolLM2's step.
-@compute @workgroup_size(256)
-fn gemv_units(lane: Lane) {
+// The one-row products over whole weight units (n_in a multiple of UNIT) without a folded
+// norm or with a folded RMSNorm (no bias): the general gemvs' sums without their branches and
+// bindings. On the H100, gemv_units for SmolLM2's down projections saved ~3% of a decode step.
+
+// Output o's partial dot product for this invocation's team, as gemv_part's: with `rms`, over
+// x * the norm weight (the caller scales the sum by 1 / rms).
+fn units_dot(o: u32, rms: bool, lane: Lane) -> f32 {
     let l = team_lane(lane);
     let t = team_size(lane);
     let n = p.n_in / UNIT;
+    var acc = 0.0;
+    if o < p.n_out {
+        let row = o * n;
+        // Four units a pass, all loaded before any is used.
+        var u = l;
+        while u + 3u * t < n {
+            let w0 = w_units[row + u];
+            let w1 = w_units[row + u + t];
+            let w2 = w_units[row + u + 2u * t];
+            let w3 = w_units[row + u + 3u * t];
+            acc += x_unit_dot(w0, u, rms) + x_unit_dot(w1, u + t, rms)
+                + x_unit_dot(w2, u + 2u * t, rms) + x_unit_dot(w3, u + 3u * t, rms);
+            u += 4u * t;
+        }
+        while u < n {
+            acc += x_unit_dot(w_units[row + u], u, rms);
+            u += t;
+        }
+    }
+    return acc;
+}
+
+// The dot product of weight unit u of a row with x's inputs u * UNIT..(u + 1) * UNIT, times
+// the norm weight's unit u with `rms`.
+fn x_unit_dot(units: vec4<u32>, u: u32, rms: bool) -> f32 {
+    if WT_BYTES == 2u {
+        var lo = vec4(unpack2x16float(units.x), unpack2x16float(units.y));
+        var hi = vec4(unpack2x16float(units.z), unpack2x16float(units.w));
+        if rms {
+            let g = norm_units[u];
+            lo *= vec4(unpack2x16float(g.x), unpack2x16float(g.y));
+            hi *= vec4(unpack2x16float(g.z), unpack2x16float(g.w));
+        }
+        return dot(lo, x4[2u * u]) + dot(hi, x4[2u * u + 1u]);
+    }
+    var w = bitcast<vec4<f32>>(units);
+    if rms {
+        w *= bitcast<vec4<f32>>(norm_units[u]);
+    }
+    return dot(w, x4[u]);
+}
+
+// 1 / rms(x) for a folded RMSNorm: every workgroup takes it itself.
+fn rms_scale(lane: Lane) -> f32 {
+    var squares = 0.0;
+    for (var i = lane.index; i < p.n_in; i += WG) {
+        let v = x_at(i);
+        squares += v * v;
+    }
+    return 1.0 / sqrt(wg_sum(squares, lane) / f32(p.n_in) + p.eps);
+}
+
+@compute @workgroup_size(256)
+fn gemv_units(lane: Lane) {
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
-        var acc = 0.0;
-        if o < p.n_out {
-            let row = o * n;
-            // As gemv_part: four units a pass, all loaded before any is used.
-            var u = l;
-            while u + 3u * t < n {
-                let w0 = w_units[row + u];
-                let w1 = w_units[row + u + t];
-                let w2 = w_units[row + u + 2u * t];
-                let w3 = w_units[row + u + 3u * t];
-                acc += x_unit_dot(w0, u) + x_unit_dot(w1, u + t) + x_unit_dot(w2, u + 2u * t)
-                    + x_unit_dot(w3, u + 3u * t);
-                u += 4u * t;
-            }
-            while u < n {
-                acc += x_unit_dot(w_units[row + u], u);
-                u += t;
-            }
-        }
-        let total = team_sum(acc, lane);
+        let total = team_sum(units_dot(o, false, lane), lane);
         if team_lane(lane) == 0u && o < p.n_out {
             store(0u, o, total);
         }
     }
 }
 
-// The dot product of weight unit u of a row with x's inputs u * UNIT..(u + 1) * UNIT.
-fn x_unit_dot(units: vec4<u32>, u: u32) -> f32 {
-    if WT_BYTES == 2u {
-        let lo = vec4(unpack2x16float(units.x), unpack2x16float(units.y));
-        let hi = vec4(unpack2x16float(units.z), unpack2x16float(units.w));
-        return dot(lo, x4[2u * u]) + dot(hi, x4[2u * u + 1u]);
+@compute @workgroup_size(256)
+fn gemv_units_rms(lane: Lane) {
+    let scale = rms_scale(lane);
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        let total = team_sum(units_dot(o, true, lane), lane) * scale;
+        if team_lane(lane) == 0u && o < p.n_out {
+            store(0u, o, total);
+        }
     }
-    return dot(bitcast<vec4<f32>>(units), x4[u]);
+}
+
+// gemv_swiglu over whole units with a folded RMSNorm.
+@compute @workgroup_size(256)
+fn gemv_swiglu_units_rms(lane: Lane) {
+    let scale = rms_scale(lane);
+    let width = p.n_out / 2u;
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        let inside = o < width;
+        // Out of range, o + width may be in range: both sums must still run (uniformity).
+        let gate = team_sum(units_dot(select(p.n_out, o, inside), true, lane), lane) * scale;
+        let up = team_sum(units_dot(select(p.n_out, o + width, inside), true, lane), lane) * scale;
+        if team_lane(lane) == 0u && inside {
+            store(0u, o, gate);
+            store(0u, o + width, up);
+            let g = out[o];
+            act[o] = g / (1.0 + exp(-g)) * out[o + width];
+        }
+    }
 }
 
 // Outputs [0, n_out) as gemv computes them, then the second product's n_b into out_b.

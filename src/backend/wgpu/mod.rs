@@ -244,24 +244,37 @@ impl WgpuBackend {
             buffers.extend([(7, &w.buffer), (11, &self.unused), (14, &self.unused)]);
             buffers.extend(norm_buffers);
         }
+        // The whole-unit gemvs take no norm or an RMSNorm without bias.
+        let rms = norm.map(|n| n.kind == NormKind::RmsNorm && n.bias.is_none());
+        let units = rows == 1 && n_in.is_multiple_of(self.weight_unit()) && rms != Some(false);
+        let k = &self.kernels;
         let (kernel, groups) = match then {
             Product::SwiGlu(act) => {
                 buffers.push((8, &act.buffer));
+                let kernel = if units && rms.is_some() {
+                    &k.gemv_swiglu_units_rms
+                } else {
+                    &k.gemv_swiglu
+                };
                 // 8 (gate, up) pairs per workgroup.
-                (&self.kernels.gemv_swiglu, (n_out / 2).div_ceil(8))
+                (kernel, (n_out / 2).div_ceil(8))
             }
-            // 8 outputs per workgroup; gemv_units binds only what it reads.
-            _ if rows == 1 && norm.is_none() && n_in.is_multiple_of(self.weight_unit()) => {
-                buffers.retain(|(binding, _)| [3, 4, 5, 7].contains(binding));
-                (&self.kernels.gemv_units, n_out.div_ceil(8))
-            }
-            _ if rows == 1 => (&self.kernels.gemv, n_out.div_ceil(8)),
+            // 8 outputs per workgroup.
+            _ if units && rms.is_some() => (&k.gemv_units_rms, n_out.div_ceil(8)),
+            _ if units => (&k.gemv_units, n_out.div_ceil(8)),
+            _ if rows == 1 => (&k.gemv, n_out.div_ceil(8)),
             _ => {
                 buffers.extend([(1, &x.buffer), (6, &w.buffer)]);
                 // 64 x 64 tiles.
-                (&self.kernels.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
+                (&k.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
             }
         };
+        // The whole-unit gemvs bind only what they read.
+        let whole_units = [&k.gemv_units, &k.gemv_units_rms, &k.gemv_swiglu_units_rms];
+        if whole_units.iter().any(|&u| std::ptr::eq(u, kernel)) {
+            buffers.retain(|(binding, _)| [3, 4, 5, 7, 8].contains(binding));
+            buffers.push((17, norm.map_or(&self.unused, |n| &n.weight.buffer)));
+        }
         self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
 
