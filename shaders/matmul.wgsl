@@ -324,12 +324,7 @@ fn x_unit_dot(units: vec4<u32>, u: u32, rms: bool) -> f32 {
 
 // 1 / rms(x) for a folded RMSNorm: every workgroup takes it itself.
 fn rms_scale(lane: Lane) -> f32 {
-    var squares = 0.0;
-    for (var i = lane.index; i < p.n_in; i += WG) {
-        let v = x_at(i);
-        squares += v * v;
-    }
-    return 1.0 / sqrt(wg_sum(squares, lane) / f32(p.n_in) + p.eps);
+    return row_stats(0u, p.n_in, true, p.eps, lane).inv;
 }
 
 @compute @workgroup_size(256)

@@ -9,15 +9,17 @@ struct RowStats {
 }
 
 // The mean (0 for RMSNorm) and variance of x_at(base..base + dim) in two passes, as on the
-// CPU: no E[x^2] - E[x]^2 cancellation. Every invocation of the workgroup must call it.
+// CPU: no E[x^2] - E[x]^2 cancellation. Every invocation of the workgroup must call it, with
+// the same `rms` (RMSNorm skips the mean's reduction).
 fn row_stats(base: u32, dim: u32, rms: bool, eps: f32, lane: Lane) -> RowStats {
-    var sum = 0.0;
+    var mean = 0.0;
     if !rms {
+        var sum = 0.0;
         for (var i = lane.index; i < dim; i += WG) {
             sum += x_at(base + i);
         }
+        mean = wg_sum(sum, lane) / f32(dim);
     }
-    let mean = wg_sum(sum, lane) / f32(dim);
     var squares = 0.0;
     for (var i = lane.index; i < dim; i += WG) {
         let d = x_at(base + i) - mean;
