@@ -4,7 +4,8 @@
 // [gate | up] product that also writes its SwiGLU, saving a dispatch per MLP; `gemv_pair` and
 // `gemv_sum` run a parallel block's two products of one kind in one dispatch. The gemvs but
 // gemv_sum may fold the norm of their row into the product (norm_row.wgsl), saving the norm's
-// dispatch.
+// dispatch. matmul_coop.wgsl runs the many-row product on cooperative matrices instead where
+// the adapter has them.
 
 struct Params {
     rows: u32,

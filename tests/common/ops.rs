@@ -105,7 +105,9 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
 
     // One-row products take the gemv: n_in 100 is a whole number of f32 16-byte units but not
     // of f16 ones, 1160 leaves a part pass of units, 4096 is a model's width; from 8192 the
-    // CUDA gemv splits each row over four warps (8194 on the scalar path).
+    // CUDA gemv splits each row over four warps (8194 on the scalar path). Where wgpu has
+    // cooperative matrices, (64, 128, 64) is one whole tile of them and (70, 208, 160) ends
+    // in part tiles both ways.
     for (rows, n_out, n_in) in [
         (1, 37, 70),
         (1, 1000, 256),
@@ -117,6 +119,7 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         (7, 130, 96),
         (33, 67, 200),
         (64, 128, 64),
+        (70, 208, 160),
     ] {
         for bias in [false, true] {
             let x = rng.values(rows * n_in, 1.0);
@@ -132,7 +135,7 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
     }
 
     // The fused products: into the residual stream, and through the MLP's activation.
-    for (rows, n_out, n_in) in [(1, 1000, 256), (7, 130, 96)] {
+    for (rows, n_out, n_in) in [(1, 1000, 256), (7, 130, 96), (70, 208, 160)] {
         for act in [
             None,
             Some(Activation::GeluErf),

@@ -130,10 +130,18 @@ impl Gpu {
     pub fn open(adapter: &wgpu::Adapter, features: wgpu::Features) -> Result<Gpu> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let experimental = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            // SAFETY: wgpu marks cooperative matrices experimental; the one kernel that uses
+            // them is checked against the CPU on an adapter that has them (tests/wgpu.rs).
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("keyformer"),
             required_features: features,
             required_limits: limits.clone(),
+            experimental_features: experimental,
             ..Default::default()
         }))
         .map_err(|e| backend_error(format!("opening {}: {e}", info.name)))?;

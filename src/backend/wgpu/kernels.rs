@@ -16,6 +16,7 @@ const ADD: &str = include_str!("../../../shaders/add.wgsl");
 const NORM_ROW: &str = include_str!("../../../shaders/norm_row.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/activation.wgsl");
 const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
@@ -28,6 +29,15 @@ pub(super) struct Variant {
     /// Weights (and so the KV cache) stored as f16 rather than f32.
     pub f16: bool,
     pub subgroups: bool,
+    /// Many-row products on cooperative matrices (matmul_coop.wgsl); implies f16 and
+    /// subgroups of 32.
+    pub coop: bool,
+}
+
+/// The many-row product on cooperative matrices: the input rounded to f16, then the product.
+pub(super) struct CoopMatmul {
+    pub to_half: Kernel,
+    pub matmul: Kernel,
 }
 
 pub(super) struct Kernels {
@@ -37,6 +47,7 @@ pub(super) struct Kernels {
     pub add: Kernel,
     pub norm: Kernel,
     pub matmul: Kernel,
+    pub matmul_coop: Option<CoopMatmul>,
     pub gemv: Kernel,
     pub gemv_units: Kernel,
     pub gemv_units_rms: Kernel,
@@ -70,6 +81,9 @@ impl Kernels {
             let mut src = String::new();
             if weight == "f16" {
                 src.push_str("enable f16;\n");
+            }
+            if parts.contains(&MATMUL_COOP) {
+                src.push_str("enable wgpu_cooperative_matrix;\n");
             }
             let bytes = if weight == "f16" { 2 } else { 4 };
             // The KV cache is stored in the weights' type.
@@ -114,7 +128,12 @@ impl Kernels {
         let matmul = module("matmul", wt, &[GELU, NORM_ROW, MATMUL], false);
         // The tiled matmul (prefill) is faster with the counters: on the H100, GPT-J's
         // 512-token prefill took 710 ms with them and 851-894 ms without.
-        let matmul_tiled = module("matmul tiled", wt, &[GELU, NORM_ROW, MATMUL], true);
+        let tiled_parts: &[&str] = if v.coop {
+            &[GELU, NORM_ROW, MATMUL, MATMUL_COOP]
+        } else {
+            &[GELU, NORM_ROW, MATMUL]
+        };
+        let matmul_tiled = module("matmul tiled", wt, tiled_parts, true);
         let activation = module("activation", wt, &[GELU, ACTIVATION], false);
         let attention = module("attention", wt, &[NOISE, ATTENTION], false);
         let evict = module("evict", wt, &[EVICT], false);
@@ -125,6 +144,10 @@ impl Kernels {
             add: kernel(&add, "add"),
             norm: kernel(&norm, "norm"),
             matmul: kernel(&matmul_tiled, "matmul"),
+            matmul_coop: v.coop.then(|| CoopMatmul {
+                to_half: kernel(&matmul_tiled, "to_half"),
+                matmul: kernel(&matmul_tiled, "matmul_coop"),
+            }),
             gemv: kernel(&matmul, "gemv"),
             gemv_units: kernel(&matmul, "gemv_units"),
             gemv_units_rms: kernel(&matmul, "gemv_units_rms"),

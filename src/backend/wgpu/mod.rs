@@ -28,7 +28,7 @@ use crate::model::config::{Activation, NormKind};
 use crate::model::weights::Linear;
 use cache::SpanCombine;
 use device::{Gpu, backend_error};
-use kernels::{Kernels, Variant};
+use kernels::{CoopMatmul, Kernels, Variant};
 
 /// The storage type of weights (and of the KV cache).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,12 +100,29 @@ fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
 const GEMV_SPAN_RUNS: usize = 512;
 const GEMV_SPAN_WEIGHTS: usize = 512;
 
+/// Whether matmul_coop.wgsl can run on the adapter: 16 x 16 x 16 cooperative matrices of f16
+/// with f32 accumulation (tensor cores), a subgroup size of exactly 32 (the kernel splits its
+/// tile among 8 subgroups) and room for its workgroup arrays (15 KiB of slices, 8 KiB of
+/// results).
+fn has_matrix_units(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && adapter.cooperative_matrix_properties().iter().any(|m| {
+            (m.m_size, m.n_size, m.k_size) == (16, 16, 16)
+                && m.ab_type == wgpu::CooperativeScalarType::F16
+                && m.cr_type == wgpu::CooperativeScalarType::F32
+        })
+        && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
+        && adapter.limits().max_compute_workgroup_storage_size >= 23 * 1024
+}
+
 /// Workgroups for one invocation per value, 256 invocations each.
 fn groups_for(values: usize) -> usize {
     values.div_ceil(256)
 }
 
-/// A kernel parameter word from a size (kernels index with u32).
 /// That x, w (and its bias) and out hold `rows` rows of a product of (n_out, n_in).
 fn check_product(
     x: &WgpuBuf,
@@ -124,6 +141,7 @@ fn check_product(
     Ok(())
 }
 
+/// A kernel parameter word from a size (kernels index with u32).
 fn word(n: usize) -> Result<u32> {
     u32::try_from(n)
         .map_err(|_| backend_error(format!("{n} does not fit the kernels' u32 indices")))
@@ -155,11 +173,17 @@ impl WgpuBackend {
             )));
         }
         let subgroups = options.subgroups && available.contains(wgpu::Features::SUBGROUP);
+        let coop = f16 && subgroups && has_matrix_units(&adapter);
         let mut features = wgpu::Features::IMMEDIATES;
         features.set(wgpu::Features::SHADER_F16, f16);
         features.set(wgpu::Features::SUBGROUP, subgroups);
+        features.set(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, coop);
         let gpu = Gpu::open(&adapter, features)?;
-        let variant = Variant { f16, subgroups };
+        let variant = Variant {
+            f16,
+            subgroups,
+            coop,
+        };
         let kernels = Kernels::build(&gpu, variant)?;
         // 16 bytes: the smallest binding of the kernels' largest element (vec4).
         let unused = gpu.buffer(16, "unused")?;
@@ -263,11 +287,16 @@ impl WgpuBackend {
             _ if units && rms.is_some() => (&k.gemv_units_rms, n_out.div_ceil(8)),
             _ if units => (&k.gemv_units, n_out.div_ceil(8)),
             _ if rows == 1 => (&k.gemv, n_out.div_ceil(8)),
-            _ => {
-                buffers.extend([(1, &x.buffer), (6, &w.buffer)]);
-                // 64 x 64 tiles.
-                (&k.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
-            }
+            _ => match &k.matmul_coop {
+                Some(coop) if n_in.is_multiple_of(32) && n_out.is_multiple_of(16) => {
+                    return self.matmul_coop(coop, &params, x, rows, w, n_out, n_in, bias, out);
+                }
+                _ => {
+                    buffers.extend([(1, &x.buffer), (6, &w.buffer)]);
+                    // 64 x 64 tiles.
+                    (&k.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
+                }
+            },
         };
         // The whole-unit gemvs bind only what they read.
         let whole_units = [&k.gemv_units, &k.gemv_units_rms, &k.gemv_swiglu_units_rms];
@@ -276,6 +305,34 @@ impl WgpuBackend {
             buffers.push((17, norm.map_or(&self.unused, |n| &n.weight.buffer)));
         }
         self.gpu.dispatch(kernel, &params, &buffers, groups)
+    }
+
+    /// The many-row product on cooperative matrices (shaders/matmul_coop.wgsl): x rounded to
+    /// f16 in whole 64-row tiles, then 64-row x 128-output tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_coop(
+        &self,
+        coop: &CoopMatmul,
+        params: &[u32],
+        x: &WgpuBuf,
+        rows: usize,
+        w: &WgpuWeight,
+        n_out: usize,
+        n_in: usize,
+        bias: &wgpu::Buffer,
+        out: &WgpuBuf,
+    ) -> Result<()> {
+        let padded = rows.div_ceil(64) * 64;
+        let half = self.scratch("x half", (padded * n_in * 2) as u64)?;
+        self.gpu.dispatch(
+            &coop.to_half,
+            params,
+            &[(5, &x.buffer), (19, &half)],
+            groups_for(padded * n_in / 4),
+        )?;
+        let buffers = [(2, &w.buffer), (3, bias), (4, &out.buffer), (18, &half)];
+        let groups = rows.div_ceil(64) * n_out.div_ceil(128);
+        self.gpu.dispatch(&coop.matmul, params, &buffers, groups)
     }
 
     /// Weights per 16-byte unit (UNIT in shaders/matmul.wgsl): the gemvs read whole units.
@@ -417,12 +474,17 @@ impl Backend for WgpuBackend {
     fn name(&self) -> String {
         let info = &self.gpu.info;
         format!(
-            "wgpu ({}, {:?}, {}{})",
+            "wgpu ({}, {:?}, {}{}{})",
             info.name,
             info.backend,
             if self.variant.f16 { "f16" } else { "f32" },
             if self.variant.subgroups {
                 ", subgroups"
+            } else {
+                ""
+            },
+            if self.variant.coop {
+                ", cooperative matrices"
             } else {
                 ""
             }
