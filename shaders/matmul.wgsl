@@ -110,12 +110,19 @@ const TK: u32 = 16u;
 var<workgroup> x_tile: array<vec4<f32>, 256>;
 var<workgroup> w_tile: array<vec4<f32>, 256>;
 
+// The first row and output of this workgroup's tile of tile_rows x tile_outs, the tiles laid
+// out outputs first (the host's grid: row tiles x output tiles).
+fn tile_origin(lane: Lane, tile_rows: u32, tile_outs: u32) -> vec2<u32> {
+    let tiles_out = (p.n_out + tile_outs - 1u) / tile_outs;
+    let tile = group_index(lane);
+    return vec2(tile / tiles_out * tile_rows, tile % tiles_out * tile_outs);
+}
+
 @compute @workgroup_size(256)
 fn matmul(lane: Lane) {
-    let tiles_out = (p.n_out + TILE - 1u) / TILE;
-    let tile = group_index(lane);
-    let row0 = tile / tiles_out * TILE;
-    let out0 = tile % tiles_out * TILE;
+    let origin = tile_origin(lane, TILE, TILE);
+    let row0 = origin.x;
+    let out0 = origin.y;
     let my_rows = lane.index / 16u * 4u;
     let my_out = lane.index % 16u;
     // Tile loading: this invocation's row (or output) and quarter of the k slice.

@@ -1,7 +1,8 @@
 // The many-row product of matmul.wgsl on the adapter's matrix units (tensor cores), for
 // adapters with 16 x 16 x 16 cooperative matrices of f16 inputs with f32 accumulation, and
-// subgroups of 32. The host appends this to matmul.wgsl (its Params, bindings and `store`) for
-// such adapters only, and uses it where n_in is a multiple of 32 and n_out of 16.
+// subgroups of 32. The host appends this to matmul.wgsl (its Params, bindings, `store` and
+// `tile_origin`) for such adapters only, and uses it where n_in is a multiple of 32 and n_out
+// of 16.
 //
 // `to_half` first rounds the input rows to f16 (as the CUDA backend does before cuBLAS; the
 // weights are f16 already), padded with zero rows to whole tiles. `matmul_coop` then computes a
@@ -60,10 +61,9 @@ fn coop_store(c: coop_mat16x16<f32, C>, r0: u32, o0: u32, lane: Lane) {
 
 @compute @workgroup_size(256)
 fn matmul_coop(lane: Lane) {
-    let tiles_out = (p.n_out + COOP_OUTS - 1u) / COOP_OUTS;
-    let tile = group_index(lane);
-    let row0 = tile / tiles_out * COOP_ROWS;
-    let out0 = tile % tiles_out * COOP_OUTS;
+    let origin = tile_origin(lane, COOP_ROWS, COOP_OUTS);
+    let row0 = origin.x;
+    let out0 = origin.y;
     let n = p.n_in;
     let sg = lane.subgroup;
     // What this subgroup copies each slice: the x block (row block sg / 2, k block sg % 2) and

@@ -100,6 +100,11 @@ fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
 const GEMV_SPAN_RUNS: usize = 512;
 const GEMV_SPAN_WEIGHTS: usize = 512;
 
+/// matmul_coop.wgsl's tile (COOP_ROWS x COOP_OUTS there): x is rounded to f16 in whole row
+/// tiles, so the host sizes that buffer and both grids by it.
+const COOP_TILE_ROWS: usize = 64;
+const COOP_TILE_OUTS: usize = 128;
+
 /// Whether matmul_coop.wgsl can run on the adapter: 16 x 16 x 16 cooperative matrices of f16
 /// with f32 accumulation (tensor cores), a subgroup size of exactly 32 (the kernel splits its
 /// tile among 8 subgroups) and room for its workgroup arrays (15 KiB of slices, 8 KiB of
@@ -308,7 +313,7 @@ impl WgpuBackend {
     }
 
     /// The many-row product on cooperative matrices (shaders/matmul_coop.wgsl): x rounded to
-    /// f16 in whole 64-row tiles, then 64-row x 128-output tiles.
+    /// f16 in whole row tiles, then the product tile by tile.
     #[allow(clippy::too_many_arguments)]
     fn matmul_coop(
         &self,
@@ -322,7 +327,7 @@ impl WgpuBackend {
         bias: &wgpu::Buffer,
         out: &WgpuBuf,
     ) -> Result<()> {
-        let padded = rows.div_ceil(64) * 64;
+        let padded = rows.next_multiple_of(COOP_TILE_ROWS);
         let half = self.scratch("x half", (padded * n_in * 2) as u64)?;
         self.gpu.dispatch(
             &coop.to_half,
@@ -331,7 +336,7 @@ impl WgpuBackend {
             groups_for(padded * n_in / 4),
         )?;
         let buffers = [(2, &w.buffer), (3, bias), (4, &out.buffer), (18, &half)];
-        let groups = rows.div_ceil(64) * n_out.div_ceil(128);
+        let groups = rows.div_ceil(COOP_TILE_ROWS) * n_out.div_ceil(COOP_TILE_OUTS);
         self.gpu.dispatch(&coop.matmul, params, &buffers, groups)
     }
 
