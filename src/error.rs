@@ -28,8 +28,8 @@ pub enum Error {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
-    #[error("unknown architecture '{0}' (supported: gpt2, gptj, mpt, llama)")]
-    UnknownArchitecture(String),
+    #[error("unknown architecture '{name}' (supported: {supported})")]
+    UnknownArchitecture { name: String, supported: String },
     #[error("config: {0}")]
     Config(String),
     #[error("tokenizer: {0}")]

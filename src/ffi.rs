@@ -378,7 +378,7 @@ pub unsafe extern "C" fn kf_model_load(
         let c = any.config();
         let handle = ModelHandle {
             backend: CString::new(any.backend_name()).unwrap_or_default(),
-            architecture: CString::new(c.arch.name()).unwrap_or_default(),
+            architecture: CString::new(c.arch.name).unwrap_or_default(),
             vocab_size: c.vocab_size,
             context_length: c.max_context,
             layers: c.layers,

@@ -115,7 +115,7 @@ fn unknown_architecture() {
     edit_config(&dir, |c| c["model_type"] = "falcon".into());
     let err = load(&dir).err().unwrap();
     assert!(
-        matches!(&err, Error::UnknownArchitecture(a) if a == "falcon"),
+        matches!(&err, Error::UnknownArchitecture { name, .. } if name == "falcon"),
         "{err}"
     );
 }

@@ -247,7 +247,7 @@ fn run_generation<B: Backend>(
     eprintln!(
         "loaded {} ({}) in {:.1} s",
         args.model.display(),
-        model.config.arch.name(),
+        model.config.arch.name,
         t0.elapsed().as_secs_f64()
     );
     let tok = model.tokenizer()?;

@@ -167,12 +167,12 @@ impl Planner {
 mod tests {
     use super::*;
     use crate::kv::policy::{Budget, CacheConfig, Policy};
-    use crate::model::config::{Activation, Arch, NormKind, Positions};
+    use crate::model::config::{Activation, NormKind, Positions};
 
     /// SmolLM2-135M's shape.
     fn config() -> ModelConfig {
         ModelConfig {
-            arch: Arch::Llama,
+            arch: &crate::model::arch::LLAMA,
             vocab_size: 49152,
             hidden: 576,
             layers: 30,
@@ -187,6 +187,7 @@ mod tests {
             positions: Positions::Alibi { slopes: vec![] },
             attn_scale: 0.125,
             parallel_block: false,
+            tied_embeddings: true,
             bos: None,
             eos: vec![],
         }

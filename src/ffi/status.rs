@@ -38,7 +38,7 @@ impl From<Error> for Failure {
             | Error::Unsupported { .. }
             | Error::MissingTensor(_)
             | Error::Shape { .. }
-            | Error::UnknownArchitecture(_)
+            | Error::UnknownArchitecture { .. }
             | Error::Config(_)
             | Error::Tokenizer(_) => KF_ERR_MODEL,
             Error::InvalidInput(_) => KF_ERR_INVALID_ARGUMENT,

@@ -1,46 +1,14 @@
-//! One model description for every architecture, read from a Hugging Face config.json or from
-//! GGUF metadata. The forward pass only looks at this struct, never at the architecture name
-//! beyond the few switches below.
+//! One model description for every architecture. Each architecture (src/model/arch/) reads its
+//! Hugging Face config.json or GGUF metadata into this struct through the strict, typed readers
+//! below; the forward pass reads only the struct, never an architecture's name.
 
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::gguf::GgufFile;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// GPT-2 layout (Cerebras-GPT): learned positions, LayerNorm, GELU, biases.
-    Gpt2,
-    /// GPT-J: parallel attention and MLP from one LayerNorm, partial interleaved rotary.
-    GptJ,
-    /// MPT: ALiBi, fused Wqkv, no biases.
-    Mpt,
-    /// Llama: RMSNorm, SwiGLU, grouped-query attention, rotary.
-    Llama,
-}
-
-impl Arch {
-    pub fn parse(name: &str) -> Result<Arch> {
-        match name {
-            "gpt2" => Ok(Arch::Gpt2),
-            "gptj" => Ok(Arch::GptJ),
-            "mpt" => Ok(Arch::Mpt),
-            "llama" => Ok(Arch::Llama),
-            other => Err(Error::UnknownArchitecture(other.to_string())),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Gpt2 => "gpt2",
-            Arch::GptJ => "gptj",
-            Arch::Mpt => "mpt",
-            Arch::Llama => "llama",
-        }
-    }
-}
+use crate::model::arch::{self, Architecture};
+use crate::model::gguf::{GgufFile, GgufValue};
 
 /// Which pairs of dimensions a rotary embedding rotates together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +52,7 @@ pub enum Activation {
 
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
-    pub arch: Arch,
+    pub arch: &'static Architecture,
     pub vocab_size: usize,
     pub hidden: usize,
     pub layers: usize,
@@ -101,6 +69,8 @@ pub struct ModelConfig {
     pub attn_scale: f32,
     /// GPT-J: attention and MLP read the same normalised input and add in parallel.
     pub parallel_block: bool,
+    /// The output projection is the embedding matrix unless the checkpoint has its own.
+    pub tied_embeddings: bool,
     pub bos: Option<u32>,
     pub eos: Vec<u32>,
 }
@@ -124,236 +94,48 @@ impl ModelConfig {
         })
     }
 
+    /// A Hugging Face config.json, read by the architecture its `model_type` names.
     pub fn from_hf_value(json: &Value) -> Result<ModelConfig> {
-        let c = HfConfig(json);
-        let model_type = c.str("model_type")?;
-        let arch = Arch::parse(model_type)?;
-        let (bos, eos) = (
-            c.opt_u64("bos_token_id").map(|v| v as u32),
-            c.ids("eos_token_id"),
-        );
-        let cfg = match arch {
-            Arch::Gpt2 => {
-                let hidden = c.usize("n_embd")?;
-                let heads = c.usize("n_head")?;
-                ModelConfig {
-                    arch,
-                    vocab_size: c.usize("vocab_size")?,
-                    hidden,
-                    layers: c.usize("n_layer")?,
-                    heads,
-                    kv_heads: heads,
-                    head_dim: divide(hidden, heads)?,
-                    ffn_hidden: c.opt_usize("n_inner").unwrap_or(4 * hidden),
-                    max_context: c.usize("n_positions")?,
-                    norm: NormKind::LayerNorm,
-                    norm_eps: c.opt_f64("layer_norm_epsilon").unwrap_or(1e-5) as f32,
-                    activation: gelu_kind(c.opt_str("activation_function").unwrap_or("gelu_new"))?,
-                    positions: Positions::Learned,
-                    attn_scale: 1.0 / (divide(hidden, heads)? as f32).sqrt(),
-                    parallel_block: false,
-                    bos,
-                    eos,
-                }
-            }
-            Arch::GptJ => {
-                let hidden = c.usize("n_embd")?;
-                let heads = c.usize("n_head")?;
-                let head_dim = divide(hidden, heads)?;
-                let rotary_dim = c.opt_usize("rotary_dim").unwrap_or(head_dim);
-                ModelConfig {
-                    arch,
-                    vocab_size: c.usize("vocab_size")?,
-                    hidden,
-                    layers: c.usize("n_layer")?,
-                    heads,
-                    kv_heads: heads,
-                    head_dim,
-                    ffn_hidden: c.opt_usize("n_inner").unwrap_or(4 * hidden),
-                    max_context: c.usize("n_positions")?,
-                    norm: NormKind::LayerNorm,
-                    norm_eps: c.opt_f64("layer_norm_epsilon").unwrap_or(1e-5) as f32,
-                    activation: gelu_kind(c.opt_str("activation_function").unwrap_or("gelu_new"))?,
-                    positions: rotary(rotary_dim, head_dim, 10000.0, RopePairs::Interleaved)?,
-                    attn_scale: 1.0 / (head_dim as f32).sqrt(),
-                    parallel_block: true,
-                    bos,
-                    eos,
-                }
-            }
-            Arch::Mpt => {
-                let hidden = c.usize("d_model")?;
-                let heads = c.usize("n_heads")?;
-                let head_dim = divide(hidden, heads)?;
-                let attn = json.get("attn_config").cloned().unwrap_or(Value::Null);
-                let attn = HfConfig(&attn);
-                if attn.opt_bool("alibi") == Some(false) {
-                    return Err(Error::Config("MPT without ALiBi is not supported".into()));
-                }
-                if attn.opt_bool("qk_ln") == Some(true) || attn.opt_f64("clip_qkv").is_some() {
-                    return Err(Error::Config(
-                        "MPT qk_ln and clip_qkv are not supported".into(),
-                    ));
-                }
-                if c.opt_bool("no_bias") == Some(false) {
-                    return Err(Error::Config(
-                        "MPT with biases (no_bias=false) is not supported".into(),
-                    ));
-                }
-                let scale = attn
-                    .opt_f64("softmax_scale")
-                    .map(|s| s as f32)
-                    .unwrap_or(1.0 / (head_dim as f32).sqrt());
-                let max_bias = attn.opt_f64("alibi_bias_max").unwrap_or(8.0);
-                ModelConfig {
-                    arch,
-                    vocab_size: c.usize("vocab_size")?,
-                    hidden,
-                    layers: c.usize("n_layers")?,
-                    heads,
-                    kv_heads: heads,
-                    head_dim,
-                    ffn_hidden: hidden * c.opt_usize("expansion_ratio").unwrap_or(4),
-                    max_context: c.usize("max_seq_len")?,
-                    norm: NormKind::LayerNorm,
-                    norm_eps: c.opt_f64("layer_norm_epsilon").unwrap_or(1e-5) as f32,
-                    activation: Activation::GeluErf,
-                    positions: Positions::Alibi {
-                        slopes: mpt_alibi_slopes(heads, max_bias),
-                    },
-                    attn_scale: scale,
-                    parallel_block: false,
-                    bos,
-                    eos,
-                }
-            }
-            Arch::Llama => {
-                let hidden = c.usize("hidden_size")?;
-                let heads = c.usize("num_attention_heads")?;
-                let head_dim = match c.opt_usize("head_dim") {
-                    Some(d) => d,
-                    None => divide(hidden, heads)?,
-                };
-                let rope = json
-                    .get("rope_parameters")
-                    .or_else(|| json.get("rope_scaling"));
-                let rope_kind = rope
-                    .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                if rope_kind != "default" {
-                    return Err(Error::Config(format!(
-                        "rope type '{rope_kind}' is not supported"
-                    )));
-                }
-                let theta = c
-                    .opt_f64("rope_theta")
-                    .or_else(|| {
-                        rope.and_then(|r| r.get("rope_theta"))
-                            .and_then(Value::as_f64)
-                    })
-                    .unwrap_or(10000.0);
-                if c.opt_bool("attention_bias") == Some(true)
-                    || c.opt_bool("mlp_bias") == Some(true)
-                {
-                    return Err(Error::Config("Llama with biases is not supported".into()));
-                }
-                ModelConfig {
-                    arch,
-                    vocab_size: c.usize("vocab_size")?,
-                    hidden,
-                    layers: c.usize("num_hidden_layers")?,
-                    heads,
-                    kv_heads: c.opt_usize("num_key_value_heads").unwrap_or(heads),
-                    head_dim,
-                    ffn_hidden: c.usize("intermediate_size")?,
-                    max_context: c.opt_usize("max_position_embeddings").unwrap_or(2048),
-                    norm: NormKind::RmsNorm,
-                    norm_eps: c.opt_f64("rms_norm_eps").unwrap_or(1e-6) as f32,
-                    activation: Activation::SwiGlu,
-                    positions: rotary(head_dim, head_dim, theta, RopePairs::Halves)?,
-                    attn_scale: 1.0 / (head_dim as f32).sqrt(),
-                    parallel_block: false,
-                    bos,
-                    eos,
-                }
-            }
-        };
+        let c = HfConfig::new(json)?;
+        let arch = arch::by_hf_type(c.str("model_type")?)?;
+        let cfg = (arch.from_hf)(&c)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Llama-family models stored as GGUF (the layout llama.cpp writes).
+    /// A GGUF file's metadata, read by the architecture its `general.architecture` names.
     pub fn from_gguf(g: &GgufFile) -> Result<ModelConfig> {
-        let arch_name = g.architecture()?;
-        let arch = Arch::parse(arch_name)?;
-        if arch != Arch::Llama {
-            return Err(Error::Unsupported {
-                path: g.path().to_path_buf(),
-                what: format!("GGUF architecture '{arch_name}' (GGUF loading supports llama)"),
-            });
-        }
-        let key = |k: &str| format!("{arch_name}.{k}");
-        let need = |k: &str| -> Result<usize> {
-            g.get(&key(k))
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .ok_or_else(|| {
-                    Error::malformed(g.path(), "GGUF", format!("missing metadata {}", key(k)))
-                })
-        };
-        let hidden = need("embedding_length")?;
-        let heads = need("attention.head_count")?;
-        let head_dim = divide(hidden, heads)?;
-        let rope_dims = need("rope.dimension_count").unwrap_or(head_dim);
-        let theta = g
-            .get(&key("rope.freq_base"))
-            .and_then(|v| v.as_f64())
-            .unwrap_or(10000.0);
-        let vocab_size = match need("vocab_size") {
-            Ok(v) => v,
-            Err(_) => g.tensor_shape("token_embd.weight")?[0],
-        };
-        let id = |k: &str| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let cfg = ModelConfig {
-            arch,
-            vocab_size,
-            hidden,
-            layers: need("block_count")?,
-            heads,
-            kv_heads: need("attention.head_count_kv").unwrap_or(heads),
-            head_dim,
-            ffn_hidden: need("feed_forward_length")?,
-            max_context: need("context_length")?,
-            norm: NormKind::RmsNorm,
-            norm_eps: g
-                .get(&key("attention.layer_norm_rms_epsilon"))
-                .and_then(|v| v.as_f64())
-                .unwrap_or(1e-5) as f32,
-            activation: Activation::SwiGlu,
-            positions: rotary(rope_dims, head_dim, theta, RopePairs::Interleaved)?,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            parallel_block: false,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
-        };
+        let name = g.architecture()?;
+        let arch = arch::by_gguf_name(name)?;
+        let read = arch.from_gguf.ok_or_else(|| Error::Unsupported {
+            path: g.path().to_path_buf(),
+            what: format!("GGUF architecture '{name}'"),
+        })?;
+        let cfg = read(&GgufConfig {
+            file: g,
+            arch: name,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<()> {
         let fields = [
-            ("vocab_size", self.vocab_size),
-            ("hidden size", self.hidden),
-            ("layers", self.layers),
-            ("heads", self.heads),
-            ("kv heads", self.kv_heads),
-            ("head_dim", self.head_dim),
-            ("ffn size", self.ffn_hidden),
-            ("context length", self.max_context),
+            ("vocab_size", self.vocab_size, 1 << 23),
+            ("hidden size", self.hidden, 1 << 17),
+            ("layers", self.layers, 1 << 12),
+            ("heads", self.heads, 1 << 12),
+            ("kv heads", self.kv_heads, 1 << 12),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("ffn size", self.ffn_hidden, 1 << 20),
+            ("context length", self.max_context, MAX_SIZE),
         ];
-        if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::Config(format!("{name} must be positive")));
+        for (name, value, max) in fields {
+            if value == 0 || value > max {
+                return Err(Error::Config(format!(
+                    "{name} {value} is out of range (1 to {max})"
+                )));
+            }
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(Error::Config(format!(
@@ -361,11 +143,29 @@ impl ModelConfig {
                 self.heads, self.kv_heads
             )));
         }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::Config(format!(
+                "norm epsilon {} must be a positive number",
+                self.norm_eps
+            )));
+        }
+        if !(self.attn_scale.is_finite() && self.attn_scale > 0.0) {
+            return Err(Error::Config(format!(
+                "attention scale {} must be a positive number",
+                self.attn_scale
+            )));
+        }
         Ok(())
     }
 }
 
-fn divide(hidden: usize, heads: usize) -> Result<usize> {
+/// No size in a config may exceed this (16M), so an absurd value is refused before anything
+/// is sized from it; `validate` then applies each field's own limit.
+pub const MAX_SIZE: usize = 1 << 24;
+/// The widest attention head of a supported model is 256; this leaves room above it.
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+
+pub(crate) fn divide(hidden: usize, heads: usize) -> Result<usize> {
     if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(Error::Config(format!(
             "hidden size {hidden} is not divisible by {heads} heads"
@@ -374,7 +174,7 @@ fn divide(hidden: usize, heads: usize) -> Result<usize> {
     Ok(hidden / heads)
 }
 
-fn gelu_kind(name: &str) -> Result<Activation> {
+pub(crate) fn gelu_kind(name: &str) -> Result<Activation> {
     match name {
         "gelu" => Ok(Activation::GeluErf),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
@@ -384,10 +184,22 @@ fn gelu_kind(name: &str) -> Result<Activation> {
     }
 }
 
-fn rotary(dims: usize, head_dim: usize, theta: f64, pairs: RopePairs) -> Result<Positions> {
-    if dims == 0 || dims > head_dim || !dims.is_multiple_of(2) {
+/// Rotary embedding on the first `dims` of `head_dim` with the usual inverse frequencies
+/// theta^(-2i/dims).
+pub(crate) fn rotary(
+    dims: usize,
+    head_dim: usize,
+    theta: f64,
+    pairs: RopePairs,
+) -> Result<Positions> {
+    if head_dim > MAX_HEAD_DIM || dims == 0 || dims > head_dim || !dims.is_multiple_of(2) {
         return Err(Error::Config(format!(
-            "rotary dims {dims} must be even and at most head_dim {head_dim}"
+            "rotary dims {dims} must be even and at most head_dim {head_dim} (at most {MAX_HEAD_DIM})"
+        )));
+    }
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(Error::Config(format!(
+            "rope theta {theta} must be a number above 1"
         )));
     }
     let inv_freq = (0..dims / 2)
@@ -400,59 +212,203 @@ fn rotary(dims: usize, head_dim: usize, theta: f64, pairs: RopePairs) -> Result<
     })
 }
 
-/// MPT's slopes: geometric in 2^(-max_bias * i / n) over the next power of two of the head
-/// count, taking the odd then even entries when the head count is not a power of two.
-pub fn mpt_alibi_slopes(heads: usize, max_bias: f64) -> Vec<f32> {
-    let pow2 = heads.next_power_of_two();
-    let all: Vec<f32> = (1..=pow2)
-        .map(|i| (1.0 / 2f64.powf(i as f64 * max_bias / pow2 as f64)) as f32)
-        .collect();
-    if pow2 == heads {
-        return all;
-    }
-    let odd = all.iter().skip(1).step_by(2);
-    let even = all.iter().step_by(2);
-    odd.chain(even).take(heads).copied().collect()
+/// Typed, strict access to a config.json object: a missing required field, or a field of the
+/// wrong type or out of range, is an error naming the field and its value.
+pub struct HfConfig<'a> {
+    pub json: &'a serde_json::Map<String, Value>,
 }
 
-/// Typed access to a config.json object with errors that name the missing key.
-struct HfConfig<'a>(&'a Value);
+impl<'a> HfConfig<'a> {
+    pub fn new(json: &'a Value) -> Result<HfConfig<'a>> {
+        let json = json
+            .as_object()
+            .ok_or_else(|| Error::Config("config.json is not a JSON object".into()))?;
+        Ok(HfConfig { json })
+    }
 
-impl HfConfig<'_> {
-    fn str(&self, key: &str) -> Result<&str> {
-        self.opt_str(key)
-            .ok_or_else(|| Error::Config(format!("missing string field '{key}'")))
+    /// The field, where present and not null.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.json.get(key).filter(|v| !v.is_null())
     }
-    fn opt_str(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(Value::as_str)
+
+    fn wrong(key: &str, v: &Value, what: &str) -> Error {
+        Error::Config(format!("field '{key}' is {v}, expected {what}"))
     }
-    fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)
-            .ok_or_else(|| Error::Config(format!("missing integer field '{key}'")))
+
+    fn missing(key: &str, what: &str) -> Error {
+        Error::Config(format!("missing field '{key}' ({what})"))
     }
-    fn opt_usize(&self, key: &str) -> Option<usize> {
-        self.opt_u64(key).map(|v| v as usize)
+
+    pub fn str(&self, key: &str) -> Result<&'a str> {
+        self.opt_str(key)?
+            .ok_or_else(|| Self::missing(key, "a string"))
     }
-    fn opt_u64(&self, key: &str) -> Option<u64> {
-        self.0.get(key).and_then(Value::as_u64)
+
+    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key)
+            .map(|v| v.as_str().ok_or_else(|| Self::wrong(key, v, "a string")))
+            .transpose()
     }
-    fn opt_f64(&self, key: &str) -> Option<f64> {
-        self.0.get(key).and_then(Value::as_f64)
+
+    /// A size: an integer from 0 to `MAX_SIZE`.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?
+            .ok_or_else(|| Self::missing(key, "an integer"))
     }
-    fn opt_bool(&self, key: &str) -> Option<bool> {
-        self.0.get(key).and_then(Value::as_bool)
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key)
+            .map(|v| match v.as_u64() {
+                Some(n) if n <= MAX_SIZE as u64 => Ok(n as usize),
+                _ => Err(Self::wrong(
+                    key,
+                    v,
+                    &format!("an integer from 0 to {MAX_SIZE}"),
+                )),
+            })
+            .transpose()
     }
-    /// An id or a list of ids.
-    fn ids(&self, key: &str) -> Vec<u32> {
-        match self.0.get(key) {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(Value::as_u64)
-                .map(|v| v as u32)
-                .collect(),
-            Some(v) => v.as_u64().map(|v| v as u32).into_iter().collect(),
-            None => Vec::new(),
+
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| Self::wrong(key, v, "a number"))
+            })
+            .transpose()
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| Self::wrong(key, v, "true or false"))
+            })
+            .transpose()
+    }
+
+    /// A nested object (e.g. `rope_scaling`), where present and not null.
+    pub fn opt_object(&self, key: &str) -> Result<Option<HfConfig<'a>>> {
+        self.get(key)
+            .map(|v| {
+                v.as_object()
+                    .map(|json| HfConfig { json })
+                    .ok_or_else(|| Self::wrong(key, v, "an object"))
+            })
+            .transpose()
+    }
+
+    /// A list of finite numbers (e.g. longrope's factors).
+    pub fn opt_f64s(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.get(key)
+            .map(|v| {
+                let bad = || Self::wrong(key, v, "a list of numbers");
+                let items = v.as_array().ok_or_else(bad)?;
+                items
+                    .iter()
+                    .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(bad))
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// A token id or a list of them.
+    pub fn ids(&self, key: &str) -> Result<Vec<u32>> {
+        let id = |v: &Value| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| Self::wrong(key, v, "a token id or a list of token ids"))
+        };
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items.iter().map(id).collect(),
+            Some(v) => Ok(vec![id(v)?]),
         }
+    }
+
+    /// The special-token fields every architecture shares: (bos, eos ids).
+    pub fn bos_eos(&self) -> Result<(Option<u32>, Vec<u32>)> {
+        let bos = match self.ids("bos_token_id")?.as_slice() {
+            [] => None,
+            [id] => Some(*id),
+            _ => {
+                let v = &self.json["bos_token_id"];
+                return Err(Self::wrong("bos_token_id", v, "one token id"));
+            }
+        };
+        Ok((bos, self.ids("eos_token_id")?))
+    }
+}
+
+/// Typed access to an architecture's GGUF metadata (`{arch}.{key}`), with the same limits.
+pub struct GgufConfig<'a> {
+    pub file: &'a GgufFile,
+    /// The `general.architecture` prefix of the keys.
+    pub arch: &'a str,
+}
+
+impl GgufConfig<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    fn malformed(&self, reason: String) -> Error {
+        Error::malformed(self.file.path(), "GGUF", reason)
+    }
+
+    /// `{arch}.{k}`, where present.
+    pub fn get(&self, k: &str) -> Option<&GgufValue> {
+        self.file.get(&self.key(k))
+    }
+
+    pub fn opt_usize(&self, k: &str) -> Result<Option<usize>> {
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
+        match v.as_u64() {
+            Some(n) if n <= MAX_SIZE as u64 => Ok(Some(n as usize)),
+            _ => Err(self.malformed(format!(
+                "metadata {} is {v:?}, expected an integer from 0 to {MAX_SIZE}",
+                self.key(k)
+            ))),
+        }
+    }
+
+    pub fn usize(&self, k: &str) -> Result<usize> {
+        self.opt_usize(k)?
+            .ok_or_else(|| self.malformed(format!("missing metadata {}", self.key(k))))
+    }
+
+    pub fn opt_f64(&self, k: &str) -> Result<Option<f64>> {
+        let Some(v) = self.get(k) else {
+            return Ok(None);
+        };
+        match v.as_f64().filter(|x| x.is_finite()) {
+            Some(x) => Ok(Some(x)),
+            None => Err(self.malformed(format!(
+                "metadata {} is {v:?}, expected a number",
+                self.key(k)
+            ))),
+        }
+    }
+
+    /// A `tokenizer.ggml.{k}` token id, where present.
+    pub fn token_id(&self, k: &str) -> Result<Option<u32>> {
+        let Some(v) = self.file.get(&format!("tokenizer.ggml.{k}")) else {
+            return Ok(None);
+        };
+        match v.as_u64().and_then(|id| u32::try_from(id).ok()) {
+            Some(id) => Ok(Some(id)),
+            None => Err(self.malformed(format!(
+                "metadata tokenizer.ggml.{k} is {v:?}, expected a token id"
+            ))),
+        }
+    }
+
+    /// Whether the file has this tensor.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.file.has_tensor(name)
     }
 }
 
@@ -461,27 +417,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn alibi_slopes_power_of_two() {
-        // MPT-7B, 32 heads, max bias 8: slope_i = 2^(-8 i / 32) = 2^(-i/4).
-        let s = mpt_alibi_slopes(32, 8.0);
-        assert_eq!(s.len(), 32);
-        assert!((s[0] - 2f32.powf(-0.25)).abs() < 1e-7);
-        assert!((s[31] - 2f32.powf(-8.0)).abs() < 1e-9);
-    }
-
-    #[test]
-    fn alibi_slopes_odd_heads_interleave() {
-        // 3 heads -> 4 base slopes 2^-2, 2^-4, 2^-6, 2^-8; odd then even entries.
-        let s = mpt_alibi_slopes(3, 8.0);
-        assert_eq!(s, vec![2f32.powi(-4), 2f32.powi(-8), 2f32.powi(-2)]);
-    }
-
-    #[test]
     fn unknown_model_type_is_named() {
         let err =
             ModelConfig::from_hf_value(&serde_json::json!({"model_type": "falcon"})).unwrap_err();
         assert!(
-            matches!(err, Error::UnknownArchitecture(ref a) if a == "falcon"),
+            matches!(err, Error::UnknownArchitecture { ref name, .. } if name == "falcon"),
             "{err}"
         );
     }

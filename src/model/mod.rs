@@ -1,5 +1,6 @@
 //! Models: configuration, weight formats, tokenizer and the per-architecture weight layout.
 
+pub mod arch;
 pub mod config;
 pub mod gguf;
 pub mod source;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use arch::Layout;
 use config::ModelConfig;
 use gguf::GgufFile;
 use source::{RandomSource, SafetensorsSource, TensorSource};
@@ -45,7 +47,7 @@ impl<B: Backend> Model<B> {
             let file = GgufFile::open(&gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
             let tokenizer = Some(TextTokenizer::from_gguf(&file)?);
-            let weights = weights::load_weights(&config, &file, true, &backend, progress)?;
+            let weights = weights::load_weights(&config, &file, Layout::Gguf, &backend, progress)?;
             return Ok(Model {
                 config,
                 weights,
@@ -64,7 +66,7 @@ impl<B: Backend> Model<B> {
         let weights = weights::load_weights(
             &config,
             &source as &dyn TensorSource,
-            false,
+            Layout::Hf,
             &backend,
             progress,
         )?;
@@ -79,13 +81,14 @@ impl<B: Backend> Model<B> {
 
     /// A model of this config with random weights: real shapes for speed measurements.
     pub fn random(config: ModelConfig, seed: u64, backend: B) -> Result<Model<B>> {
+        let head = (config.arch.globals)(Layout::Hf).head;
         let weights = weights::load_weights(
             &config,
             &RandomSource {
                 seed,
-                arch: config.arch,
+                head: (!config.tied_embeddings).then(|| format!("{head}.weight")),
             },
-            false,
+            Layout::Hf,
             &backend,
             &mut |_, _| {},
         )?;

@@ -11,7 +11,6 @@ use safetensors::tensor::{Dtype, Metadata};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::config::Arch;
 use crate::model::gguf::GgufFile;
 
 pub trait TensorSource {
@@ -155,20 +154,15 @@ impl TensorSource for GgufFile {
 /// Norm weights are near one and everything else is small, so activations stay finite.
 pub struct RandomSource {
     pub seed: u64,
-    pub arch: Arch,
+    /// The output projection's weight name, present unless the embedding is tied.
+    pub head: Option<String>,
 }
 
 impl TensorSource for RandomSource {
-    /// The optional tensors the architecture's real checkpoints have: biases where it uses
-    /// them, an output matrix unless it ties it to the embedding.
+    /// The one optional tensor a loader asks about: the output matrix, present unless the
+    /// config ties it to the embedding.
     fn has(&self, name: &str) -> bool {
-        let head = name.starts_with("lm_head");
-        match self.arch {
-            Arch::Gpt2 => !head,
-            Arch::GptJ => true,
-            Arch::Mpt => !head && !name.ends_with(".bias"),
-            Arch::Llama => !name.ends_with(".bias"),
-        }
+        self.head.as_deref() == Some(name)
     }
 
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {

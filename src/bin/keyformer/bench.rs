@@ -134,7 +134,7 @@ fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice)
     println!(
         "{} {} policy {} prompt {} gen {}: prefill {:.1} ms ({:.0} TFLOP/s in matmuls), decode {:.3} ms/token ({:.1} tokens/s), {:.0} GB/s (weights {:.2} GB + KV {:.3} GB per token), cache {:.1} MiB held vs {:.1} MiB full",
         model.backend.name(),
-        c.arch.name(),
+        c.arch.name,
         stats.policy.name(),
         args.prompt_tokens,
         args.gen_tokens,
@@ -234,7 +234,7 @@ fn measure_batch<B: Backend>(
     println!(
         "{} {} policy {} prompt {} gen {} batch {n} ({most} at once): prefill {:.1} ms ({:.1} ms per sequence), decode {:.1} tokens/s in all ({:.1} tokens/s counting prefill time), {:.3} ms per step ({:.1} tokens/s per sequence), cache {:.1} MiB held in all ({:.2} MiB per sequence)",
         model.backend.name(),
-        c.arch.name(),
+        c.arch.name,
         params.cache.policy.name(),
         args.prompt_tokens,
         args.gen_tokens,
