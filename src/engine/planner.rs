@@ -188,6 +188,10 @@ mod tests {
             attn_scale: 0.125,
             parallel_block: false,
             tied_embeddings: true,
+            qkv_bias: false,
+            out_bias: false,
+            mlp_bias: false,
+            layer_window: Vec::new(),
             bos: None,
             eos: vec![],
         }

@@ -71,6 +71,14 @@ pub struct ModelConfig {
     pub parallel_block: bool,
     /// The output projection is the embedding matrix unless the checkpoint has its own.
     pub tied_embeddings: bool,
+    /// Biases on the q, k and v projections, on the attention's output projection, and on the
+    /// MLP's projections (what the loader reads; GPT-2's and GPT-J's are in their tensor lists).
+    pub qkv_bias: bool,
+    pub out_bias: bool,
+    pub mlp_bias: bool,
+    /// Per layer, the attention window of a sliding-window layer (the tokens a query sees,
+    /// itself included); empty when no layer has one.
+    pub layer_window: Vec<Option<usize>>,
     pub bos: Option<u32>,
     pub eos: Vec<u32>,
 }
@@ -82,6 +90,11 @@ impl ModelConfig {
 
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
+    }
+
+    /// The attention window of `layer`, when it is a sliding-window layer.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.layer_window.get(layer).copied().flatten()
     }
 
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
@@ -141,6 +154,13 @@ impl ModelConfig {
             return Err(Error::Config(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.heads, self.kv_heads
+            )));
+        }
+        if !self.layer_window.is_empty() && self.layer_window.len() != self.layers {
+            return Err(Error::Config(format!(
+                "{} layer windows for {} layers",
+                self.layer_window.len(),
+                self.layers
             )));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {

@@ -37,6 +37,10 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: true,
         tied_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        qkv_bias: false,
+        out_bias: false,
+        mlp_bias: false,
+        layer_window: Vec::new(),
         bos,
         eos,
     })

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::config::{
     Activation, GgufConfig, HfConfig, ModelConfig, NormKind, RopePairs, divide, rotary,
 };
+use crate::model::rope;
 
 pub static LLAMA: Architecture = Architecture {
     name: "llama",
@@ -18,38 +19,32 @@ pub static LLAMA: Architecture = Architecture {
 };
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
+    let mut cfg = llama_like(c, &LLAMA)?;
+    cfg.layer_window = sliding_window(c, cfg.layers)?;
+    Ok(cfg)
+}
+
+/// The config of a Llama-shaped model (Llama, Mistral, Qwen2, Phi-3): RMSNorm, SwiGLU, rotary
+/// with any scaling, grouped-query attention, optional biases.
+pub(super) fn llama_like(c: &HfConfig, arch: &'static Architecture) -> Result<ModelConfig> {
     let hidden = c.usize("hidden_size")?;
     let heads = c.usize("num_attention_heads")?;
     let head_dim = match c.opt_usize("head_dim")? {
         Some(d) => d,
         None => divide(hidden, heads)?,
     };
-    let rope = c
-        .opt_object("rope_parameters")?
-        .or(c.opt_object("rope_scaling")?);
-    let rope_kind = match &rope {
-        Some(r) => r.opt_str("rope_type")?.or(r.opt_str("type")?),
-        None => None,
-    };
-    let rope_kind = rope_kind.unwrap_or("default");
-    if rope_kind != "default" {
+    let partial = c.opt_f64("partial_rotary_factor")?.unwrap_or(1.0);
+    if !(partial > 0.0 && partial <= 1.0) {
         return Err(Error::Config(format!(
-            "rope type '{rope_kind}' is not supported"
+            "partial_rotary_factor {partial} must be in (0, 1]"
         )));
     }
-    let theta = match c.opt_f64("rope_theta")? {
-        Some(t) => Some(t),
-        None => match &rope {
-            Some(r) => r.opt_f64("rope_theta")?,
-            None => None,
-        },
-    };
-    if c.opt_bool("attention_bias")? == Some(true) || c.opt_bool("mlp_bias")? == Some(true) {
-        return Err(Error::Config("Llama with biases is not supported".into()));
-    }
+    let rotary_dims = (head_dim as f64 * partial) as usize;
+    let max_positions = c.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    let rope = rope::from_hf(c, rotary_dims, head_dim, RopePairs::Halves, max_positions)?;
     let (bos, eos) = c.bos_eos()?;
     Ok(ModelConfig {
-        arch: &LLAMA,
+        arch,
         vocab_size: c.usize("vocab_size")?,
         hidden,
         layers: c.usize("num_hidden_layers")?,
@@ -57,39 +52,61 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(heads),
         head_dim,
         ffn_hidden: c.usize("intermediate_size")?,
-        max_context: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        max_context: rope.max_context.unwrap_or(max_positions),
         norm: NormKind::RmsNorm,
         norm_eps: c.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
         activation: Activation::SwiGlu,
-        positions: rotary(
-            head_dim,
-            head_dim,
-            theta.unwrap_or(10000.0),
-            RopePairs::Halves,
-        )?,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        positions: rope.positions,
+        attn_scale: rope.logit_scale / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+        out_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+        mlp_bias: c.opt_bool("mlp_bias")?.unwrap_or(false),
+        layer_window: Vec::new(),
         bos,
         eos,
     })
 }
 
-/// The Llama layout as llama.cpp writes it.
+/// `sliding_window`, where set: every layer attends to that many tokens (itself included).
+pub(super) fn sliding_window(c: &HfConfig, layers: usize) -> Result<Vec<Option<usize>>> {
+    Ok(match c.opt_usize("sliding_window")? {
+        Some(0) => return Err(Error::Config("sliding_window 0 must be positive".into())),
+        Some(w) => vec![Some(w); layers],
+        None => Vec::new(),
+    })
+}
+
+/// The Llama layout as llama.cpp writes it (q and k rows permuted for interleaved rotary).
 fn from_gguf(g: &GgufConfig) -> Result<ModelConfig> {
+    llama_like_gguf(g, &LLAMA, RopePairs::Interleaved)
+}
+
+/// A Llama-shaped model's GGUF metadata, under its architecture's key prefix.
+pub(super) fn llama_like_gguf(
+    g: &GgufConfig,
+    arch: &'static Architecture,
+    pairs: RopePairs,
+) -> Result<ModelConfig> {
     let hidden = g.usize("embedding_length")?;
     let heads = g.usize("attention.head_count")?;
-    let head_dim = divide(hidden, heads)?;
+    let head_dim = match g.opt_usize("attention.key_length")? {
+        Some(d) => d,
+        None => divide(hidden, heads)?,
+    };
     let rope_dims = g.opt_usize("rope.dimension_count")?.unwrap_or(head_dim);
     let vocab_size = match g.opt_usize("vocab_size")? {
         Some(v) => v,
         None => g.file.tensor_shape("token_embd.weight")?[0],
     };
+    let layers = g.usize("block_count")?;
+    let window = g.opt_usize("attention.sliding_window")?;
     Ok(ModelConfig {
-        arch: &LLAMA,
+        arch,
         vocab_size,
         hidden,
-        layers: g.usize("block_count")?,
+        layers,
         heads,
         kv_heads: g.opt_usize("attention.head_count_kv")?.unwrap_or(heads),
         head_dim,
@@ -104,35 +121,40 @@ fn from_gguf(g: &GgufConfig) -> Result<ModelConfig> {
             rope_dims,
             head_dim,
             g.opt_f64("rope.freq_base")?.unwrap_or(10000.0),
-            RopePairs::Interleaved,
+            pairs,
         )?,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: !g.has_tensor("output.weight"),
+        qkv_bias: g.has_tensor("blk.0.attn_q.bias"),
+        out_bias: false,
+        mlp_bias: false,
+        layer_window: window.map_or_else(Vec::new, |w| vec![Some(w); layers]),
         bos: g.token_id("bos_token_id")?,
         eos: g.token_id("eos_token_id")?.into_iter().collect(),
     })
 }
 
-fn layer(_: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
+pub(super) fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
     if layout == Layout::Gguf {
-        return super::gguf_layer(i, false);
+        return super::gguf_layer(i, c.qkv_bias);
     }
     let p = Prefix(format!("model.layers.{i}"));
+    let (qkv_bias, mlp_bias) = (c.qkv_bias, c.mlp_bias);
     LayerTensors {
         attn_norm: p.norm("input_layernorm", false),
         qkv: p.stack(
             &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-            false,
+            qkv_bias,
         ),
-        attn_out: p.one("self_attn.o_proj", false),
+        attn_out: p.one("self_attn.o_proj", c.out_bias),
         mlp_norm: Some(p.norm("post_attention_layernorm", false)),
-        mlp_in: p.stack(&["mlp.gate_proj", "mlp.up_proj"], false),
-        mlp_out: p.one("mlp.down_proj", false),
+        mlp_in: p.stack(&["mlp.gate_proj", "mlp.up_proj"], mlp_bias),
+        mlp_out: p.one("mlp.down_proj", mlp_bias),
     }
 }
 
-fn globals(layout: Layout) -> GlobalTensors {
+pub(super) fn globals(layout: Layout) -> GlobalTensors {
     if layout == Layout::Gguf {
         return super::gguf_globals();
     }

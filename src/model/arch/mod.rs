@@ -6,12 +6,49 @@
 mod gpt2;
 mod gptj;
 mod llama;
+mod mistral;
+mod mpt;
+mod phi3;
+mod qwen2;
 
 pub use llama::LLAMA;
-mod mpt;
 
 use crate::error::{Error, Result};
 use crate::model::config::{GgufConfig, HfConfig, ModelConfig};
+
+/// Per-layer windows from `layer_types` ("sliding_attention" layers attend to
+/// `sliding_window` tokens, "full_attention" ones to all), where the config lists them.
+pub(crate) fn layer_types(c: &HfConfig, layers: usize) -> Result<Option<Vec<Option<usize>>>> {
+    let Some(types) = c.get("layer_types") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::Config(format!(
+            "field 'layer_types' is {types}, expected {layers} layer types"
+        ))
+    };
+    let types = types
+        .as_array()
+        .filter(|t| t.len() == layers)
+        .ok_or_else(bad)?;
+    let mut window = None;
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("full_attention") => Ok(None),
+            Some("sliding_attention") => {
+                if window.is_none() {
+                    window = Some(c.usize("sliding_window")?.max(1));
+                }
+                Ok(window)
+            }
+            _ => Err(Error::Config(format!(
+                "layer type {t} is not supported (supported: full_attention, sliding_attention)"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
 
 /// Which checkpoint layout tensor names are in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +88,15 @@ impl PartialEq for Architecture {
 }
 
 /// Every architecture the engine runs.
-pub static ARCHITECTURES: &[&Architecture] = &[&gpt2::GPT2, &gptj::GPTJ, &mpt::MPT, &llama::LLAMA];
+pub static ARCHITECTURES: &[&Architecture] = &[
+    &gpt2::GPT2,
+    &gptj::GPTJ,
+    &mpt::MPT,
+    &llama::LLAMA,
+    &mistral::MISTRAL,
+    &qwen2::QWEN2,
+    &phi3::PHI3,
+];
 
 fn supported(names: impl Iterator<Item = &'static str>) -> String {
     names.collect::<Vec<_>>().join(", ")

@@ -61,6 +61,10 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         attn_scale: scale,
         parallel_block: false,
         tied_embeddings: true,
+        qkv_bias: false,
+        out_bias: false,
+        mlp_bias: false,
+        layer_window: Vec::new(),
         bos,
         eos,
     })
