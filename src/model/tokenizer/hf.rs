@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 
 pub fn load(dir: &Path) -> Result<TextTokenizer> {
     let tokenizer_path = dir.join("tokenizer.json");
-    let text =
-        read_small_file(&tokenizer_path)?.ok_or_else(|| Error::NotFound(tokenizer_path.clone()))?;
+    let text = read_small_file(&tokenizer_path)?
+        .ok_or_else(|| Error::Tokenizer(format!("{} does not exist", tokenizer_path.display())))?;
     let inner = Tokenizer::from_str(&text)
         .map_err(|e| tok_err(&tokenizer_path.display().to_string(), e))?;
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
