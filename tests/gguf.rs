@@ -577,12 +577,18 @@ fn gguf_tokenizer_follows_pre_type_and_control_tokens() {
     // "llama-bpe" splits digits in runs of at most three before BPE.
     let tok = tiny_tokenizer("gpt2", Some("llama-bpe")).unwrap();
     assert_eq!(tok.encode("1234").unwrap(), [t123, u32::from(b'4')]);
-    // An unknown pre-tokenizer name keeps the GPT-2 regex.
+    // "smollm" (like "starcoder") splits every digit off before GPT-2's regex.
     let tok = tiny_tokenizer("gpt2", Some("smollm")).unwrap();
+    assert_eq!(
+        tok.encode("1234").unwrap(),
+        "1234".bytes().map(u32::from).collect::<Vec<_>>()
+    );
+    // An unknown pre-tokenizer name keeps the GPT-2 regex.
+    let tok = tiny_tokenizer("gpt2", Some("no-such-pre")).unwrap();
     assert_eq!(tok.encode("1234").unwrap(), [t1234]);
 
-    match tiny_tokenizer("llama", None) {
-        Err(Error::Unsupported { what, .. }) => assert!(what.contains("\"llama\""), "{what}"),
+    match tiny_tokenizer("t5", None) {
+        Err(Error::Unsupported { what, .. }) => assert!(what.contains("\"t5\""), "{what}"),
         other => panic!("expected Unsupported, got {:?}", other.err()),
     }
 }

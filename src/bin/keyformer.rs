@@ -14,6 +14,8 @@ use keyformer::{Backend, Budget, CacheConfig, GenerateParams, Policy, SamplingPa
 mod bench;
 #[path = "keyformer/eval.rs"]
 mod eval;
+#[path = "keyformer/tokenize.rs"]
+mod tokenize;
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -37,6 +39,8 @@ enum Command {
     /// Measure what each policy preserves over cache sizes (summaries, perplexity).
     #[command(subcommand)]
     Eval(eval::EvalTask),
+    /// Print the tokens a model's tokenizer makes of a text (pieces, or ids with --ids).
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(task) => eval::run(task),
+        Command::Tokenize(args) => tokenize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
