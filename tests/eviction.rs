@@ -57,6 +57,8 @@ fn check(noise: bool, sinks: usize, seed: u64) {
         head_dim: HEAD_DIM,
         scale: 0.35,
         positions: &positions,
+        softcap: None,
+        window: None,
     };
     let keep = Keep {
         budget: 16,
@@ -151,6 +153,8 @@ fn scores_are_probabilities_summed_over_the_group() {
         head_dim: HEAD_DIM,
         scale: 0.35,
         positions: &positions,
+        softcap: None,
+        window: None,
     };
     let shape = CacheShape {
         layers: 1,

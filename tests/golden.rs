@@ -113,3 +113,23 @@ fn sharded_checkpoint_loads_like_the_single_file() {
         original.forward(&mut b, &ids, true).unwrap()
     );
 }
+
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    check("llama3");
+}
+
+#[test]
+fn qwen2_biases_and_yarn_match_transformers() {
+    check("qwen2");
+}
+
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    check("mistral");
+}
+
+#[test]
+fn phi3_fused_projections_and_longrope_match_transformers() {
+    check("phi3");
+}

@@ -21,6 +21,40 @@ fn device_token(id: u32) -> Result<u32> {
     }
 }
 
+/// The error of a backend that lacks an op a model needs.
+pub(crate) fn missing(backend: &'static str, what: &str) -> Error {
+    Error::Backend {
+        backend,
+        reason: format!("{what} is not implemented on this backend yet (the CPU backend runs it)"),
+    }
+}
+
+/// The architecture features the GPU kernels do not have yet.
+pub(crate) fn check_gpu_model(
+    backend: &'static str,
+    c: &crate::model::config::ModelConfig,
+) -> Result<()> {
+    let lacking = [
+        (
+            c.activation == Activation::GeGluTanh,
+            "the GeGLU activation",
+        ),
+        (c.attn_softcap.is_some(), "attention soft-capping"),
+        (
+            c.window_positions.is_some(),
+            "a separate rotary for sliding-window layers",
+        ),
+        (
+            matches!(c.positions, Positions::Rotary { scale, .. } if scale != 1.0),
+            "a scaled partial rotary",
+        ),
+    ];
+    match lacking.iter().find(|(lacks, _)| *lacks) {
+        Some((_, what)) => Err(missing(backend, &format!("{} ({})", what, c.arch.name))),
+        None => Ok(()),
+    }
+}
+
 /// What the attention op needs to know about the model.
 pub struct AttentionSpec<'a> {
     pub heads: usize,
@@ -28,6 +62,12 @@ pub struct AttentionSpec<'a> {
     pub head_dim: usize,
     pub scale: f32,
     pub positions: &'a Positions,
+    /// Soft-capping of the scaled scores before the softmax: cap * tanh(score / cap) (Gemma 2).
+    pub softcap: Option<f32>,
+    /// A sliding-window layer's window: a query sees the `window` latest positions up to its
+    /// own. The cache of such a layer keeps `window - 1` tokens between steps, so only a
+    /// prompt longer than that needs masking (see `Backend::masks_windows`).
+    pub window: Option<usize>,
 }
 
 /// A norm's weights and settings, for the ops that normalise their input first.
@@ -155,11 +195,7 @@ pub trait Backend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         self.linear(x, rows, w, bias, n_out, n_in, mid)?;
-        let width = if act == Activation::SwiGlu {
-            n_out / 2
-        } else {
-            n_out
-        };
+        let width = if act.gated() { n_out / 2 } else { n_out };
         self.activation(act, mid, rows, width, out)
     }
     /// A parallel block's two products of norm(x), with `normed` as in `norm_linear`: `a_out` =
@@ -251,6 +287,63 @@ pub trait Backend {
     ) -> Result<()>;
     /// x += y over `len` values.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// x = f(x) over `len` values, for the rare elementwise steps of some architectures (an
+    /// embedding scale, logit soft-capping). The default goes through the host; the CPU runs
+    /// it in place.
+    fn map(&self, x: &mut Self::Buf, len: usize, f: &(dyn Fn(f32) -> f32 + Sync)) -> Result<()> {
+        let mut values = self.download(x, len)?;
+        values.iter_mut().for_each(|v| *v = f(*v));
+        let mapped = self.upload(&values)?;
+        self.copy_rows(&mapped, 0, 1, len, x, 0)
+    }
+    /// RMSNorm of each head_dim-wide query head of `rows` fused [q | k | v] rows with `q`'s
+    /// weight, and of each key head with `k`'s (Qwen3, Gemma 3). The default gathers the heads
+    /// with `copy_rows`, normalises them with `norm` and scatters them back.
+    fn head_norm(
+        &self,
+        spec: &AttentionSpec,
+        qkv: &mut Self::Buf,
+        rows: usize,
+        (q, k): (&NormSpec<Self::Weight>, &NormSpec<Self::Weight>),
+    ) -> Result<()> {
+        let hd = spec.head_dim;
+        let per_row = spec.heads + 2 * spec.kv_heads;
+        for (first, heads, norm) in [(0, spec.heads, q), (spec.heads, spec.kv_heads, k)] {
+            let mut gathered = self.scratch(rows * heads * hd)?;
+            for r in 0..rows {
+                self.copy_rows(
+                    qkv,
+                    r * per_row + first,
+                    heads,
+                    hd,
+                    &mut gathered,
+                    r * heads,
+                )?;
+            }
+            let mut normed = self.scratch(rows * heads * hd)?;
+            let (kind, eps) = (norm.kind, norm.eps);
+            let n = rows * heads;
+            self.norm(
+                kind,
+                &gathered,
+                norm.weight,
+                norm.bias,
+                eps,
+                n,
+                hd,
+                &mut normed,
+            )?;
+            for r in 0..rows {
+                self.copy_rows(&normed, r * heads, heads, hd, qkv, r * per_row + first)?;
+            }
+        }
+        Ok(())
+    }
+    /// Whether this backend runs every op `config` needs; GPU backends refuse the few
+    /// architecture features their kernels do not have yet, with a clear error at load.
+    fn check_model(&self, _config: &crate::model::config::ModelConfig) -> Result<()> {
+        Ok(())
+    }
     /// The next token from one row of logits. The default reads the logits back and samples
     /// on the host; GPU backends sample on the device and return only the id.
     fn sample(&self, logits: &Self::Buf, vocab: usize, sampler: &mut Sampler) -> Result<u32> {
@@ -316,6 +409,11 @@ pub trait Backend {
     /// the tokens that are neither sinks nor recent, earliest first on ties), compacts the
     /// survivors in position order and gives back memory beyond the cache's capacity.
     fn evict(&self, cache: &mut Self::Cache, layer: usize, keep: &Keep) -> Result<()>;
+    /// Whether `attention` masks keys outside `AttentionSpec::window` (the CPU does; the GPU
+    /// kernels do not yet, so the engine refuses prompts longer than a window there).
+    fn masks_windows(&self) -> bool {
+        false
+    }
     /// Tokens currently held by the cache in a layer (the same in every kv head).
     fn cache_len(&self, cache: &Self::Cache, layer: usize) -> usize;
     /// Slots allocated in a layer, per kv head.

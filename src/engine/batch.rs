@@ -42,30 +42,48 @@ impl<B: Backend> Model<B> {
             _ => Workspace::new(self, rows)?,
         };
         b.embed(&w.embed, tokens, c.hidden, &mut work.x)?;
+        if let Some(scale) = c.embed_scale {
+            b.map(&mut work.x, rows * c.hidden, &|v| v * scale)?;
+        }
         if let Some(table) = &w.pos_embed {
             // Each row has its own position: gather them as an embedding of the positions.
             let positions: Vec<u32> = sessions.iter().map(|s| s.position as u32).collect();
             b.embed(table, &positions, c.hidden, &mut work.proj)?;
             b.add(&mut work.x, &work.proj, rows * c.hidden)?;
         }
-        let spec = self.attention_spec();
         let cache_steps: Vec<_> = sessions.iter().map(|s| s.cache_step(1)).collect();
-        let mut steps: Vec<SeqStep<'_, B::Cache>> = sessions
-            .iter_mut()
-            .zip(&cache_steps)
-            .map(|(s, &(score, keep))| SeqStep {
-                position: s.position,
-                cache: &mut s.cache,
-                score,
-                keep,
+        // Each layer's window changes what its sessions keep.
+        let layer_steps: Vec<Vec<_>> = (0..c.layers)
+            .map(|layer| {
+                let window = c.window(layer);
+                sessions
+                    .iter()
+                    .zip(&cache_steps)
+                    .map(|(s, &step)| s.layer_step(window, 1, step))
+                    .collect()
             })
             .collect();
+        let mut caches: Vec<(&mut B::Cache, usize)> = sessions
+            .iter_mut()
+            .map(|s| (&mut s.cache, s.position))
+            .collect();
         self.layers(&mut work, rows, &mut |layer, qkv, attn| {
+            let spec = self.attention_spec(layer);
+            let mut steps: Vec<SeqStep<'_, B::Cache>> = caches
+                .iter_mut()
+                .zip(&layer_steps[layer])
+                .map(|((cache, position), &(score, keep))| SeqStep {
+                    position: *position,
+                    cache: &mut **cache,
+                    score,
+                    keep,
+                })
+                .collect();
             b.attention_batch(&spec, qkv, &mut steps, layer, attn)
         })?;
-        drop(steps);
+        drop(caches);
         for (s, (_, keep)) in sessions.iter_mut().zip(&cache_steps) {
-            s.advance(1, keep.as_ref());
+            s.advance(1, keep.as_ref(), &c.layer_window);
         }
         let logits = self.head(&work.x, rows, &mut work.normed)?;
         *ws = Some(work);

@@ -68,7 +68,7 @@ impl<B: Backend> Workspace<B> {
 
 /// Values per row of each workspace buffer, in the order of `Workspace`'s fields.
 fn activation_widths(c: &ModelConfig) -> [usize; 7] {
-    let mlp_in = if c.activation == Activation::SwiGlu {
+    let mlp_in = if c.activation.gated() {
         2 * c.ffn_hidden
     } else {
         c.ffn_hidden
@@ -110,14 +110,42 @@ impl<B: Backend> Session<B> {
         (score, keep)
     }
 
-    /// Counts `rows` tokens run through every layer, and what `keep` evicted.
-    fn advance(&mut self, rows: usize, keep: Option<&Keep>) {
+    /// `cache_step` for one layer: a sliding-window layer (attending to `window` tokens) is
+    /// never scored and keeps exactly the `window - 1` tokens before the next one.
+    fn layer_step(
+        &self,
+        window: Option<usize>,
+        rows: usize,
+        step: (Option<StepScore>, Option<Keep>),
+    ) -> (Option<StepScore>, Option<Keep>) {
+        let Some(w) = window else {
+            return step;
+        };
+        let keep = w - 1;
+        let held = self.position.min(keep);
+        let evict = (held + rows > keep).then_some(Keep {
+            budget: keep,
+            sinks: 0,
+            recent: keep,
+        });
+        (None, evict)
+    }
+
+    /// Counts `rows` tokens run through every layer, and what `keep` (of the layers without a
+    /// window of their own) and the windows evicted.
+    fn advance(&mut self, rows: usize, keep: Option<&Keep>, windows: &[Option<usize>]) {
+        let heads = self.shape.kv_heads as u64;
+        for &w in windows.iter().flatten() {
+            let held = self.position.min(w - 1);
+            self.evictions += (held + rows).saturating_sub(w - 1) as u64 * heads;
+        }
+        let policy_layers = self.shape.layers - windows.iter().flatten().count();
         self.position += rows;
         self.step += 1;
         self.cached += rows;
         if let Some(keep) = keep {
             let per_layer_head = self.cached - keep.budget;
-            self.evictions += (per_layer_head * self.shape.layers * self.shape.kv_heads) as u64;
+            self.evictions += (per_layer_head * policy_layers) as u64 * heads;
             self.cached = keep.budget;
         }
     }
@@ -144,7 +172,7 @@ impl<B: Backend> Model<B> {
         prompt_len: usize,
         max_new: usize,
     ) -> Result<Session<B>> {
-        let capacity = plan.capacity(prompt_len, max_new, self.config.max_context);
+        let capacity = self.config.cache_slots(&plan, prompt_len, max_new);
         self.session_with(plan, capacity, max_new)
     }
 
@@ -177,6 +205,7 @@ impl<B: Backend> Model<B> {
             .map(|l| LayerStats {
                 kept: vec![b.cache_len(&s.cache, l); s.shape.kv_heads],
                 capacity: b.cache_capacity(&s.cache, l),
+                window: self.config.window(l),
             })
             .collect();
         // K and V bytes of one slot in every kv head of one layer.
@@ -245,12 +274,16 @@ impl<B: Backend> Model<B> {
             _ => Workspace::new(self, rows)?,
         };
         b.embed(&w.embed, tokens, c.hidden, &mut ws.x)?;
+        if let Some(scale) = c.embed_scale {
+            b.map(&mut ws.x, rows * c.hidden, &|v| v * scale)?;
+        }
         if let Some(table) = &w.pos_embed {
             b.add_positions(&mut ws.x, table, s.position, rows, c.hidden)?;
         }
-        let spec = self.attention_spec();
-        let (score, keep) = s.cache_step(rows);
+        let step = s.cache_step(rows);
         self.layers(&mut ws, rows, &mut |layer, qkv, attn| {
+            let spec = self.attention_spec(layer);
+            let (score, keep) = s.layer_step(spec.window, rows, step);
             if rows == 1 {
                 // A decode step: backends may fuse the eviction into the attention.
                 let seq = SeqStep {
@@ -260,6 +293,18 @@ impl<B: Backend> Model<B> {
                     keep,
                 };
                 return b.attention_batch(&spec, qkv, &mut [seq], layer, attn);
+            }
+            if let Some(w) = spec.window {
+                let held = s.position.min(w - 1);
+                if held + rows > w && !b.masks_windows() {
+                    return Err(Error::Backend {
+                        backend: "forward",
+                        reason: format!(
+                            "{} runs {rows} prompt tokens through a sliding window of {w} without masking it: use the CPU backend, or a prompt of at most {w} tokens",
+                            b.name()
+                        ),
+                    });
+                }
             }
             b.attention(
                 &spec,
@@ -278,7 +323,7 @@ impl<B: Backend> Model<B> {
             }
             Ok(())
         })?;
-        s.advance(rows, keep.as_ref());
+        s.advance(rows, step.1.as_ref(), &c.layer_window);
 
         // Only the rows whose logits are wanted go through the final norm and the head.
         let logits = if all_rows || rows == 1 {
@@ -305,14 +350,17 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    fn attention_spec(&self) -> AttentionSpec<'_> {
+    /// What the attention of `layer` needs to know.
+    fn attention_spec(&self, layer: usize) -> AttentionSpec<'_> {
         let c = &self.config;
         AttentionSpec {
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
             scale: c.attn_scale,
-            positions: &c.positions,
+            positions: c.positions_of(layer),
+            softcap: c.attn_softcap,
+            window: c.window(layer),
         }
     }
 
@@ -331,19 +379,6 @@ impl<B: Backend> Model<B> {
             mlp_act,
             ..
         } = ws;
-        let residual =
-            |lin: &Linear<B::Weight>, input: &B::Buf, scratch: &mut B::Buf, x: &mut B::Buf| {
-                b.linear_residual(
-                    input,
-                    rows,
-                    &lin.weight,
-                    lin.bias.as_ref(),
-                    lin.n_out,
-                    lin.n_in,
-                    scratch,
-                    x,
-                )
-            };
         for (i, l) in w.layers.iter().enumerate() {
             let (q, m, act) = (&l.qkv, &l.mlp_in, c.activation);
             let attn_norm = self.norm_spec(&l.attn_norm);
@@ -370,17 +405,71 @@ impl<B: Backend> Model<B> {
                 dims,
                 qkv,
             )?;
+            if let Some((qn, kn)) = &l.qk_norm {
+                let spec = self.attention_spec(i);
+                b.head_norm(&spec, qkv, rows, (&self.norm_spec(qn), &self.norm_spec(kn)))?;
+            }
             attend(i, qkv, attn)?;
             // The MLP reads its own norm of x with the attention's output added in.
-            residual(&l.attn_out, attn, proj, x)?;
+            self.join(
+                &l.attn_out,
+                l.post_attn_norm.as_ref(),
+                rows,
+                attn,
+                proj,
+                normed,
+                x,
+            )?;
             let (weight, bias, dims) = (&m.weight, m.bias.as_ref(), (m.n_out, m.n_in));
             let mlp_norm = self.norm_spec(mlp_norm);
             b.norm_linear_activation(
                 &mlp_norm, x, rows, normed, weight, bias, dims, act, mlp_mid, mlp_act,
             )?;
-            residual(&l.mlp_out, mlp_output(act, mlp_mid, mlp_act), proj, x)?;
+            let mid = mlp_output(act, mlp_mid, mlp_act);
+            self.join(
+                &l.mlp_out,
+                l.post_mlp_norm.as_ref(),
+                rows,
+                mid,
+                proj,
+                normed,
+                x,
+            )?;
         }
         Ok(())
+    }
+
+    /// x += lin(input), or x += post_norm(lin(input)) where the block norms its outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &self,
+        lin: &Linear<B::Weight>,
+        post_norm: Option<&Norm<B::Weight>>,
+        rows: usize,
+        input: &B::Buf,
+        scratch: &mut B::Buf,
+        normed: &mut B::Buf,
+        x: &mut B::Buf,
+    ) -> Result<()> {
+        let b = &self.backend;
+        let (bias, n_out, n_in) = (lin.bias.as_ref(), lin.n_out, lin.n_in);
+        let Some(post) = post_norm else {
+            return b.linear_residual(input, rows, &lin.weight, bias, n_out, n_in, scratch, x);
+        };
+        b.linear(input, rows, &lin.weight, bias, n_out, n_in, scratch)?;
+        let post = self.norm_spec(post);
+        let (kind, eps) = (post.kind, post.eps);
+        b.norm(
+            kind,
+            scratch,
+            post.weight,
+            post.bias,
+            eps,
+            rows,
+            n_out,
+            normed,
+        )?;
+        b.add(x, normed, rows * n_out)
     }
 
     /// A norm with the model's kind and epsilon.
@@ -404,6 +493,9 @@ impl<B: Backend> Model<B> {
             None => (&w.embed, None),
         };
         b.norm_linear(&norm, x, rows, normed, weight, bias, (v, h), &mut logits)?;
+        if let Some(cap) = c.final_softcap {
+            b.map(&mut logits, rows * v, &|x| cap * (x / cap).tanh())?;
+        }
         Ok(logits)
     }
 
@@ -417,9 +509,5 @@ impl<B: Backend> Model<B> {
 
 /// The MLP's activated rows: `mid` itself after a GELU, `swiglu_out` after SwiGLU.
 fn mlp_output<'a, T>(act: Activation, mid: &'a T, swiglu_out: &'a T) -> &'a T {
-    if act == Activation::SwiGlu {
-        swiglu_out
-    } else {
-        mid
-    }
+    if act.gated() { swiglu_out } else { mid }
 }

@@ -67,7 +67,7 @@ impl Footprint {
         prompt_len: usize,
         max_new: usize,
     ) -> Footprint {
-        let slots = plan.capacity(prompt_len, max_new, c.max_context);
+        let slots = c.cache_slots(plan, prompt_len, max_new);
         let shape = CacheShape {
             layers: c.layers,
             kv_heads: c.kv_heads,
@@ -192,6 +192,10 @@ mod tests {
             out_bias: false,
             mlp_bias: false,
             layer_window: Vec::new(),
+            window_positions: None,
+            embed_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
             bos: None,
             eos: vec![],
         }

@@ -10,6 +10,10 @@ pub struct LayerStats {
     pub kept: Vec<usize>,
     /// Slots allocated per kv head.
     pub capacity: usize,
+    /// A sliding-window layer's window: it keeps its window and is never scored or evicted
+    /// by the policy (None: the policy's layer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -29,6 +29,10 @@ pub enum Positions {
         pairs: RopePairs,
         /// One inverse frequency per rotated pair (dims / 2 values).
         inv_freq: Vec<f32>,
+        /// The rotated dimensions are multiplied by this (YaRN's and LongRoPE's attention
+        /// factor where only part of each head turns; 1 otherwise: a whole-head factor is
+        /// folded into the attention scale instead).
+        scale: f32,
     },
     /// ALiBi: a per-head linear bias on the key's distance, computed from original positions.
     Alibi { slopes: Vec<f32> },
@@ -48,6 +52,15 @@ pub enum Activation {
     GeluTanh,
     /// SiLU(gate) * up.
     SwiGlu,
+    /// GELU-tanh(gate) * up (Gemma).
+    GeGluTanh,
+}
+
+impl Activation {
+    /// Whether the MLP's first product is a fused [gate | up] pair.
+    pub fn gated(self) -> bool {
+        matches!(self, Activation::SwiGlu | Activation::GeGluTanh)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +92,14 @@ pub struct ModelConfig {
     /// Per layer, the attention window of a sliding-window layer (the tokens a query sees,
     /// itself included); empty when no layer has one.
     pub layer_window: Vec<Option<usize>>,
+    /// The rotary of sliding-window layers, where it differs from `positions` (Gemma 3).
+    pub window_positions: Option<Positions>,
+    /// The embedding is multiplied by this before the first layer (Gemma: sqrt(hidden)).
+    pub embed_scale: Option<f32>,
+    /// Soft-capping: scores become cap * tanh(score / cap), in attention before the softmax
+    /// and on the final logits (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
     pub bos: Option<u32>,
     pub eos: Vec<u32>,
 }
@@ -92,9 +113,33 @@ impl ModelConfig {
         self.kv_heads * self.head_dim
     }
 
+    /// Slots per layer and kv head a sequence of `prompt_len + max_new` tokens needs under
+    /// `plan`: the plan's own, or a window's `window` (the tokens a decode step attends to)
+    /// where that is more.
+    pub fn cache_slots(
+        &self,
+        plan: &crate::kv::policy::CachePlan,
+        prompt_len: usize,
+        max_new: usize,
+    ) -> usize {
+        let needed = (prompt_len + max_new).min(self.max_context);
+        let widest = self.layer_window.iter().flatten().max().copied();
+        let window = widest.map_or(0, |w| w.min(needed));
+        plan.capacity(prompt_len, max_new, self.max_context)
+            .max(window)
+    }
+
     /// The attention window of `layer`, when it is a sliding-window layer.
     pub fn window(&self, layer: usize) -> Option<usize> {
         self.layer_window.get(layer).copied().flatten()
+    }
+
+    /// The positions scheme of `layer`.
+    pub fn positions_of(&self, layer: usize) -> &Positions {
+        match (&self.window_positions, self.window(layer)) {
+            (Some(local), Some(_)) => local,
+            _ => &self.positions,
+        }
     }
 
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
@@ -229,6 +274,7 @@ pub(crate) fn rotary(
         dims,
         pairs,
         inv_freq,
+        scale: 1.0,
     })
 }
 

@@ -47,6 +47,7 @@ impl<B: Backend> Model<B> {
         if let Some(gguf_path) = gguf_path {
             let file = GgufFile::open(&gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
+            backend.check_model(&config)?;
             let tokenizer = Some(TextTokenizer::from_gguf(&file)?);
             let weights = weights::load_weights(&config, &file, Layout::Gguf, &backend, progress)?;
             return Ok(Model {
@@ -58,6 +59,7 @@ impl<B: Backend> Model<B> {
             });
         }
         let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+        backend.check_model(&config)?;
         let source = SafetensorsSource::open_dir(path)?;
         let tokenizer = if path.join("tokenizer.json").exists() {
             Some(TextTokenizer::from_hf_dir(path)?)
@@ -82,6 +84,7 @@ impl<B: Backend> Model<B> {
 
     /// A model of this config with random weights: real shapes for speed measurements.
     pub fn random(config: ModelConfig, seed: u64, backend: B) -> Result<Model<B>> {
+        backend.check_model(&config)?;
         let head = (config.arch.globals)(Layout::Hf).head;
         let weights = weights::load_weights(
             &config,

@@ -9,11 +9,25 @@ use crate::model::config::{HfConfig, MAX_HEAD_DIM, Positions, RopePairs};
 pub struct Rope {
     pub positions: Positions,
     /// Scales q.k: the square of the factor the cos/sin tables are multiplied by (YaRN,
-    /// LongRoPE); 1 otherwise.
+    /// LongRoPE) when the rotary turns whole heads; 1 otherwise.
     pub logit_scale: f32,
     /// A smaller context than `max_position_embeddings`, where the scaling is exact only up to
     /// there (see `Kind::Dynamic` and `Kind::LongRope`).
     pub max_context: Option<usize>,
+}
+
+/// The share of each head the rotary turns: `partial_rotary_factor`, in the rope parameters
+/// (transformers 5) or beside them.
+pub fn partial_factor(c: &HfConfig) -> Result<f64> {
+    let params = c.opt_object("rope_parameters")?;
+    let inner = match &params {
+        Some(p) => p.opt_f64("partial_rotary_factor")?,
+        None => None,
+    };
+    Ok(match inner {
+        Some(f) => f,
+        None => c.opt_f64("partial_rotary_factor")?.unwrap_or(1.0),
+    })
 }
 
 /// The base frequencies theta^(-2i/dims) of a rotary over `dims` dimensions.
@@ -172,7 +186,10 @@ pub fn from_hf(
                     dims / 2
                 )));
             }
-            let scale = max_positions as f64 / old as f64;
+            let scale = match field("factor")? {
+                Some(f) => f,
+                None => max_positions as f64 / old as f64,
+            };
             let attention = match field("attention_factor")? {
                 Some(a) => a,
                 None if scale <= 1.0 => 1.0,
@@ -188,11 +205,19 @@ pub fn from_hf(
             )));
         }
     }
+    // The factor multiplies cos and sin: q.k grows by its square where the whole head turns;
+    // where only part of it does, only the turned dimensions are scaled.
+    let (scale, logit_scale) = if dims == head_dim {
+        (1.0, logit_scale)
+    } else {
+        (logit_scale.sqrt(), 1.0)
+    };
     Ok(Rope {
         positions: Positions::Rotary {
             dims,
             pairs,
             inv_freq: inv_freq.into_iter().map(|x| x as f32).collect(),
+            scale,
         },
         logit_scale,
         max_context,

@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::arch::{Layout, NormTensors, Proj, ProjTensors};
-use crate::model::config::{Activation, ModelConfig};
+use crate::model::config::ModelConfig;
 use crate::model::source::TensorSource;
 
 pub struct Linear<T> {
@@ -26,9 +26,14 @@ pub struct Layer<T> {
     pub attn_out: Linear<T>,
     /// None when the MLP reads the attention's norm (GPT-J's parallel block).
     pub mlp_norm: Option<Norm<T>>,
-    /// [ffn] for GELU models, fused [gate | up] of 2*ffn for SwiGLU.
+    /// [ffn] for GELU models, fused [gate | up] of 2*ffn for gated ones.
     pub mlp_in: Linear<T>,
     pub mlp_out: Linear<T>,
+    /// RMSNorms of each query and key head (head_dim wide) before the rotary (Qwen3, Gemma 3).
+    pub qk_norm: Option<(Norm<T>, Norm<T>)>,
+    /// Norms of the attention's and the MLP's outputs before they join the residual (Gemma).
+    pub post_attn_norm: Option<Norm<T>>,
+    pub post_mlp_norm: Option<Norm<T>>,
 }
 
 pub struct Weights<T> {
@@ -70,7 +75,11 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn norm(&mut self, t: &NormTensors, dim: usize) -> Result<Norm<B::Weight>> {
-        let weight = self.tensor(&format!("{}.weight", t.prefix), &[dim])?;
+        let mut weight = self.host(&format!("{}.weight", t.prefix), &[dim])?;
+        if t.plus_one {
+            weight.iter_mut().for_each(|w| *w += 1.0);
+        }
+        let weight = self.backend.upload_weight(weight)?;
         let bias = if t.bias {
             Some(self.tensor(&format!("{}.bias", t.prefix), &[dim])?)
         } else {
@@ -136,11 +145,7 @@ impl<B: Backend> Loader<'_, B> {
         let c = self.cfg;
         let (h, f, q, kv) = (c.hidden, c.ffn_hidden, c.q_dim(), c.kv_dim());
         let t = (c.arch.layer)(c, self.layout, i);
-        let mlp_parts: &[usize] = if c.activation == Activation::SwiGlu {
-            &[f, f]
-        } else {
-            &[f]
-        };
+        let mlp_parts: &[usize] = if c.activation.gated() { &[f, f] } else { &[f] };
         let qkv_parts: &[usize] = match t.qkv.proj {
             Proj::Stack(_) => &[q, kv, kv],
             _ => &[q + 2 * kv],
@@ -156,6 +161,12 @@ impl<B: Backend> Loader<'_, B> {
             mlp_norm: t.mlp_norm.map(|n| self.norm(&n, h)).transpose()?,
             mlp_in: self.proj(&t.mlp_in, &mlp_in_parts, h)?,
             mlp_out: self.proj(&t.mlp_out, &[h], f)?,
+            qk_norm: match &t.qk_norm {
+                Some((qn, kn)) => Some((self.norm(qn, c.head_dim)?, self.norm(kn, c.head_dim)?)),
+                None => None,
+            },
+            post_attn_norm: t.post_attn_norm.map(|n| self.norm(&n, h)).transpose()?,
+            post_mlp_norm: t.post_mlp_norm.map(|n| self.norm(&n, h)).transpose()?,
         })
     }
 }
@@ -173,8 +184,10 @@ fn tensor_count(cfg: &ModelConfig, layout: Layout, head: Option<&ProjTensors>) -
     let per_layer: usize = (0..cfg.layers)
         .map(|i| {
             let t = (cfg.arch.layer)(cfg, layout, i);
+            let norms = [&t.mlp_norm, &t.post_attn_norm, &t.post_mlp_norm];
             norm(&t.attn_norm)
-                + t.mlp_norm.as_ref().map_or(0, norm)
+                + norms.into_iter().flatten().map(norm).sum::<usize>()
+                + t.qk_norm.as_ref().map_or(0, |(q, k)| norm(q) + norm(k))
                 + [&t.qkv, &t.attn_out, &t.mlp_in, &t.mlp_out]
                     .into_iter()
                     .map(proj)

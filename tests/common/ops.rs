@@ -348,6 +348,7 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         inv_freq: (0..dims / 2)
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / dims as f32))
             .collect(),
+        scale: 1.0,
     };
     let cases = [
         ("learned", 3, 3, 64, Positions::Learned),
@@ -376,6 +377,8 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
             positions: &positions,
+            softcap: None,
+            window: None,
         };
         for score in [
             None,
@@ -413,6 +416,8 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         head_dim: 8,
         scale: 1.0 / 8f32.sqrt(),
         positions: &positions,
+        softcap: None,
+        window: None,
     };
     let score = StepScore {
         noise: true,
@@ -436,6 +441,8 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         head_dim: 64,
         scale: 0.125,
         positions: &positions,
+        softcap: None,
+        window: None,
     };
     let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
     let inputs: Vec<Vec<f32>> = [70, 1, 1]

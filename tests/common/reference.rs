@@ -45,6 +45,7 @@ fn rotate(x: &mut [f64], pos: usize, positions: &Positions) {
         dims,
         pairs,
         inv_freq,
+        ..
     } = positions
     {
         for (i, f) in inv_freq.iter().enumerate() {

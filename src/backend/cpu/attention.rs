@@ -59,9 +59,13 @@ fn rotate(positions: &Positions, x: &mut [f32], pos: usize) {
         dims,
         pairs,
         inv_freq,
+        scale,
     } = positions
     {
         apply_rotary(x, pos, *dims, *pairs, inv_freq);
+        if *scale != 1.0 {
+            x[..*dims].iter_mut().for_each(|v| *v *= scale);
+        }
     }
 }
 
@@ -150,12 +154,22 @@ pub fn attention(
             for r in 0..rows {
                 let q_pos = (first_pos + r) as u32;
                 let qh = &q[(r * nh + h) * hd..(r * nh + h + 1) * hd];
-                // Causal: the prompt's later tokens are already cached during prefill.
+                // Causal: the prompt's later tokens are already cached during prefill. Slots
+                // are in position order, so a window starts at the first slot it reaches.
                 let n = (0..c.len).take_while(|&s| c.pos[base + s] <= q_pos).count();
-                for (s, xs) in x[..n].iter_mut().enumerate() {
+                let first = spec.window.map_or(0, |w| {
+                    (0..n)
+                        .take_while(|&s| c.pos[base + s] as usize + w <= q_pos as usize)
+                        .count()
+                });
+                x[..first].fill(f32::NEG_INFINITY);
+                for (s, xs) in x[..n].iter_mut().enumerate().skip(first) {
                     let slot = base + s;
-                    *xs = dot(qh, &c.k[slot * hd..(slot + 1) * hd]) * spec.scale
-                        + alibi(spec.positions, h, c.pos[slot], q_pos);
+                    let mut score = dot(qh, &c.k[slot * hd..(slot + 1) * hd]) * spec.scale;
+                    if let Some(cap) = spec.softcap {
+                        score = cap * (score / cap).tanh();
+                    }
+                    *xs = score + alibi(spec.positions, h, c.pos[slot], q_pos);
                 }
                 let probs = softmax(&x[..n], |_, v| v);
                 let o = &mut res.out[r * hd..(r + 1) * hd];

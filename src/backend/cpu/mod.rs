@@ -202,9 +202,14 @@ impl Backend for CpuBackend {
                 };
                 x[..rows * width].par_iter_mut().for_each(|v| *v = f(*v));
             }
-            Activation::SwiGlu => {
-                check_len("swiglu input", x, rows * 2 * width)?;
-                check_len("swiglu output", out, rows * width)?;
+            Activation::SwiGlu | Activation::GeGluTanh => {
+                check_len("gated input", x, rows * 2 * width)?;
+                check_len("gated output", out, rows * width)?;
+                let f = if act == Activation::SwiGlu {
+                    silu
+                } else {
+                    gelu_tanh
+                };
                 for (xr, yr) in x
                     .chunks_exact(2 * width)
                     .zip(out.chunks_exact_mut(width))
@@ -212,7 +217,7 @@ impl Backend for CpuBackend {
                 {
                     let (gate, up) = xr.split_at(width);
                     for i in 0..width {
-                        yr[i] = silu(gate[i]) * up[i];
+                        yr[i] = f(gate[i]) * up[i];
                     }
                 }
             }
@@ -258,6 +263,16 @@ impl Backend for CpuBackend {
 
     fn evict(&self, cache: &mut CpuCache, layer: usize, keep: &Keep) -> Result<()> {
         attention::evict(cache, layer, keep)
+    }
+
+    fn masks_windows(&self) -> bool {
+        true
+    }
+
+    fn map(&self, x: &mut Vec<f32>, len: usize, f: &(dyn Fn(f32) -> f32 + Sync)) -> Result<()> {
+        check_len("map", x, len)?;
+        x[..len].par_iter_mut().for_each(|v| *v = f(*v));
+        Ok(())
     }
 
     fn cache_len(&self, cache: &CpuCache, layer: usize) -> usize {

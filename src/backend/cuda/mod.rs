@@ -374,7 +374,7 @@ impl CudaBackend {
         (mid, out): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
         norm: Option<&NormSpec<CudaWeight>>,
     ) -> Result<()> {
-        if act == Activation::SwiGlu {
+        if act.gated() {
             self.product(x, rows, w, bias, dims, mid, Epilogue::Store(None), norm)?;
             return self.activation(act, mid, rows, dims.0 / 2, out);
         }
@@ -482,12 +482,12 @@ enum Epilogue {
     AccumulateEarly,
 }
 
-/// The `act` code of kernels/common.cuh's activate(); SwiGLU is never fused.
+/// The `act` code of kernels/common.cuh's activate(); gated activations are never fused.
 fn activation_code(act: Activation) -> u32 {
     match act {
         Activation::GeluErf => 1,
         Activation::GeluTanh => 2,
-        Activation::SwiGlu => 0,
+        Activation::SwiGlu | Activation::GeGluTanh => 0,
     }
 }
 
@@ -748,7 +748,7 @@ impl Backend for CudaBackend {
         mid: &mut CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if rows > GEMV_ROWS || act == Activation::SwiGlu || a.n_in != b.n_in {
+        if rows > GEMV_ROWS || act.gated() || a.n_in != b.n_in {
             let a = (a, a_out);
             return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
         }
@@ -834,6 +834,7 @@ impl Backend for CudaBackend {
                 ];
                 self.launch(&self.k.swiglu, blocks(n), 256, &args)
             }
+            Activation::GeGluTanh => Err(crate::backend::missing("cuda", "GeGLU")),
         }
     }
 
@@ -892,6 +893,10 @@ impl Backend for CudaBackend {
 
     fn kv_value_bytes(&self) -> usize {
         self.dtype.bytes()
+    }
+
+    fn check_model(&self, c: &crate::model::config::ModelConfig) -> Result<()> {
+        crate::backend::check_gpu_model("cuda", c)
     }
 
     fn new_cache(&self, shape: &CacheShape) -> Result<CudaCache> {

@@ -126,6 +126,7 @@ fn position_table(
             dims,
             pairs,
             inv_freq,
+            ..
         } => {
             if inv_freq.len() * 2 != *dims || *dims > head_dim {
                 return Err(Error::InvalidInput(format!(

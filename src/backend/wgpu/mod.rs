@@ -448,7 +448,7 @@ impl WgpuBackend {
                 let then = Product::SwiGlu(out);
                 return self.product(x, rows, norm, w, bias, dims, mid, then);
             }
-            Activation::SwiGlu => {
+            Activation::SwiGlu | Activation::GeGluTanh => {
                 self.product(x, rows, norm, w, bias, dims, mid, Product::Plain)?;
                 return self.activation(act, mid, rows, n_out / 2, out);
             }
@@ -697,7 +697,7 @@ impl Backend for WgpuBackend {
         let gelu = match act {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
-            Activation::SwiGlu => 0,
+            Activation::SwiGlu | Activation::GeGluTanh => 0,
         };
         let n_in = a.n_in;
         if gelu == 0 || b.n_in != n_in || !self.pairs(rows, &[n_in]) {
@@ -860,6 +860,7 @@ impl Backend for WgpuBackend {
                     rows * width,
                 )
             }
+            Activation::GeGluTanh => Err(crate::backend::missing("wgpu", "GeGLU")),
         }
     }
 
@@ -903,6 +904,10 @@ impl Backend for WgpuBackend {
 
     fn kv_value_bytes(&self) -> usize {
         if self.variant.f16 { 2 } else { 4 }
+    }
+
+    fn check_model(&self, c: &crate::model::config::ModelConfig) -> Result<()> {
+        crate::backend::check_gpu_model("wgpu", c)
     }
 
     fn new_cache(&self, shape: &CacheShape) -> Result<WgpuCache> {

@@ -42,6 +42,10 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         out_bias: false,
         mlp_bias: false,
         layer_window: Vec::new(),
+        window_positions: None,
+        embed_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         bos,
         eos,
     })
@@ -60,6 +64,9 @@ fn layer(_: &ModelConfig, _: Layout, i: usize) -> LayerTensors {
         mlp_norm: Some(p.norm("ln_2", true)),
         mlp_in: conv("mlp.c_fc"),
         mlp_out: conv("mlp.c_proj"),
+        qk_norm: None,
+        post_attn_norm: None,
+        post_mlp_norm: None,
     }
 }
 
@@ -70,6 +77,7 @@ fn globals(_: Layout) -> GlobalTensors {
         final_norm: NormTensors {
             prefix: "transformer.ln_f".into(),
             bias: true,
+            plus_one: false,
         },
         head: "lm_head".into(),
         head_bias: false,

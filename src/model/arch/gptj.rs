@@ -41,6 +41,10 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         out_bias: false,
         mlp_bias: false,
         layer_window: Vec::new(),
+        window_positions: None,
+        embed_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         bos,
         eos,
     })
@@ -55,6 +59,9 @@ fn layer(_: &ModelConfig, _: Layout, i: usize) -> LayerTensors {
         mlp_norm: None,
         mlp_in: p.one("mlp.fc_in", true),
         mlp_out: p.one("mlp.fc_out", true),
+        qk_norm: None,
+        post_attn_norm: None,
+        post_mlp_norm: None,
     }
 }
 
@@ -65,6 +72,7 @@ fn globals(_: Layout) -> GlobalTensors {
         final_norm: NormTensors {
             prefix: "transformer.ln_f".into(),
             bias: true,
+            plus_one: false,
         },
         head: "lm_head".into(),
         head_bias: true,

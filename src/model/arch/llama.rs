@@ -33,7 +33,7 @@ pub(super) fn llama_like(c: &HfConfig, arch: &'static Architecture) -> Result<Mo
         Some(d) => d,
         None => divide(hidden, heads)?,
     };
-    let partial = c.opt_f64("partial_rotary_factor")?.unwrap_or(1.0);
+    let partial = rope::partial_factor(c)?;
     if !(partial > 0.0 && partial <= 1.0) {
         return Err(Error::Config(format!(
             "partial_rotary_factor {partial} must be in (0, 1]"
@@ -64,6 +64,10 @@ pub(super) fn llama_like(c: &HfConfig, arch: &'static Architecture) -> Result<Mo
         out_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
         mlp_bias: c.opt_bool("mlp_bias")?.unwrap_or(false),
         layer_window: Vec::new(),
+        window_positions: None,
+        embed_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         bos,
         eos,
     })
@@ -130,6 +134,10 @@ pub(super) fn llama_like_gguf(
         out_bias: false,
         mlp_bias: false,
         layer_window: window.map_or_else(Vec::new, |w| vec![Some(w); layers]),
+        window_positions: None,
+        embed_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         bos: g.token_id("bos_token_id")?,
         eos: g.token_id("eos_token_id")?.into_iter().collect(),
     })
@@ -151,6 +159,9 @@ pub(super) fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
         mlp_norm: Some(p.norm("post_attention_layernorm", false)),
         mlp_in: p.stack(&["mlp.gate_proj", "mlp.up_proj"], mlp_bias),
         mlp_out: p.one("mlp.down_proj", mlp_bias),
+        qk_norm: None,
+        post_attn_norm: None,
+        post_mlp_norm: None,
     }
 }
 
@@ -164,6 +175,7 @@ pub(super) fn globals(layout: Layout) -> GlobalTensors {
         final_norm: NormTensors {
             prefix: "model.norm".into(),
             bias: false,
+            plus_one: false,
         },
         head: "lm_head".into(),
         head_bias: false,

@@ -135,6 +135,8 @@ pub fn by_gguf_name(name: &str) -> Result<&'static Architecture> {
 pub struct NormTensors {
     pub prefix: String,
     pub bias: bool,
+    /// The checkpoint stores weight - 1 (Gemma's Hugging Face norms): add it back.
+    pub plus_one: bool,
 }
 
 /// Where a projection's matrix (and bias) comes from.
@@ -184,6 +186,11 @@ pub struct LayerTensors {
     /// [ffn] rows for GELU models, [gate | up] for gated ones.
     pub mlp_in: ProjTensors,
     pub mlp_out: ProjTensors,
+    /// Per-head RMSNorms of q and k (Qwen3, Gemma 3).
+    pub qk_norm: Option<(NormTensors, NormTensors)>,
+    /// Norms of the attention's and the MLP's outputs (Gemma).
+    pub post_attn_norm: Option<NormTensors>,
+    pub post_mlp_norm: Option<NormTensors>,
 }
 
 /// The tensors outside the layers.
@@ -211,6 +218,7 @@ impl Prefix {
         NormTensors {
             prefix: self.of(suffix),
             bias,
+            plus_one: false,
         }
     }
 
@@ -233,6 +241,9 @@ pub(crate) fn gguf_layer(i: usize, qkv_bias: bool) -> LayerTensors {
         mlp_norm: Some(p.norm("ffn_norm", false)),
         mlp_in: p.stack(&["ffn_gate", "ffn_up"], false),
         mlp_out: p.one("ffn_down", false),
+        qk_norm: None,
+        post_attn_norm: None,
+        post_mlp_norm: None,
     }
 }
 
@@ -243,6 +254,7 @@ pub(crate) fn gguf_globals() -> GlobalTensors {
         final_norm: NormTensors {
             prefix: "output_norm".into(),
             bias: false,
+            plus_one: false,
         },
         head: "output".into(),
         head_bias: false,

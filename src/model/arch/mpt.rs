@@ -65,6 +65,10 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         out_bias: false,
         mlp_bias: false,
         layer_window: Vec::new(),
+        window_positions: None,
+        embed_scale: None,
+        attn_softcap: None,
+        final_softcap: None,
         bos,
         eos,
     })
@@ -79,6 +83,9 @@ fn layer(_: &ModelConfig, _: Layout, i: usize) -> LayerTensors {
         mlp_norm: Some(p.norm("norm_2", false)),
         mlp_in: p.one("ffn.up_proj", false),
         mlp_out: p.one("ffn.down_proj", false),
+        qk_norm: None,
+        post_attn_norm: None,
+        post_mlp_norm: None,
     }
 }
 
@@ -89,6 +96,7 @@ fn globals(_: Layout) -> GlobalTensors {
         final_norm: NormTensors {
             prefix: "transformer.norm_f".into(),
             bias: false,
+            plus_one: false,
         },
         head: "lm_head".into(),
         head_bias: false,

@@ -55,6 +55,9 @@ fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
         mlp_norm: Some(p.norm(norms.1, false)),
         mlp_in: p.one(gate_up, c.mlp_bias),
         mlp_out: p.one(down, c.mlp_bias),
+        qk_norm: None,
+        post_attn_norm: None,
+        post_mlp_norm: None,
     }
 }
 
