@@ -483,19 +483,21 @@ fn tensor_data_out_of_bounds_is_malformed() {
 
 #[test]
 fn unsupported_tensor_type_names_tensor_and_type() {
-    // Q5_K (13) cannot be dequantized; the file still opens and reports the shape.
+    // IQ2_XXS (16, 66 bytes per 256 values) cannot be dequantized; the file still opens and
+    // reports the shape.
     let t = Tensor {
         name: "blk.0.ffn_up.weight",
         ne: vec![256, 2],
-        ggml_type: 13,
-        data: vec![0; 16],
+        ggml_type: 16,
+        data: vec![0; 132],
     };
     let g = open_bytes("q5k", &build(&[], &[t])).unwrap();
     assert_eq!(g.tensor_shape("blk.0.ffn_up.weight").unwrap(), [2, 256]);
     match g.tensor_f32("blk.0.ffn_up.weight") {
         Err(Error::Unsupported { what, .. }) => {
             assert!(
-                what.contains("Q5_K") && what.contains("blk.0.ffn_up.weight"),
+                what.contains("type IQ2_XXS of tensor 'blk.0.ffn_up.weight'")
+                    && what.contains("supported: F32, F16, BF16, Q4_0"),
                 "{what}"
             )
         }

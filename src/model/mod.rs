@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod quant;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;
