@@ -161,6 +161,13 @@ impl GgufFile {
         self.tensors.contains_key(name)
     }
 
+    /// The names of all tensors, sorted.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors
             .get(name)
