@@ -631,6 +631,22 @@ fn absurd_header_counts_fail_before_allocating() {
 }
 
 #[test]
+fn metadata_arrays_are_capped_in_all() {
+    // 2^24 + 1 one-byte items would take 32 times their bytes as values: refused.
+    let n = (1usize << 24) + 1;
+    let mut bytes = header(0, 1);
+    put_str(&mut bytes, "k");
+    bytes.extend(9u32.to_le_bytes());
+    bytes.extend(0u32.to_le_bytes()); // u8 items
+    bytes.extend((n as u64).to_le_bytes());
+    bytes.resize(bytes.len() + n, 7);
+    assert_malformed(
+        open_bytes("bigarray", &bytes),
+        "metadata arrays hold more than 16777216 items in all",
+    );
+}
+
+#[test]
 fn unreadable_type_data_is_still_bounds_checked() {
     // IQ2_XXS blocks are 66 bytes: 512 values need 132 bytes, the file carries 66.
     let t = Tensor {

@@ -18,6 +18,9 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Nested arrays recurse; a hostile file could otherwise nest deep enough to overflow the stack.
 const MAX_ARRAY_DEPTH: usize = 8;
+/// The most array items all metadata may hold together: ten times the largest vocabularies'
+/// tokens, merges, scores and types (about 1.3 million), at most 512 MiB in memory.
+const MAX_ARRAY_ITEMS: usize = 1 << 24;
 /// The fewest bytes a metadata entry takes: key length (u64), value type (u32), a 1-byte value.
 const MIN_METADATA_BYTES: usize = 8 + 4 + 1;
 /// The fewest bytes a tensor info takes: name length, dimension count, one dimension, type,
@@ -201,7 +204,7 @@ impl GgufFile {
 type Parsed = (HashMap<String, GgufValue>, HashMap<String, TensorInfo>);
 
 fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
-    let mut r = Reader { data, pos: 0, path };
+    let mut r = Reader::new(data, 0, path);
     if r.take(4, "magic")? != b"GGUF" {
         return Err(r.malformed("bad magic (not a GGUF file)"));
     }
@@ -241,16 +244,8 @@ fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
         let info = tensor_info(&mut r).map_err(|e| match e {
             Error::Malformed { reason, .. } => {
                 let position = format!("tensor info {} of {tensor_count}", index + 1);
-                // Only dimension counts no tensor has but a metadata value type has (5..=12).
-                let dims = data.get(entry..).and_then(|rest| {
-                    let len = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-                    let at = usize::try_from(len).ok()?.checked_add(8)?;
-                    Some(u32::from_le_bytes(rest.get(at..at + 4)?.try_into().ok()?))
-                });
-                let hint = (index == 0 && dims.is_some_and(|d| d > MAX_DIMS))
-                    .then(|| metadata_after_metadata(data, entry, path))
-                    .flatten();
-                r.malformed(match hint {
+                let misplaced = (index == 0).then(|| misplaced_metadata(data, entry, path));
+                r.malformed(match misplaced.flatten() {
                     Some(entry) => format!(
                         "the header counts {kv_count} metadata entries, but another one \
                          ({entry}) follows them where {position} should begin: the header's \
@@ -314,13 +309,18 @@ fn tensor_info(r: &mut Reader) -> Result<(String, Vec<usize>, u32, u64)> {
 }
 
 /// Whether the bytes at `pos`, where the tensor table should begin, read as a whole metadata
-/// entry instead: then the header's metadata count is too small. Returns "key, a TYPE value".
-fn metadata_after_metadata(data: &[u8], pos: usize, path: &Path) -> Option<String> {
-    let mut r = Reader { data, pos, path };
+/// entry whose value type (where a tensor info has its dimension count) no tensor could have
+/// (5..=12 dimensions): then the header's metadata count is too small. Returns "'key', a TYPE
+/// value".
+fn misplaced_metadata(data: &[u8], pos: usize, path: &Path) -> Option<String> {
+    let mut r = Reader::new(data, pos, path);
     let key = r.string("metadata key").ok()?;
     let value_type = r.u32("metadata value type").ok()?;
-    r.value(value_type, 0).ok()?;
     let type_name = VALUE_TYPE_NAMES.get(value_type as usize)?;
+    if value_type <= MAX_DIMS {
+        return None;
+    }
+    r.value(value_type, 0).ok()?;
     Some(format!("'{key}', a {type_name} value"))
 }
 
@@ -432,9 +432,21 @@ struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Array items still allowed: each becomes a `GgufValue` of 32 bytes, so a file of tiny
+    /// items would otherwise take 32 times its size in memory.
+    array_items_left: usize,
 }
 
 impl<'a> Reader<'a> {
+    fn new(data: &'a [u8], pos: usize, path: &'a Path) -> Self {
+        Reader {
+            data,
+            pos,
+            path,
+            array_items_left: MAX_ARRAY_ITEMS,
+        }
+    }
+
     fn malformed(&self, reason: impl Into<String>) -> Error {
         Error::malformed(self.path, FORMAT, reason)
     }
@@ -524,6 +536,11 @@ impl<'a> Reader<'a> {
                     t => return Err(self.malformed(format!("unknown metadata value type {t}"))),
                 };
                 let n = self.count("array length", item_size)?;
+                self.array_items_left = self.array_items_left.checked_sub(n).ok_or_else(|| {
+                    self.malformed(format!(
+                        "metadata arrays hold more than {MAX_ARRAY_ITEMS} items in all"
+                    ))
+                })?;
                 let mut items = self.buffer(n, "metadata array")?;
                 for _ in 0..n {
                     items.push(self.value(item_type, depth + 1)?);
