@@ -2,7 +2,10 @@
 //!
 //! The file is memory-mapped; the header (metadata and tensor table) is parsed and validated up
 //! front with every read bounds-checked, so a hostile file yields `Error::Malformed`, never a panic
-//! or a huge allocation. Tensor data is only touched when `tensor_f32` dequantizes it.
+//! or a huge allocation: counts and lengths are checked against the bytes left before anything
+//! is allocated, and the tensors must tile the data section as GGUF writers lay it out (so a
+//! tensor missing from the table is reported as such). Tensor data is only touched when
+//! `tensor_f32` dequantizes it, through the format table in `model::quant`.
 
 use std::collections::HashMap;
 use std::fs::File;
