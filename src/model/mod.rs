@@ -3,6 +3,7 @@
 pub mod arch;
 pub mod config;
 pub mod gguf;
+pub mod quant;
 pub mod rope;
 pub mod source;
 pub mod tokenizer;

@@ -1,0 +1,172 @@
+//! GGML weight formats as one table: per GGUF type id its name, its block (values and bytes) and,
+//! where this crate reads it, a block dequantizer to f32.
+//!
+//! Adding a format is one entry in `FORMATS` (plus its block function). The block layouts follow
+//! ggml's reference dequantizers (`ggml-quants.c`); each function does its arithmetic in f32 in
+//! the same order as the reference, so results are bit-exact (tests/quant.rs checks this against
+//! the `gguf` Python package's dequantizer for every readable format).
+
+mod blocks32;
+mod floats;
+mod kquants;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Turns one block's bytes (`block_bytes` long) into its values (`block_values` long).
+pub type BlockFn = fn(block: &[u8], out: &mut [f32]);
+
+/// One ggml element type.
+#[derive(Debug)]
+pub struct Format {
+    /// The GGUF/ggml type id, as stored in a tensor info.
+    pub id: u32,
+    /// ggml's name for it (`Q4_K`, `BF16`, ...).
+    pub name: &'static str,
+    /// Values per block (1 for plain floats and integers).
+    pub block_values: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// `None` for types this crate can size but not read.
+    dequantize_block: Option<BlockFn>,
+}
+
+const fn entry(
+    id: u32,
+    name: &'static str,
+    block_values: usize,
+    block_bytes: usize,
+    dequantize_block: Option<BlockFn>,
+) -> Format {
+    Format {
+        id,
+        name,
+        block_values,
+        block_bytes,
+        dequantize_block,
+    }
+}
+
+/// Every ggml type GGUF files may name, readable ones first.
+pub static FORMATS: &[Format] = &[
+    entry(0, "F32", 1, 4, Some(floats::f32_block)),
+    entry(1, "F16", 1, 2, Some(floats::f16_block)),
+    entry(30, "BF16", 1, 2, Some(floats::bf16_block)),
+    entry(2, "Q4_0", 32, 18, Some(blocks32::q4_0)),
+    entry(3, "Q4_1", 32, 20, Some(blocks32::q4_1)),
+    entry(6, "Q5_0", 32, 22, Some(blocks32::q5_0)),
+    entry(7, "Q5_1", 32, 24, Some(blocks32::q5_1)),
+    entry(8, "Q8_0", 32, 34, Some(blocks32::q8_0)),
+    entry(20, "IQ4_NL", 32, 18, Some(blocks32::iq4_nl)),
+    entry(10, "Q2_K", 256, 84, Some(kquants::q2_k)),
+    entry(11, "Q3_K", 256, 110, Some(kquants::q3_k)),
+    entry(12, "Q4_K", 256, 144, Some(kquants::q4_k)),
+    entry(13, "Q5_K", 256, 176, Some(kquants::q5_k)),
+    entry(14, "Q6_K", 256, 210, Some(kquants::q6_k)),
+    entry(23, "IQ4_XS", 256, 136, Some(kquants::iq4_xs)),
+    // Known, sized, not read.
+    entry(9, "Q8_1", 32, 40, None),
+    entry(15, "Q8_K", 256, 292, None),
+    entry(16, "IQ2_XXS", 256, 66, None),
+    entry(17, "IQ2_XS", 256, 74, None),
+    entry(18, "IQ3_XXS", 256, 98, None),
+    entry(19, "IQ1_S", 256, 50, None),
+    entry(21, "IQ3_S", 256, 110, None),
+    entry(22, "IQ2_S", 256, 82, None),
+    entry(24, "I8", 1, 1, None),
+    entry(25, "I16", 1, 2, None),
+    entry(26, "I32", 1, 4, None),
+    entry(27, "I64", 1, 8, None),
+    entry(28, "F64", 1, 8, None),
+    entry(29, "IQ1_M", 256, 56, None),
+    entry(34, "TQ1_0", 256, 54, None),
+    entry(35, "TQ2_0", 256, 66, None),
+    entry(39, "MXFP4", 32, 17, None),
+];
+
+/// The table entry of a type id; `None` for ids ggml does not define (or this table lacks).
+pub fn by_id(id: u32) -> Option<&'static Format> {
+    FORMATS.iter().find(|f| f.id == id)
+}
+
+/// The name of a type id for messages: ggml's name, or "ggml type N" when unknown.
+pub fn type_name(id: u32) -> String {
+    by_id(id).map_or_else(|| format!("ggml type {id}"), |f| f.name.to_string())
+}
+
+/// The names of the readable types, comma-separated, for messages.
+pub fn supported_names() -> String {
+    let names: Vec<&str> = FORMATS
+        .iter()
+        .filter(|f| f.dequantize_block.is_some())
+        .map(|f| f.name)
+        .collect();
+    names.join(", ")
+}
+
+impl Format {
+    pub fn can_dequantize(&self) -> bool {
+        self.dequantize_block.is_some()
+    }
+
+    /// Bytes that `values` values take, or `None` when `values` is not a whole number of blocks
+    /// or the size overflows.
+    pub fn bytes_for(&self, values: usize) -> Option<usize> {
+        if !values.is_multiple_of(self.block_values) {
+            return None;
+        }
+        (values / self.block_values).checked_mul(self.block_bytes)
+    }
+
+    /// Dequantizes whole blocks to f32. `bytes` must be a whole number of blocks; the output is
+    /// allocated fallibly, since its length comes from a file.
+    pub fn dequantize(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let block = self.dequantize_block.ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "type {} cannot be dequantized (supported: {})",
+                self.name,
+                supported_names()
+            ))
+        })?;
+        if !bytes.len().is_multiple_of(self.block_bytes) {
+            return Err(Error::InvalidInput(format!(
+                "{} bytes are not a whole number of {} blocks ({} bytes each)",
+                bytes.len(),
+                self.name,
+                self.block_bytes
+            )));
+        }
+        let values = bytes.len() / self.block_bytes * self.block_values;
+        let mut out = Vec::new();
+        out.try_reserve_exact(values).map_err(|_| {
+            Error::InvalidInput(format!(
+                "cannot allocate {values} f32 values for a {} tensor",
+                self.name
+            ))
+        })?;
+        out.resize(values, 0.0);
+        // Chunks of blocks in parallel: an embedding holds hundreds of millions of values.
+        const BLOCKS_PER_TASK: usize = 4096;
+        bytes
+            .par_chunks(self.block_bytes * BLOCKS_PER_TASK)
+            .zip(out.par_chunks_mut(self.block_values * BLOCKS_PER_TASK))
+            .for_each(|(src, dst)| {
+                let blocks = src.chunks_exact(self.block_bytes);
+                for (b, o) in blocks.zip(dst.chunks_exact_mut(self.block_values)) {
+                    block(b, o);
+                }
+            });
+        Ok(out)
+    }
+}
+
+/// The f16 stored little-endian at `b[i..i + 2]`, as f32.
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The non-linear 4-bit codebook of IQ4_NL and IQ4_XS (ggml's `kvalues_iq4nl`).
+const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
