@@ -133,3 +133,18 @@ fn mistral_sliding_window_matches_transformers() {
 fn phi3_fused_projections_and_longrope_match_transformers() {
     check("phi3");
 }
+
+#[test]
+fn qwen3_head_norms_match_transformers() {
+    check("qwen3");
+}
+
+#[test]
+fn gemma2_softcapping_and_local_layers_match_transformers() {
+    check("gemma2");
+}
+
+#[test]
+fn gemma3_local_rotary_and_head_norms_match_transformers() {
+    check("gemma3");
+}

@@ -59,11 +59,32 @@ pub fn from_hf(
     let params = c.opt_object("rope_parameters")?;
     let legacy = c.opt_object("rope_scaling")?;
     let r = params.as_ref().or(legacy.as_ref());
-    let field = |k: &str| r.map_or(Ok(None), |r| r.opt_f64(k));
     let theta = match c.opt_f64("rope_theta")? {
         Some(t) => t,
-        None => field("rope_theta")?.unwrap_or(10000.0),
+        None => match r {
+            Some(r) => r.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            None => 10000.0,
+        },
     };
+    from_params(c, r, theta, (dims, head_dim), pairs, max_positions)
+}
+
+/// The rotary of rope parameters `r` (a `rope_parameters` object, or one layer type's entry
+/// in it) at base `theta`, for `dims` of `head_dim` dimensions.
+pub fn from_params(
+    c: &HfConfig,
+    r: Option<&HfConfig>,
+    theta: f64,
+    (dims, head_dim): (usize, usize),
+    pairs: RopePairs,
+    max_positions: usize,
+) -> Result<Rope> {
+    if head_dim > MAX_HEAD_DIM || dims == 0 || dims > head_dim || !dims.is_multiple_of(2) {
+        return Err(Error::Config(format!(
+            "rotary dims {dims} must be even and at most head_dim {head_dim} (at most {MAX_HEAD_DIM})"
+        )));
+    }
+    let field = |k: &str| r.map_or(Ok(None), |r| r.opt_f64(k));
     if !(theta.is_finite() && theta > 1.0) {
         return Err(bad(format!("rope theta {theta} must be a number above 1")));
     }

@@ -3,6 +3,7 @@
 //! backend-neutral `ModelConfig`, and names its tensors in both layouts as data (`LayerTensors`).
 //! Nothing outside this folder matches on an architecture's name.
 
+mod gemma;
 mod gpt2;
 mod gptj;
 mod llama;
@@ -10,6 +11,7 @@ mod mistral;
 mod mpt;
 mod phi3;
 mod qwen2;
+mod qwen3;
 
 pub use llama::LLAMA;
 
@@ -95,7 +97,10 @@ pub static ARCHITECTURES: &[&Architecture] = &[
     &llama::LLAMA,
     &mistral::MISTRAL,
     &qwen2::QWEN2,
+    &qwen3::QWEN3,
     &phi3::PHI3,
+    &gemma::GEMMA2,
+    &gemma::GEMMA3,
 ];
 
 fn supported(names: impl Iterator<Item = &'static str>) -> String {
