@@ -27,7 +27,10 @@ fn bench_configs_parse_with_their_shapes() {
         let got = (c.arch.name, c.layers, c.heads, c.kv_heads, c.head_dim);
         assert_eq!(got, (arch, layers, heads, kv_heads, head_dim), "{name}");
         assert_eq!(c.layer_window.iter().flatten().count(), windowed, "{name}");
-        println!("{name}: {arch}, {layers} layers, max context {}", c.max_context);
+        println!(
+            "{name}: {arch}, {layers} layers, max context {}",
+            c.max_context
+        );
     }
     // Llama 3.1's llama3 rope scaling leaves the highest frequency alone and divides the
     // lowest by the factor, 8.

@@ -29,28 +29,58 @@ pub(crate) fn missing(backend: &'static str, what: &str) -> Error {
     }
 }
 
-/// The architecture features the GPU kernels do not have yet.
-pub(crate) fn check_gpu_model(
+/// Architecture features a backend's kernels may lack, for `Backend::check_model`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Activation::GeGluTanh.
+    GeGlu,
+    /// AttentionSpec::softcap.
+    AttentionSoftcap,
+    /// Sliding-window layers with a rotary of their own (ModelConfig::window_positions).
+    WindowRotary,
+    /// A rotary that scales the dimensions it turns (Positions::Rotary::scale != 1).
+    ScaledRotary,
+    /// Sliding-window layers, whose prompt attention masks keys past the window
+    /// (`Backend::masks_windows`).
+    WindowMask,
+}
+
+impl Feature {
+    fn describe(self) -> &'static str {
+        match self {
+            Feature::GeGlu => "the GeGLU activation",
+            Feature::AttentionSoftcap => "attention soft-capping",
+            Feature::WindowRotary => "a separate rotary for sliding-window layers",
+            Feature::ScaledRotary => "a scaled partial rotary",
+            Feature::WindowMask => "sliding-window attention",
+        }
+    }
+
+    /// Whether a model of `c` needs this feature.
+    fn needed_by(self, c: &crate::model::config::ModelConfig) -> bool {
+        match self {
+            Feature::GeGlu => c.activation == Activation::GeGluTanh,
+            Feature::AttentionSoftcap => c.attn_softcap.is_some(),
+            Feature::WindowRotary => c.window_positions.is_some(),
+            Feature::ScaledRotary => {
+                matches!(c.positions, Positions::Rotary { scale, .. } if scale != 1.0)
+            }
+            Feature::WindowMask => !c.layer_window.is_empty(),
+        }
+    }
+}
+
+/// An error naming the first of `lacking` that a model of `c` needs.
+pub(crate) fn refuse_lacking(
     backend: &'static str,
     c: &crate::model::config::ModelConfig,
+    lacking: &[Feature],
 ) -> Result<()> {
-    let lacking = [
-        (
-            c.activation == Activation::GeGluTanh,
-            "the GeGLU activation",
-        ),
-        (c.attn_softcap.is_some(), "attention soft-capping"),
-        (
-            c.window_positions.is_some(),
-            "a separate rotary for sliding-window layers",
-        ),
-        (
-            matches!(c.positions, Positions::Rotary { scale, .. } if scale != 1.0),
-            "a scaled partial rotary",
-        ),
-    ];
-    match lacking.iter().find(|(lacks, _)| *lacks) {
-        Some((_, what)) => Err(missing(backend, &format!("{} ({})", what, c.arch.name))),
+    match lacking.iter().find(|f| f.needed_by(c)) {
+        Some(f) => Err(missing(
+            backend,
+            &format!("{} ({})", f.describe(), c.arch.name),
+        )),
         None => Ok(()),
     }
 }

@@ -148,8 +148,27 @@ pub fn rewrite_tensors(file: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usiz
     safetensors::serialize_to_file(views, None, file).unwrap();
 }
 
+/// Whether `error` says a backend lacks an op an architecture needs: the test then prints
+/// SKIP with the reason (the backends' `check_model` lists what they lack).
+pub fn lacks_feature(what: &str, error: &dyn std::fmt::Display) -> bool {
+    let message = error.to_string();
+    let lacks = message.contains("is not implemented on this backend yet")
+        || message.contains("through a sliding window of");
+    if lacks {
+        println!("SKIP {what}: {message}");
+    }
+    lacks
+}
+
+/// Every architecture's tiny fixture (tests/fixtures/tiny-*).
+pub const ARCHS: [&str; 11] = [
+    "gpt2", "gptj", "mpt", "llama", "llama3", "qwen2", "mistral", "phi3", "qwen3", "gemma2",
+    "gemma3",
+];
+
 /// A tiny fixture whose context is raised to `context` tokens, for long generations. GPT-2's
-/// learned position table is extended with random rows.
+/// learned position table is extended with random rows; LongRoPE's original context is raised
+/// with it (its short factors hold only up to there).
 pub fn long_context_fixture(arch: &str, context: usize, test: &str) -> PathBuf {
     let dir = scratch_copy(&format!("tiny-{arch}"), &format!("{test}-{arch}"));
     let key = match arch {
@@ -162,6 +181,9 @@ pub fn long_context_fixture(arch: &str, context: usize, test: &str) -> PathBuf {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let old = json[key].as_u64().unwrap() as usize;
     json[key] = context.into();
+    if json["rope_parameters"]["rope_type"] == "longrope" {
+        json["rope_parameters"]["original_max_position_embeddings"] = context.into();
+    }
     std::fs::write(&path, json.to_string()).unwrap();
     if arch == "gpt2" {
         rewrite_tensors(&dir.join("model.safetensors"), |t| {

@@ -907,7 +907,16 @@ impl Backend for WgpuBackend {
     }
 
     fn check_model(&self, c: &crate::model::config::ModelConfig) -> Result<()> {
-        crate::backend::check_gpu_model("wgpu", c)
+        use crate::backend::Feature::*;
+        // What the kernels do not have yet; remove a feature here once they do.
+        let lacking = [
+            GeGlu,
+            AttentionSoftcap,
+            WindowRotary,
+            ScaledRotary,
+            WindowMask,
+        ];
+        crate::backend::refuse_lacking("wgpu", c, &lacking)
     }
 
     fn new_cache(&self, shape: &CacheShape) -> Result<WgpuCache> {
