@@ -1,5 +1,6 @@
-"""Hugging Face transformers on the same shapes as `keyformer bench`: random fp16 weights, eager
-attention, full cache, batch 1 or --batch N. Run on the GPU machine in the same call as the
+"""Hugging Face transformers on the same shapes as `keyformer bench`: random fp16 weights,
+`--attn sdpa` (default, transformers' own default) or eager attention, full cache, batch 1 or
+--batch N. Run on the GPU machine in the same call as the
 bench:
 
     python3 benches/hf_baseline.py benches/configs/gptj-6b.json --prompt-tokens 2048 --gen-tokens 64
@@ -23,6 +24,7 @@ parser.add_argument("--prompt-tokens", type=int, default=2048)
 parser.add_argument("--gen-tokens", type=int, default=64)
 parser.add_argument("--batch", type=int, default=1)
 parser.add_argument("--max-batch", action="store_true")
+parser.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
 args = parser.parse_args()
 
 with open(args.config) as f:
@@ -32,7 +34,7 @@ for key in ("n_positions", "max_seq_len", "max_position_embeddings"):
     if key in fields:
         fields[key] = max(fields[key], args.prompt_tokens + args.gen_tokens + 1)
 config = AutoConfig.for_model(**fields)
-config._attn_implementation = "eager"
+config._attn_implementation = args.attn
 torch.manual_seed(0)
 with torch.device("cuda"):
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float16).eval()
@@ -106,7 +108,7 @@ if args.max_batch:
             past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         torch.cuda.synchronize()
     decode_ms = (time.perf_counter() - t0) * 1e3 / steps
-    print(f"transformers {torch.__version__} {config.model_type} fp16 eager: prompt "
+    print(f"transformers {torch.__version__} {config.model_type} fp16 {args.attn}: prompt "
           f"{args.prompt_tokens} gen {args.gen_tokens} max batch {batch}: decode {decode_ms:.3f} "
           f"ms/step at {args.prompt_tokens + args.gen_tokens // 2} cached tokens "
           f"({batch * 1e3 / decode_ms:.1f} tokens/s)")
@@ -114,6 +116,6 @@ if args.max_batch:
 
 run(ids[:, :64], 4)  # warm-up
 prefill_ms, decode_ms = run(ids, args.gen_tokens)
-print(f"transformers {torch.__version__} {config.model_type} fp16 eager: prompt {args.prompt_tokens} "
+print(f"transformers {torch.__version__} {config.model_type} fp16 {args.attn}: prompt {args.prompt_tokens} "
       f"gen {args.gen_tokens} batch {args.batch}: prefill {prefill_ms:.1f} ms, decode "
       f"{decode_ms:.3f} ms/step ({args.batch * 1e3 / decode_ms:.1f} tokens/s)")
