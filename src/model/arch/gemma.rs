@@ -197,12 +197,7 @@ fn common_gguf(g: &GgufConfig, arch: &'static Architecture, pattern: usize) -> R
             .opt_f64("attention.layer_norm_rms_epsilon")?
             .unwrap_or(1e-6) as f32,
         activation: Activation::GeGluTanh,
-        positions: rotary(
-            head_dim,
-            head_dim,
-            g.opt_f64("rope.freq_base")?.unwrap_or(10000.0),
-            RopePairs::Halves,
-        )?,
+        positions: super::llama::gguf_rotary(g, head_dim, head_dim, RopePairs::Halves)?,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: !g.has_tensor("output.weight"),
@@ -225,32 +220,10 @@ fn gemma2_gguf(g: &GgufConfig) -> Result<ModelConfig> {
     common_gguf(g, &GEMMA2, 2)
 }
 
-/// llama.cpp's Gemma 3: local layers turn at base 10000, global ones at `rope.freq_base`,
-/// scaled linearly where `rope.scaling.type` says so.
+/// llama.cpp's Gemma 3: local layers turn at base 10000, global ones at `rope.freq_base`
+/// (scaled as `gguf_rotary` reads it).
 fn gemma3_gguf(g: &GgufConfig) -> Result<ModelConfig> {
     let mut cfg = common_gguf(g, &GEMMA3, 6)?;
-    let scaling = g
-        .get("rope.scaling.type")
-        .map(|v| v.as_str().unwrap_or("?").to_string());
-    match scaling.as_deref() {
-        None | Some("none") => {}
-        Some("linear") => {
-            let factor = g.opt_f64("rope.scaling.factor")?.unwrap_or(1.0);
-            if factor < 1.0 {
-                return Err(Error::Config(format!(
-                    "rope scaling factor {factor} below 1"
-                )));
-            }
-            if let crate::model::config::Positions::Rotary { inv_freq, .. } = &mut cfg.positions {
-                inv_freq.iter_mut().for_each(|f| *f /= factor as f32);
-            }
-        }
-        Some(other) => {
-            return Err(Error::Config(format!(
-                "Gemma 3 GGUF rope scaling '{other}' is not supported (supported: linear)"
-            )));
-        }
-    }
     let hd = cfg.head_dim;
     cfg.window_positions = Some(rotary(hd, hd, 10000.0, RopePairs::Halves)?);
     Ok(cfg)

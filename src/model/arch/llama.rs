@@ -4,7 +4,7 @@
 use super::{Architecture, GlobalTensors, LayerTensors, Layout, NormTensors, Prefix};
 use crate::error::{Error, Result};
 use crate::model::config::{
-    Activation, GgufConfig, HfConfig, ModelConfig, NormKind, RopePairs, divide, rotary,
+    Activation, GgufConfig, HfConfig, ModelConfig, NormKind, Positions, RopePairs, divide, rotary,
 };
 use crate::model::rope;
 
@@ -121,12 +121,7 @@ pub(super) fn llama_like_gguf(
             .opt_f64("attention.layer_norm_rms_epsilon")?
             .unwrap_or(1e-5) as f32,
         activation: Activation::SwiGlu,
-        positions: rotary(
-            rope_dims,
-            head_dim,
-            g.opt_f64("rope.freq_base")?.unwrap_or(10000.0),
-            pairs,
-        )?,
+        positions: gguf_rotary(g, rope_dims, head_dim, pairs)?,
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: !g.has_tensor("output.weight"),
@@ -141,6 +136,67 @@ pub(super) fn llama_like_gguf(
         bos: g.token_id("bos_token_id")?,
         eos: g.token_id("eos_token_id")?.into_iter().collect(),
     })
+}
+
+/// The rotary llama.cpp describes: `rope.freq_base`, its per-frequency divisors in the
+/// `rope_freqs.weight` tensor (how it stores Llama 3.1's llama3 scaling) and linear scaling;
+/// other scalings and LongRoPE's factor tensors are refused rather than ignored.
+pub(super) fn gguf_rotary(
+    g: &GgufConfig,
+    dims: usize,
+    head_dim: usize,
+    pairs: RopePairs,
+) -> Result<Positions> {
+    let theta = g.opt_f64("rope.freq_base")?.unwrap_or(10000.0);
+    let mut positions = rotary(dims, head_dim, theta, pairs)?;
+    let Positions::Rotary { inv_freq, .. } = &mut positions else {
+        unreachable!("rotary() makes a rotary");
+    };
+    if g.has_tensor("rope_freqs.weight") {
+        let divisors = g.file.tensor_f32("rope_freqs.weight")?;
+        if divisors.len() != inv_freq.len() || divisors.iter().any(|d| !(*d > 0.0)) {
+            return Err(Error::Config(format!(
+                "rope_freqs.weight holds {} values, expected {} positive ones",
+                divisors.len(),
+                inv_freq.len()
+            )));
+        }
+        inv_freq
+            .iter_mut()
+            .zip(&divisors)
+            .for_each(|(f, d)| *f /= d);
+    }
+    for factors in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        if g.has_tensor(factors) {
+            return Err(Error::Config(format!(
+                "GGUF LongRoPE factors ({factors}) are not supported yet"
+            )));
+        }
+    }
+    let scaling = match g.get("rope.scaling.type") {
+        Some(v) => v.as_str().map(str::to_string).ok_or_else(|| {
+            Error::Config(format!("rope.scaling.type is {v:?}, expected a string"))
+        })?,
+        None => "none".to_string(),
+    };
+    match scaling.as_str() {
+        "none" => {}
+        "linear" => {
+            let factor = g.opt_f64("rope.scaling.factor")?.unwrap_or(1.0);
+            if !(factor >= 1.0) {
+                return Err(Error::Config(format!(
+                    "rope.scaling.factor {factor} must be at least 1"
+                )));
+            }
+            inv_freq.iter_mut().for_each(|f| *f /= factor as f32);
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "GGUF rope scaling '{other}' is not supported (supported: none, linear)"
+            )));
+        }
+    }
+    Ok(positions)
 }
 
 pub(super) fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
