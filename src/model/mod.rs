@@ -1,6 +1,7 @@
 //! Models: configuration, weight formats, tokenizer and the per-architecture weight layout.
 
 pub mod config;
+pub(crate) mod files;
 pub mod gguf;
 pub mod source;
 pub mod tokenizer;
@@ -36,12 +37,14 @@ impl<B: Backend> Model<B> {
         if !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
         }
-        let gguf_path = if path.is_file() {
-            Some(path.to_path_buf())
-        } else {
+        let gguf_path = if path.is_dir() {
             single_gguf_in(path)?
+        } else {
+            Some(path.to_path_buf())
         };
         if let Some(gguf_path) = gguf_path {
+            // Not a folder: it must be a regular file (not /dev/null, a FIFO or a device).
+            files::open_regular(&gguf_path, "model")?;
             let file = GgufFile::open(&gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
             let tokenizer = Some(TextTokenizer::from_gguf(&file)?);
@@ -54,7 +57,11 @@ impl<B: Backend> Model<B> {
                 path: gguf_path,
             });
         }
-        let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+        let config_path = path.join("config.json");
+        // Until the config parser reads through files::read_text itself: refuse a config.json
+        // that is not a regular file or is too big before it is read.
+        files::open_limited(&config_path, "config.json", files::CONFIG_JSON_LIMIT)?;
+        let config = ModelConfig::from_hf_json(&config_path)?;
         let source = SafetensorsSource::open_dir(path)?;
         let tokenizer = if path.join("tokenizer.json").exists() {
             Some(TextTokenizer::from_hf_dir(path)?)
