@@ -33,7 +33,8 @@
 //! wait and never fail busy: call them from a callback, or from another thread while a
 //! generation runs. A callback runs on the thread that made the call, before the call returns,
 //! and must return normally (no longjmp, no C++ exception through the library). Freeing a
-//! handle makes it invalid at once; the object itself is released when the last call using it
+//! handle makes it invalid at once and for good (a handle is never given out twice, so it
+//! never names an object made later); the object itself is released when the last call using it
 //! has returned (a model, when its last session is freed too).
 #![allow(non_camel_case_types)]
 

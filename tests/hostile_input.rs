@@ -199,3 +199,38 @@ fn cli_dev_null_model_error_is_one_clear_line() {
         "error: invalid input: model: /dev/null is a character device, not a regular file\n"
     );
 }
+
+#[test]
+fn freed_model_handle_is_never_mistaken_for_a_newer_one() {
+    use keyformer::ffi::*;
+    let path = std::ffi::CString::new(common::fixture("tiny-gpt2").to_str().unwrap()).unwrap();
+    let mut params = kf_model_params_default();
+    params.backend = kf_backend::KF_BACKEND_CPU as i32;
+    let load = || {
+        let mut m = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated path, valid params and a writable out pointer.
+        let status = unsafe { kf_model_load(path.as_ptr(), &params, &mut m) };
+        assert_eq!(status, kf_status::KF_OK);
+        m
+    };
+    let mut freed = Vec::new();
+    // The allocator tends to reuse a freed model's memory for the next one of the same size.
+    for _ in 0..8 {
+        let m = load();
+        assert!(
+            !freed.contains(&m),
+            "a new model got a freed model's handle"
+        );
+        assert_eq!(kf_model_free(m), kf_status::KF_OK);
+        freed.push(m);
+    }
+    let live = load();
+    for &old in &freed {
+        let mut info = std::mem::MaybeUninit::<kf_model_info>::uninit();
+        // SAFETY: `info` is writable; the handle is what is under test.
+        let status = unsafe { kf_model_describe(old, info.as_mut_ptr()) };
+        assert_eq!(status, kf_status::KF_ERR_INVALID_HANDLE);
+        assert_eq!(kf_model_free(old), kf_status::KF_ERR_INVALID_HANDLE);
+    }
+    assert_eq!(kf_model_free(live), kf_status::KF_OK);
+}
