@@ -353,6 +353,21 @@ pub extern "C" fn kf_generate_params_default() -> kf_generate_params {
     convert::generate_params_default()
 }
 
+/// Checks generation parameters without a model, as every call that takes them does first,
+/// and as the command line does before it loads one: max_new_tokens at least 1, no empty stop
+/// string, sampling and cache fields in range. The checks that need the model and prompt
+/// (context length, the policy's minimum budget) come with the call. params may be NULL for
+/// the defaults. Errors: KF_ERR_INVALID_ARGUMENT, KF_ERR_INVALID_UTF8, KF_ERR_NULL_ARGUMENT
+/// (n_stop_strings > 0 with NULL stop_strings, or a NULL stop string).
+///
+/// # Safety
+/// params is NULL or a valid kf_generate_params whose stop strings are NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kf_generate_params_check(params: *const kf_generate_params) -> kf_status {
+    // SAFETY: the caller's promise above.
+    guard(|| unsafe { convert::generate_params(params) }.map(drop))
+}
+
 /// Loads a model: a .gguf file or a Hugging Face folder (config.json, safetensors,
 /// tokenizer.json). params may be NULL for the defaults. On KF_OK *model is a new handle, to
 /// be freed with kf_model_free. Errors: KF_ERR_NOT_FOUND, KF_ERR_IO, KF_ERR_MODEL,

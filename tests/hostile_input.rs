@@ -234,3 +234,170 @@ fn freed_model_handle_is_never_mistaken_for_a_newer_one() {
     }
     assert_eq!(kf_model_free(live), kf_status::KF_OK);
 }
+
+/// kf_generate_params_check on params edited by `edit`: (status, message).
+fn c_check(edit: impl FnOnce(&mut keyformer::ffi::kf_generate_params)) -> (i32, String) {
+    use keyformer::ffi::*;
+    let mut p = kf_generate_params_default();
+    edit(&mut p);
+    // SAFETY: valid params; any stop strings the edit set outlive the call.
+    let status = unsafe { kf_generate_params_check(&p) };
+    // SAFETY: kf_last_error returns this thread's NUL-terminated message.
+    let message = unsafe { std::ffi::CStr::from_ptr(kf_last_error()) };
+    (status as i32, message.to_string_lossy().into_owned())
+}
+
+const INVALID_ARGUMENT: i32 = keyformer::ffi::kf_status::KF_ERR_INVALID_ARGUMENT as i32;
+
+#[test]
+fn cli_temperature_minus_one_is_parsed_then_refused_before_loading() {
+    // The model does not exist: the parameter error must come first.
+    let (ok, stderr) = cli(&[
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+        "--temperature",
+        "-1",
+    ]);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        "error: invalid input: temperature -1 must be >= 0\n"
+    );
+    let (status, message) = c_check(|p| p.temperature = -1.0);
+    assert_eq!(status, INVALID_ARGUMENT);
+    assert_eq!(message, "invalid input: temperature -1 must be >= 0");
+}
+
+#[test]
+fn cli_and_c_abi_agree_on_max_new_tokens_zero() {
+    let (ok, stderr) = cli(&[
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "0",
+    ]);
+    assert!(!ok);
+    let expected = "invalid input: max new tokens is 0: it must be at least 1";
+    assert_eq!(stderr, format!("error: {expected}\n"));
+    assert_eq!(
+        c_check(|p| p.max_new_tokens = 0),
+        (INVALID_ARGUMENT, expected.into())
+    );
+}
+
+#[test]
+fn cli_and_c_abi_agree_on_an_empty_stop_string() {
+    let (ok, stderr) = cli(&[
+        "--model",
+        "/nonexistent/model.gguf",
+        "--prompt",
+        "hi",
+        "--stop",
+        "x",
+        "--stop",
+        "",
+    ]);
+    assert!(!ok);
+    let expected = "invalid input: stop string 1 is empty: it would stop before the first token";
+    assert_eq!(stderr, format!("error: {expected}\n"));
+    let stops = [c"x".as_ptr(), c"".as_ptr()];
+    let got = c_check(|p| {
+        p.stop_strings = stops.as_ptr();
+        p.n_stop_strings = 2;
+    });
+    assert_eq!(got, (INVALID_ARGUMENT, expected.into()));
+}
+
+#[test]
+fn cli_cache_json_to_an_unwritable_path_fails_before_loading() {
+    for flag in ["--cache-json", "--cache-map"] {
+        let (ok, stderr) = cli(&[
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "hi",
+            flag,
+            "/nonexistent-dir/out",
+        ]);
+        assert!(!ok);
+        assert!(
+            stderr.starts_with(&format!(
+                "error: invalid input: {flag} /nonexistent-dir/out: cannot write there:"
+            )) && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn cli_and_c_abi_agree_that_budget_zero_means_the_ratio() {
+    // C: kv_budget 0 is the default and leaves the budget to kv_ratio.
+    assert_eq!(c_check(|p| p.cache.kv_budget = 0).0, 0);
+    let Some(model) = common::smollm2_path("cli_and_c_abi_agree_that_budget_zero_means_the_ratio")
+    else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("budget_zero");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let json = dir.join(out);
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--prompt",
+            "The capital of France is the city of",
+            "--max-new-tokens",
+            "3",
+            "--policy",
+            "h2o",
+            "--cache-json",
+            json.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (ok, stderr) = cli(&args);
+        assert!(ok, "{stderr}");
+        let stats: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        stats["budget"].clone()
+    };
+    let with_zero = run(&["--kv-budget", "0"], "zero.json");
+    let with_ratio = run(&["--kv-ratio", "0.5"], "ratio.json");
+    assert_eq!(with_zero, with_ratio);
+    assert!(with_zero.as_u64().is_some_and(|k| k > 0), "{with_zero}");
+}
+
+#[test]
+fn batch_submit_refuses_what_the_cli_and_c_abi_refuse() {
+    use keyformer::{BatchLimits, GenerateParams, Planner, Scheduler};
+    let model = load(&common::fixture("tiny-gpt2")).unwrap();
+    let limits = BatchLimits {
+        max_batch: Some(2),
+        memory: None,
+    };
+    let mut batch = Scheduler::new(&model, Planner::for_model(&model, &limits).unwrap());
+    let zero = GenerateParams {
+        max_new_tokens: 0,
+        ..Default::default()
+    };
+    let err = batch.submit(vec![1, 2, 3], zero).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "invalid input: max new tokens is 0: it must be at least 1"
+    );
+    let empty_stop = GenerateParams {
+        stop_strings: vec![String::new()],
+        ..Default::default()
+    };
+    let err = batch
+        .submit(vec![1, 2, 3], empty_stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stop string 0 is empty"), "{err}");
+    assert_eq!(batch.waiting(), 0);
+}
