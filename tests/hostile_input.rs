@@ -401,3 +401,33 @@ fn batch_submit_refuses_what_the_cli_and_c_abi_refuse() {
     assert!(err.contains("stop string 0 is empty"), "{err}");
     assert_eq!(batch.waiting(), 0);
 }
+
+#[test]
+fn wgpu_probe_writes_nothing_to_the_host_stderr() {
+    // Mesa's device-select layer printed libwayland's complaint when wgpu's instance enabled
+    // the Wayland surface extension and no display was set.
+    let layer = Path::new("/usr/share/vulkan/implicit_layer.d/VkLayer_MESA_device_select.json");
+    if !layer.exists() {
+        eprintln!("skipped: Mesa's Vulkan device-select layer is not installed, nothing to probe");
+        return;
+    }
+    let Some(model) = common::smollm2_path("wgpu_probe_writes_nothing_to_the_host_stderr") else {
+        return;
+    };
+    // --backend auto probes wgpu (and passes over a software adapter for the CPU).
+    let out = Command::new(env!("CARGO_BIN_EXE_keyformer"))
+        .args(["generate", "--model", model.to_str().unwrap()])
+        .args(["--prompt", "hi", "--max-new-tokens", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    if !stderr.contains("backend wgpu") {
+        eprintln!("note: auto picked CUDA before probing wgpu, so this checked CUDA's probe only");
+    }
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("error")), "{stderr}");
+}
