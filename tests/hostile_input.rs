@@ -137,7 +137,7 @@ fn config_json_from_dev_zero_is_refused() {
     std::os::unix::fs::symlink("/dev/zero", dir.join("config.json")).unwrap();
     let err = load_error(&dir);
     assert!(
-        err.starts_with("invalid input: config.json:")
+        err.starts_with("config.json:")
             && err.contains("is a character device, not a regular file"),
         "{err}"
     );
@@ -148,8 +148,17 @@ fn dev_null_as_the_model_is_refused() {
     let err = load_error(Path::new("/dev/null"));
     assert_eq!(
         err,
-        "invalid input: model: /dev/null is a character device, not a regular file"
+        "model: /dev/null is a character device, not a regular file"
     );
+    // Through the C ABI it is a model error.
+    use keyformer::ffi::*;
+    let mut params = kf_model_params_default();
+    params.backend = kf_backend::KF_BACKEND_CPU as i32;
+    let mut m = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path, valid params and a writable out pointer.
+    let status = unsafe { kf_model_load(c"/dev/null".as_ptr(), &params, &mut m) };
+    assert_eq!(status, kf_status::KF_ERR_MODEL);
+    assert!(m.is_null());
 }
 
 #[test]
@@ -196,7 +205,7 @@ fn cli_dev_null_model_error_is_one_clear_line() {
     assert!(!ok);
     assert_eq!(
         stderr,
-        "error: invalid input: model: /dev/null is a character device, not a regular file\n"
+        "error: model: /dev/null is a character device, not a regular file\n"
     );
 }
 

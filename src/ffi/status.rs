@@ -35,6 +35,7 @@ impl From<Error> for Failure {
             Error::Io { .. } => KF_ERR_IO,
             Error::NotFound(_) => KF_ERR_NOT_FOUND,
             Error::Malformed { .. }
+            | Error::File { .. }
             | Error::Unsupported { .. }
             | Error::MissingTensor(_)
             | Error::Shape { .. }

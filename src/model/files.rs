@@ -22,21 +22,13 @@ pub(crate) fn open_regular(path: &Path, kind: &str) -> Result<(File, Metadata)> 
         _ => Error::io(path, e),
     })?;
     if !meta.is_file() {
-        return Err(Error::InvalidInput(format!(
-            "{kind}: {} is {}, not a regular file",
-            path.display(),
-            file_type_name(&meta)
-        )));
+        return Err(not_regular(path, kind, &meta));
     }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // The path may have been swapped between the two calls: check what was opened.
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::InvalidInput(format!(
-            "{kind}: {} is {}, not a regular file",
-            path.display(),
-            file_type_name(&meta)
-        )));
+        return Err(not_regular(path, kind, &meta));
     }
     Ok((file, meta))
 }
@@ -62,11 +54,14 @@ pub(crate) fn read_text(path: &Path, kind: &str, limit: u64) -> Result<String> {
         return Err(too_big(path, kind, bytes.len() as u64, limit));
     }
     String::from_utf8(bytes).map_err(|e| {
-        Error::InvalidInput(format!(
-            "{kind}: {} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
+        file_error(
+            kind,
+            format!(
+                "{} is not UTF-8 text (invalid byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
     })
 }
 
@@ -74,10 +69,13 @@ pub(crate) fn read_text(path: &Path, kind: &str, limit: u64) -> Result<String> {
 /// absolute path, no `..`, and no symlink that resolves outside the folder.
 pub(crate) fn shard_path(dir: &Path, name: &str) -> Result<PathBuf> {
     let escapes = |why: &str| {
-        Error::InvalidInput(format!(
-            "safetensors index in {}: shard '{name}' {why}; shards must be files inside the model folder",
-            dir.display()
-        ))
+        file_error(
+            "model.safetensors.index.json",
+            format!(
+                "shard '{name}' {why}; shards must be files inside the model folder {}",
+                dir.display()
+            ),
+        )
     };
     let relative = Path::new(name);
     if name.is_empty() {
@@ -107,13 +105,31 @@ pub(crate) fn shard_path(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+fn file_error(kind: &str, reason: String) -> Error {
+    Error::File {
+        kind: kind.to_string(),
+        reason,
+    }
+}
+
+fn not_regular(path: &Path, kind: &str, meta: &Metadata) -> Error {
+    let what = file_type_name(meta);
+    file_error(
+        kind,
+        format!("{} is {what}, not a regular file", path.display()),
+    )
+}
+
 fn too_big(path: &Path, kind: &str, size: u64, limit: u64) -> Error {
-    Error::InvalidInput(format!(
-        "{kind}: {} is {}, over the {} limit for {kind}",
-        path.display(),
-        human_bytes(size),
-        human_bytes(limit)
-    ))
+    file_error(
+        kind,
+        format!(
+            "{} is {}, over the {} limit for {kind}",
+            path.display(),
+            human_bytes(size),
+            human_bytes(limit)
+        ),
+    )
 }
 
 fn file_type_name(meta: &Metadata) -> &'static str {
