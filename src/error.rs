@@ -18,6 +18,10 @@ pub enum Error {
         format: &'static str,
         reason: String,
     },
+    /// A model file that is not one to read: not a regular file, too big for its kind, or
+    /// outside the model's folder. `kind` names the file ("config.json", "model").
+    #[error("{kind}: {reason}")]
+    File { kind: String, reason: String },
     #[error("{path}: unsupported {what}")]
     Unsupported { path: PathBuf, what: String },
     #[error("missing tensor '{0}'")]

@@ -33,7 +33,8 @@
 //! wait and never fail busy: call them from a callback, or from another thread while a
 //! generation runs. A callback runs on the thread that made the call, before the call returns,
 //! and must return normally (no longjmp, no C++ exception through the library). Freeing a
-//! handle makes it invalid at once; the object itself is released when the last call using it
+//! handle makes it invalid at once and for good (a handle is never given out twice, so it
+//! never names an object made later); the object itself is released when the last call using it
 //! has returned (a model, when its last session is freed too).
 #![allow(non_camel_case_types)]
 
@@ -350,6 +351,21 @@ pub extern "C" fn kf_cache_params_default() -> kf_cache_params {
 #[unsafe(no_mangle)]
 pub extern "C" fn kf_generate_params_default() -> kf_generate_params {
     convert::generate_params_default()
+}
+
+/// Checks generation parameters without a model, as every call that takes them does first,
+/// and as the command line does before it loads one: max_new_tokens at least 1, no empty stop
+/// string, sampling and cache fields in range. The checks that need the model and prompt
+/// (context length, the policy's minimum budget) come with the call. params may be NULL for
+/// the defaults. Errors: KF_ERR_INVALID_ARGUMENT, KF_ERR_INVALID_UTF8, KF_ERR_NULL_ARGUMENT
+/// (n_stop_strings > 0 with NULL stop_strings, or a NULL stop string).
+///
+/// # Safety
+/// params is NULL or a valid kf_generate_params whose stop strings are NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kf_generate_params_check(params: *const kf_generate_params) -> kf_status {
+    // SAFETY: the caller's promise above.
+    guard(|| unsafe { convert::generate_params(params) }.map(drop))
 }
 
 /// Loads a model: a .gguf file or a Hugging Face folder (config.json, safetensors,

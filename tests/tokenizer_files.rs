@@ -85,7 +85,7 @@ fn tokenizer_config_larger_than_the_limit_is_refused_unread() {
     // A sparse file: no disk used, and never read.
     file.set_len(1 << 40).unwrap();
     let err = load_error(&folder.0);
-    assert!(err.contains("larger than"), "{err}");
+    assert!(err.contains("over the 256 MiB limit"), "{err}");
 }
 
 #[test]

@@ -532,6 +532,25 @@ static void test_batch(kf_model *m) {
     for (int i = 0; i < N; i++) kf_string_free(solo_text[i]);
 }
 
+/* Issue 23: a new model may be allocated where a freed one was; the freed handle must stay
+ * invalid rather than reach the new model. */
+static void test_freed_handle_never_names_a_newer_model(kf_model *freed) {
+    kf_model_params mp = kf_model_params_default();
+    mp.backend = KF_BACKEND_CPU;
+    int stale_ok = 0, reused = 0;
+    for (int i = 0; i < 4; i++) {
+        kf_model *fresh = NULL;
+        expect_status(kf_model_load(model_path, &mp, &fresh), KF_OK, "handle: load again");
+        if (!fresh) return;
+        kf_model_info info;
+        if (fresh == freed) reused++;
+        if (kf_model_describe(freed, &info) == KF_OK) stale_ok++;
+        expect_status(kf_model_free(fresh), KF_OK, "handle: free again");
+    }
+    expect(reused == 0, "handle: a new model never gets a freed model's handle");
+    expect(stale_ok == 0, "handle: a freed handle never reaches a newer model");
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s MODEL\n", argv[0]);
@@ -574,6 +593,7 @@ int main(int argc, char **argv) {
     expect_status(generate(m, "Hi", NULL), KF_ERR_INVALID_HANDLE, "handle: model used after free");
     expect_status(kf_model_free(m), KF_ERR_INVALID_HANDLE, "handle: double free");
     expect_status(kf_model_free(NULL), KF_OK, "free: NULL is a no-op");
+    test_freed_handle_never_names_a_newer_model(m);
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

@@ -103,19 +103,21 @@ struct GenerateArgs {
     /// A user message, wrapped in the model's chat template.
     #[arg(long)]
     chat: Option<String>,
-    #[arg(long, default_value_t = 128)]
+    /// At least 1.
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     max_new_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 is greedy; otherwise > 0.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// 0 keeps every token.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// In (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
-    /// Stop when the output contains this text (repeatable).
+    /// Stop when the output contains this text (repeatable; not empty).
     #[arg(long = "stop")]
     stop: Vec<String>,
     #[command(flatten)]
@@ -149,23 +151,29 @@ enum PolicyChoice {
 struct CacheArgs {
     #[arg(long, value_enum, default_value_t = PolicyChoice::Full)]
     policy: PolicyChoice,
-    /// Cache budget as a fraction of the prompt length.
-    #[arg(long, default_value_t = 0.5, conflicts_with = "kv_budget")]
+    /// Cache budget as a fraction of the prompt length, in (0, 1].
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        conflicts_with = "kv_budget",
+        allow_negative_numbers = true
+    )]
     kv_ratio: f32,
-    /// Cache budget in tokens per layer and head.
-    #[arg(long)]
+    /// Cache budget in tokens per layer and head; 0 leaves it to --kv-ratio (as kv_budget 0
+    /// does in the C API).
+    #[arg(long, allow_negative_numbers = true)]
     kv_budget: Option<usize>,
-    /// Share of the budget kept as the recent window (h2o, keyformer).
-    #[arg(long, default_value_t = 0.3)]
+    /// Share of the budget kept as the recent window (h2o, keyformer), in [0, 1).
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
     recent_ratio: f32,
     /// Attention sinks always kept (default: 4 for streaming, 0 otherwise).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sinks: Option<usize>,
-    /// Score temperature at prefill (keyformer).
-    #[arg(long, default_value_t = 1.0)]
+    /// Score temperature at prefill (keyformer), > 0.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     tau_init: f32,
-    /// Score temperature at the last decode step (keyformer).
-    #[arg(long, default_value_t = 2.0)]
+    /// Score temperature at the last decode step (keyformer), > 0.
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     tau_end: f32,
 }
 
@@ -186,9 +194,7 @@ impl CacheArgs {
         let policy = self.policy.policy();
         CacheConfig {
             policy,
-            budget: self
-                .kv_budget
-                .map_or(Budget::Ratio(self.kv_ratio), Budget::Tokens),
+            budget: Budget::from_tokens_or_ratio(self.kv_budget.unwrap_or(0), self.kv_ratio),
             recent_ratio: self.recent_ratio,
             sinks: self.sinks,
             tau_init: self.tau_init,
@@ -233,6 +239,21 @@ fn progress_printer() -> impl FnMut(usize, usize) {
 
 fn generate(args: GenerateArgs) -> keyformer::Result<()> {
     let t0 = Instant::now();
+    // Everything that needs no model is checked before the model loads.
+    let params = GenerateParams {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        cache: args.cache.config(args.seed),
+        stop_strings: args.stop.clone(),
+        stop_at_eos: true,
+    };
+    params.validate()?;
+    let outputs = Outputs::create(&args)?;
     let (model, note) = AnyModel::load(
         &args.model,
         &args.backend.options(),
@@ -241,12 +262,63 @@ fn generate(args: GenerateArgs) -> keyformer::Result<()> {
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    with_model!(&model, m => run_generation(m, &args, t0))
+    let result = with_model!(&model, m => run_generation(m, &args, &params, &outputs, t0));
+    if result.is_err() {
+        outputs.remove();
+    }
+    result
+}
+
+/// The files --cache-json and --cache-map write, created before the model loads so that a
+/// path that cannot be written fails at once rather than after the whole generation.
+struct Outputs {
+    json: Option<(PathBuf, std::fs::File)>,
+    map: Option<PathBuf>,
+}
+
+impl Outputs {
+    fn create(args: &GenerateArgs) -> keyformer::Result<Outputs> {
+        let create = |flag: &str, path: &PathBuf| {
+            std::fs::File::create(path).map_err(|e| {
+                keyformer::Error::InvalidInput(format!(
+                    "{flag} {}: cannot write there: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let json = match &args.cache_json {
+            Some(path) => Some((path.clone(), create("--cache-json", path)?)),
+            None => None,
+        };
+        let map = match &args.cache_map {
+            Some(path) => {
+                if let Err(e) = create("--cache-map", path) {
+                    if let Some((json, _)) = &json {
+                        let _ = std::fs::remove_file(json);
+                    }
+                    return Err(e);
+                }
+                Some(path.clone())
+            }
+            None => None,
+        };
+        Ok(Outputs { json, map })
+    }
+
+    /// Removes the files made for a generation that failed.
+    fn remove(&self) {
+        let paths = self.json.iter().map(|(p, _)| p).chain(&self.map);
+        for path in paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn run_generation<B: Backend>(
     model: &keyformer::Model<B>,
     args: &GenerateArgs,
+    params: &GenerateParams,
+    outputs: &Outputs,
     t0: Instant,
 ) -> keyformer::Result<()> {
     eprintln!(
@@ -266,35 +338,25 @@ fn run_generation<B: Backend>(
         }
     };
     let prompt = tok.encode(&text)?;
-    let params = GenerateParams {
-        max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        cache: args.cache.config(args.seed),
-        stop_strings: args.stop.clone(),
-        stop_at_eos: true,
-    };
     let mut out = std::io::stdout();
-    let mut generator = model.start(&prompt, &params)?;
+    let mut generator = model.start(&prompt, params)?;
     while let Some((_, piece)) = generator.next_token()? {
         let _ = write!(out, "{piece}");
         let _ = out.flush();
     }
     println!();
-    let wants_positions = args.cache_json.is_some() || args.cache_map.is_some();
+    let wants_positions = outputs.json.is_some() || outputs.map.is_some();
     let stats = generator.stats(wants_positions)?;
     let generation = generator.finish()?;
     eprintln!("{stats}");
-    if let Some(path) = &args.cache_json {
+    if let Some((path, file)) = &outputs.json {
         let json = serde_json::to_string(&stats)
             .map_err(|e| keyformer::Error::InvalidInput(e.to_string()))?;
-        std::fs::write(path, json).map_err(|e| keyformer::Error::io(path, e))?;
+        (&*file)
+            .write_all(json.as_bytes())
+            .map_err(|e| keyformer::Error::io(path, e))?;
     }
-    if let Some(path) = &args.cache_map {
+    if let Some(path) = &outputs.map {
         stats.write_heat_map(path)?;
     }
     eprintln!(

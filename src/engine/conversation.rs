@@ -75,8 +75,7 @@ impl<B: Backend> Conversation<B> {
                 "this conversation cannot continue: {why}"
             )));
         }
-        params.sampling.validate()?;
-        params.cache.validate()?;
+        params.validate()?;
         if self.cache.as_ref().is_some_and(|c| c != &params.cache) {
             return Err(Error::InvalidInput(
                 "a conversation keeps the cache settings of its first turn".into(),

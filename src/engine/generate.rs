@@ -35,6 +35,26 @@ impl Default for GenerateParams {
     }
 }
 
+impl GenerateParams {
+    /// The one check of a request's parameters, the same for the library, the batch API, the
+    /// command line, the C ABI and Python: it needs no model, so callers run it before loading
+    /// one. The model-dependent checks (prompt length, budget minimum) come with the request.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::InvalidInput(
+                "max new tokens is 0: it must be at least 1".into(),
+            ));
+        }
+        if let Some(i) = self.stop_strings.iter().position(String::is_empty) {
+            return Err(Error::InvalidInput(format!(
+                "stop string {i} is empty: it would stop before the first token"
+            )));
+        }
+        self.sampling.validate()?;
+        self.cache.validate()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     MaxTokens,
@@ -89,7 +109,7 @@ pub struct Generator<'m, B: Backend> {
 impl<B: Backend> Model<B> {
     /// Checks a request's parameters and prompt, and plans its cache.
     pub fn plan_request(&self, prompt: &[u32], params: &GenerateParams) -> Result<CachePlan> {
-        params.sampling.validate()?;
+        params.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("the prompt is empty".into()));
         }

@@ -160,10 +160,7 @@ pub fn cache_config(c: &kf_cache_params) -> Outcome<CacheConfig> {
     };
     let config = CacheConfig {
         policy,
-        budget: match c.kv_budget {
-            0 => Budget::Ratio(c.kv_ratio),
-            k => Budget::Tokens(k),
-        },
+        budget: Budget::from_tokens_or_ratio(c.kv_budget, c.kv_ratio),
         recent_ratio: c.recent_ratio,
         sinks,
         tau_init: c.tau_init,
@@ -182,9 +179,6 @@ pub unsafe fn generate_params(p: *const kf_generate_params) -> Outcome<GenerateP
     let defaults = generate_params_default();
     // SAFETY: the caller's promise above.
     let p = unsafe { p.as_ref() }.unwrap_or(&defaults);
-    if p.max_new_tokens == 0 {
-        return Err(Failure::invalid("max_new_tokens must be at least 1"));
-    }
     // SAFETY: as above.
     let stops = unsafe { slice_arg(p.stop_strings, p.n_stop_strings, "stop_strings")? };
     let stop_strings = stops
@@ -193,9 +187,6 @@ pub unsafe fn generate_params(p: *const kf_generate_params) -> Outcome<GenerateP
         .map(|(i, &s)| {
             // SAFETY: as above.
             let s = unsafe { str_arg(s, &format!("stop_strings[{i}]"))? };
-            if s.is_empty() {
-                return Err(Failure::invalid(format!("stop_strings[{i}] is empty")));
-            }
             Ok(s.to_string())
         })
         .collect::<Outcome<Vec<_>>>()?;
@@ -205,14 +196,16 @@ pub unsafe fn generate_params(p: *const kf_generate_params) -> Outcome<GenerateP
         top_p: p.top_p,
         seed: p.seed,
     };
-    sampling.validate()?;
-    Ok(GenerateParams {
+    let params = GenerateParams {
         max_new_tokens: p.max_new_tokens,
         sampling,
         cache: cache_config(&p.cache)?,
         stop_strings,
         stop_at_eos: p.stop_at_eos != 0,
-    })
+    };
+    // The same check as the command line's and the library's.
+    params.validate()?;
+    Ok(params)
 }
 
 pub fn stats(s: &CacheStats) -> kf_stats {

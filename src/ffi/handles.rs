@@ -1,12 +1,15 @@
 //! What the opaque handles stand for, and the registry that makes them safe to misuse: C holds
-//! only an address, every call looks it up among the live handles, so a freed, foreign or
-//! NULL handle is an error rather than undefined behaviour. The registry owns one reference to
+//! only a number, every call looks it up among the live handles, so a freed, foreign or
+//! NULL handle is an error rather than undefined behaviour. A handle is not the object's
+//! address but a number never given out before in this process, so a freed handle stays
+//! invalid even when a newer object lands at the same address. The registry owns one reference to
 //! each object and every call in progress another, so freeing a handle while another thread
 //! (or the handle's own session) still uses it is safe too.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use super::batch::BatchState;
@@ -68,11 +71,23 @@ fn live() -> MutexGuard<'static, BTreeMap<usize, Entry>> {
     LIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Registers an object; its address is the handle C gets.
+/// How many handles this process has made: the next one's serial number.
+static MADE: AtomicU64 = AtomicU64::new(0);
+
+/// The handle with serial number `serial`: 2 * serial + 1 times an odd constant. Both steps
+/// are one-to-one on 64-bit numbers (below 2^63 serials), so no two serials share a handle;
+/// the product spreads them over the whole range, so a small integer or a stray pointer
+/// passed by mistake is unlikely to name a live handle; and odd times odd is odd, so a handle
+/// is never NULL.
+fn handle_of(serial: u64) -> usize {
+    (serial.wrapping_mul(2).wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15) as usize
+}
+
+/// Registers an object under a new handle, which C gets.
 fn add<T>(object: Arc<T>, entry: fn(Arc<T>) -> Entry) -> usize {
-    let address = Arc::as_ptr(&object) as usize;
-    live().insert(address, entry(object));
-    address
+    let handle = handle_of(MADE.fetch_add(1, Ordering::Relaxed));
+    live().insert(handle, entry(object));
+    handle
 }
 
 pub fn add_model(handle: ModelHandle) -> *mut kf_model {
@@ -87,22 +102,22 @@ pub fn add_batch(handle: BatchHandle) -> *mut kf_batch {
     add(Arc::new(handle), Entry::Batch) as *mut kf_batch
 }
 
-/// The live entry at `address`, which must be of `kind`.
+/// The live entry for `handle`, which must be of `kind`.
 fn find<'m>(
     live: &'m BTreeMap<usize, Entry>,
-    address: usize,
+    handle: usize,
     kind: &'static str,
 ) -> Outcome<&'m Entry> {
     let invalid = |message| Err(Failure::new(kf_status::KF_ERR_INVALID_HANDLE, message));
-    match live.get(&address) {
-        _ if address == 0 => Err(null(kind.trim_start_matches("kf_"))),
+    match live.get(&handle) {
+        _ if handle == 0 => Err(null(kind.trim_start_matches("kf_"))),
         Some(entry) if entry.kind() == kind => Ok(entry),
         Some(entry) => invalid(format!(
             "a {} was passed where a {kind} is expected",
             entry.kind()
         )),
         None => invalid(format!(
-            "{address:#x} is not a live {kind} (freed already, or never made by keyformer)"
+            "{handle:#x} is not a live {kind} (freed already, or never made by keyformer)"
         )),
     }
 }
@@ -129,14 +144,14 @@ pub fn batch(p: *const kf_batch) -> Outcome<Arc<BatchHandle>> {
 }
 
 /// Drops the registry's reference to a handle of `kind`; NULL is a no-op, as with free().
-pub fn remove(address: usize, kind: &'static str) -> Outcome {
-    if address == 0 {
+pub fn remove(handle: usize, kind: &'static str) -> Outcome {
+    if handle == 0 {
         return Ok(());
     }
     let entry = {
         let mut live = live();
-        find(&live, address, kind)?;
-        live.remove(&address)
+        find(&live, handle, kind)?;
+        live.remove(&handle)
     };
     // Dropped outside the registry lock: releasing a model takes a while.
     drop(entry);

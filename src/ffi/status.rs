@@ -35,6 +35,7 @@ impl From<Error> for Failure {
             Error::Io { .. } => KF_ERR_IO,
             Error::NotFound(_) => KF_ERR_NOT_FOUND,
             Error::Malformed { .. }
+            | Error::File { .. }
             | Error::Unsupported { .. }
             | Error::MissingTensor(_)
             | Error::Shape { .. }
@@ -170,7 +171,7 @@ pub fn fill<T: Copy>(items: &[T], buf: Option<&mut [T]>, count: &mut usize, what
 pub fn too_small(what: &str, needed: usize, size: usize) -> Failure {
     Failure::new(
         kf_status::KF_ERR_BUFFER_TOO_SMALL,
-        format!("{what} needs room for {needed}, the buffer holds {size}"),
+        format!("the buffer for {what} is too small: it holds {size}, {needed} are needed"),
     )
 }
 
@@ -223,5 +224,20 @@ mod tests {
             assert_eq!(count, 3);
         }
         assert_eq!(storage, [7, 8]);
+    }
+
+    #[test]
+    fn buffer_too_small_message_reads_as_a_sentence() {
+        // Issue 23 quoted "the kept counts needs room for 90".
+        let e = fill(
+            &[0usize; 90],
+            Some(&mut [0usize; 10]),
+            &mut 0,
+            "the kept counts",
+        );
+        assert_eq!(
+            e.unwrap_err().message,
+            "the buffer for the kept counts is too small: it holds 10, 90 are needed"
+        );
     }
 }

@@ -55,6 +55,17 @@ pub enum Budget {
     Tokens(usize),
 }
 
+impl Budget {
+    /// The budget from the two settings the command line, the C ABI and Python take: a
+    /// token count, where 0 means none was given and the ratio decides.
+    pub fn from_tokens_or_ratio(tokens: usize, ratio: f32) -> Budget {
+        match tokens {
+            0 => Budget::Ratio(ratio),
+            k => Budget::Tokens(k),
+        }
+    }
+}
+
 /// What the user asks for; `plan` turns it into numbers for one prompt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheConfig {

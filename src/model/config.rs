@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::arch::{self, Architecture};
+use crate::model::files;
 use crate::model::gguf::{GgufFile, GgufValue};
 
 /// Which pairs of dimensions a rotary embedding rotates together.
@@ -143,7 +144,7 @@ impl ModelConfig {
     }
 
     pub fn from_hf_json(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = files::read_text(path, "config.json", files::CONFIG_JSON_LIMIT)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::malformed(path, "config.json", e.to_string()))?;
         Self::from_hf_value(&json).map_err(|e| match e {

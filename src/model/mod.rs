@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod config;
+pub(crate) mod files;
 pub mod gguf;
 pub mod quant;
 pub mod rope;
@@ -40,12 +41,14 @@ impl<B: Backend> Model<B> {
         if !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
         }
-        let gguf_path = if path.is_file() {
-            Some(path.to_path_buf())
-        } else {
+        let gguf_path = if path.is_dir() {
             single_gguf_in(path)?
+        } else {
+            Some(path.to_path_buf())
         };
         if let Some(gguf_path) = gguf_path {
+            // Not a folder: it must be a regular file (not /dev/null, a FIFO or a device).
+            files::open_regular(&gguf_path, "model")?;
             let file = GgufFile::open(&gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
             backend.check_model(&config)?;

@@ -3,7 +3,6 @@
 //! as f32, so no second full copy of the model is ever held in host memory.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -11,6 +10,7 @@ use safetensors::tensor::{Dtype, Metadata};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::model::files;
 use crate::model::gguf::GgufFile;
 
 pub trait TensorSource {
@@ -30,11 +30,9 @@ fn check_shape(name: &str, expected: &[usize], actual: &[usize]) -> Result<()> {
     Ok(())
 }
 
-pub fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(path.to_path_buf()),
-        _ => Error::io(path, e),
-    })?;
+/// Maps `path`, which must be a regular file; `kind` names it in errors.
+pub fn map_file(path: &Path, kind: &str) -> Result<Mmap> {
+    let (file, _) = files::open_regular(path, kind)?;
     // SAFETY: the file is opened read-only and the model treats the mapping as immutable; a
     // concurrent writer to a weights file is outside what this library can defend against.
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
@@ -57,9 +55,11 @@ impl SafetensorsSource {
     pub fn open_dir(dir: &Path) -> Result<SafetensorsSource> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let files = if single.exists() {
+        // symlink_metadata: a dangling link or a directory named like the file still counts as
+        // present, and then gets a clear error when it is opened.
+        let files = if single.symlink_metadata().is_ok() {
             vec![single]
-        } else if index.exists() {
+        } else if index.symlink_metadata().is_ok() {
             shard_files(&index)?
         } else {
             return Err(Error::NotFound(single));
@@ -67,7 +67,7 @@ impl SafetensorsSource {
         let mut shards = Vec::new();
         let mut shard_of = HashMap::new();
         for path in files {
-            let mmap = map_file(&path)?;
+            let mmap = map_file(&path, "safetensors file")?;
             let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
                 .map_err(|e| Error::malformed(&path, "safetensors", e.to_string()))?;
             for name in metadata.tensors().keys() {
@@ -85,21 +85,41 @@ impl SafetensorsSource {
 }
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let json: Value = serde_json::from_str(&text)
+    let text = files::read_text(
+        index,
+        "model.safetensors.index.json",
+        files::SAFETENSORS_INDEX_LIMIT,
+    )?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    parse_index(index, &text)?
+        .iter()
+        .map(|name| files::shard_path(dir, name))
+        .collect()
+}
+
+/// The shard file names a model.safetensors.index.json (`text`, read from `index`) lists,
+/// sorted and without repeats.
+pub fn parse_index(index: &Path, text: &str) -> Result<Vec<String>> {
+    let json: Value = serde_json::from_str(text)
         .map_err(|e| Error::malformed(index, "safetensors index", e.to_string()))?;
     let map = json
         .get("weight_map")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::malformed(index, "safetensors index", "no weight_map object"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
-    files.sort();
-    files.dedup();
-    let dir = index.parent().unwrap_or(Path::new("."));
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+    let mut names = Vec::new();
+    for (tensor, shard) in map {
+        let name = shard.as_str().ok_or_else(|| {
+            Error::malformed(
+                index,
+                "safetensors index",
+                format!("the shard of tensor '{tensor}' is {shard}, not a file name"),
+            )
+        })?;
+        names.push(name.to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 impl TensorSource for SafetensorsSource {

@@ -135,6 +135,7 @@ _PROTOTYPES = {
     "kf_model_params_default": (ModelParams, []),
     "kf_cache_params_default": (CacheParams, []),
     "kf_generate_params_default": (GenerateParams, []),
+    "kf_generate_params_check": (_STATUS, [POINTER(GenerateParams)]),
     "kf_model_load": (_STATUS, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)]),
     "kf_model_free": (_STATUS, [c_void_p]),
     "kf_model_describe": (_STATUS, [c_void_p, POINTER(ModelInfo)]),

@@ -87,6 +87,7 @@ def _cache_params(
 ):
     if policy not in n.POLICIES:
         raise ValueError(f"unknown policy {policy!r} (one of {', '.join(n.POLICIES)})")
+    _unsigned(kv_budget=kv_budget, noise_seed=noise_seed)
     c = lib.kf_cache_params_default()
     c.policy = n.POLICIES.index(policy)
     c.kv_ratio = kv_ratio
@@ -99,8 +100,16 @@ def _cache_params(
     return c
 
 
+def _unsigned(**values):
+    """ctypes stores a negative int in an unsigned field as a huge number: refuse it here."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} {value} must be >= 0")
+
+
 class _Options:
-    """kf_generate_params from keyword arguments, keeping the stop strings alive."""
+    """kf_generate_params from keyword arguments, keeping the stop strings alive, checked at
+    once by the library's own rules (the checks the command line and the C ABI run)."""
 
     def __init__(
         self,
@@ -113,6 +122,7 @@ class _Options:
         stop_at_eos=True,
         **cache,
     ):
+        _unsigned(max_new_tokens=max_new_tokens, top_k=top_k, seed=seed)
         p = lib.kf_generate_params_default()
         p.max_new_tokens = max_new_tokens
         p.temperature = temperature
@@ -124,6 +134,7 @@ class _Options:
         p.n_stop_strings = len(stop)
         p.stop_at_eos = int(stop_at_eos)
         p.cache = _cache_params(**cache)
+        check(lib.kf_generate_params_check(ctypes.byref(p)))
         self.params = p
 
 

@@ -218,3 +218,24 @@ def test_every_backend_through_the_abi_agrees_with_the_cpu():
         assert abs(got.logprob - ref.logprob) < 1e-3 * max(1.0, abs(ref.logprob)), backend
         ran.append(backend)
     print("backends checked against the cpu:", ran or "none present")
+
+
+def test_generation_options_follow_the_rules_of_the_cli_and_c(model):
+    # Issue 23: one check for every front end; ctypes would wrap a negative size silently.
+    for options, message in [
+        ({"max_new_tokens": 0}, "max new tokens is 0: it must be at least 1"),
+        ({"stop": ["x", ""]}, "stop string 1 is empty"),
+        ({"temperature": -1.0}, "temperature -1 must be >= 0"),
+    ]:
+        with pytest.raises(keyformer.KeyformerError, match="KF_ERR_INVALID_ARGUMENT") as e:
+            model.generate(PROMPT, **options)
+        assert message in e.value.message
+    with pytest.raises(ValueError, match="max_new_tokens -1 must be >= 0"):
+        model.generate(PROMPT, max_new_tokens=-1)
+    with model.batch(max_batch=2) as batch:
+        with pytest.raises(keyformer.KeyformerError, match="max new tokens is 0"):
+            batch.submit(PROMPT, max_new_tokens=0)
+    # kv_budget 0 leaves the budget to kv_ratio, as on the command line.
+    a = model.generate(PROMPT, max_new_tokens=2, policy="h2o", kv_budget=0, kv_ratio=0.5)
+    b = model.generate(PROMPT, max_new_tokens=2, policy="h2o", kv_ratio=0.5)
+    assert a.stats.budget == b.stats.budget > 0

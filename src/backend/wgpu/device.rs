@@ -102,8 +102,7 @@ pub(super) fn adapter(index: Option<usize>) -> Result<wgpu::Adapter> {
             "no GPU adapter found: this build has no wgpu backend for the platform",
         ));
     }
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance = compute_instance();
     match index {
         Some(i) => {
             let mut adapters =
@@ -122,6 +121,66 @@ pub(super) fn adapter(index: Option<usize>) -> Result<wgpu::Adapter> {
         }))
         .map_err(|e| backend_error(format!("no GPU adapter found ({e})"))),
     }
+}
+
+/// An instance for compute only. On Linux and the BSDs, wgpu's Vulkan instance turns on the
+/// X11 and Wayland surface extensions, and Mesa's device-select layer (installed with Mesa's
+/// Vulkan drivers, lavapipe included) reacts to the Wayland one by connecting to a Wayland
+/// display while it lists the GPUs: with no display, libwayland prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set" to the host program's stderr. Without the window
+/// system extensions nothing tries to connect; keyformer never presents to a window.
+fn compute_instance() -> wgpu::Instance {
+    let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    #[cfg(all(
+        unix,
+        not(target_os = "macos"),
+        not(target_os = "ios"),
+        not(target_os = "android")
+    ))]
+    if desc.backends.contains(wgpu::Backends::VULKAN)
+        && let Some(instance) = vulkan_without_window_system(&desc)
+    {
+        return instance;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// wgpu's Vulkan instance less the X11 (xlib, xcb) and Wayland surface extensions, or None
+/// where Vulkan cannot be loaded (then wgpu's own instance reports that as it always has).
+#[cfg(all(
+    unix,
+    not(target_os = "macos"),
+    not(target_os = "ios"),
+    not(target_os = "android")
+))]
+fn vulkan_without_window_system(desc: &wgpu::InstanceDescriptor) -> Option<wgpu::Instance> {
+    use wgpu::hal;
+    const WINDOW_SYSTEMS: [&std::ffi::CStr; 3] = [
+        c"VK_KHR_xlib_surface",
+        c"VK_KHR_xcb_surface",
+        c"VK_KHR_wayland_surface",
+    ];
+    let hal_desc = hal::InstanceDescriptor {
+        name: "keyformer",
+        flags: desc.flags,
+        memory_budget_thresholds: desc.memory_budget_thresholds,
+        backend_options: desc.backend_options.clone(),
+        telemetry: None,
+        display: None,
+    };
+    let without_window_systems: Box<hal::vulkan::CreateInstanceCallback> = Box::new(|args| {
+        args.extensions.retain(|e| !WINDOW_SYSTEMS.contains(e));
+    });
+    // SAFETY: wgpu-hal asks callbacks not to remove extensions, because it assumes that those
+    // it found are enabled. It uses these three only to create a surface from an X11 or
+    // Wayland window, where it checks for them first and returns an error without them; this
+    // instance never creates a surface.
+    let instance = unsafe {
+        hal::vulkan::Instance::init_with_callback(&hal_desc, Some(without_window_systems))
+    };
+    let instance = instance.ok()?;
+    // SAFETY: a Vulkan instance just created by wgpu-hal, handed over to wgpu, which owns it.
+    Some(unsafe { wgpu::Instance::from_hal::<hal::api::Vulkan>(instance) })
 }
 
 impl Gpu {

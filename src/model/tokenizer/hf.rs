@@ -15,8 +15,14 @@ pub fn load(dir: &Path) -> Result<TextTokenizer> {
     let tokenizer_path = dir.join("tokenizer.json");
     let text = read_small_file(&tokenizer_path)?
         .ok_or_else(|| Error::Tokenizer(format!("{} does not exist", tokenizer_path.display())))?;
-    let inner = Tokenizer::from_str(&text)
-        .map_err(|e| tok_err(&tokenizer_path.display().to_string(), e))?;
+    // The tokenizers crate panics on some malformed files (found by fuzz/): contain it.
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_str(&text)).map_err(|_| {
+        Error::Tokenizer(format!(
+            "{}: the tokenizers library could not parse it (it panicked)",
+            tokenizer_path.display()
+        ))
+    })?;
+    let inner = parsed.map_err(|e| tok_err(&tokenizer_path.display().to_string(), e))?;
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
 
     // A token is given either as its text or as an AddedToken object {"content": ...}.
