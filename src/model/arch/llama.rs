@@ -154,7 +154,7 @@ pub(super) fn gguf_rotary(
     };
     if g.has_tensor("rope_freqs.weight") {
         let divisors = g.file.tensor_f32("rope_freqs.weight")?;
-        if divisors.len() != inv_freq.len() || divisors.iter().any(|d| !(*d > 0.0)) {
+        if divisors.len() != inv_freq.len() || divisors.iter().any(|d| d.is_nan() || *d <= 0.0) {
             return Err(Error::Config(format!(
                 "rope_freqs.weight holds {} values, expected {} positive ones",
                 divisors.len(),
@@ -183,7 +183,7 @@ pub(super) fn gguf_rotary(
         "none" => {}
         "linear" => {
             let factor = g.opt_f64("rope.scaling.factor")?.unwrap_or(1.0);
-            if !(factor >= 1.0) {
+            if factor < 1.0 {
                 return Err(Error::Config(format!(
                     "rope.scaling.factor {factor} must be at least 1"
                 )));
