@@ -3,11 +3,17 @@
 // Cache layout per layer: k, v [kv_head][slot][head_dim] (wt), pos and score [kv_head][slot].
 // Slots are not kept in position order on the GPU: positions decide causality, ALiBi and
 // eviction candidates. Positions: rope_dims > 0 selects rotary (pairs: 0 = interleaved (2i, 2i+1),
-// 1 = halves (i, i + dims/2)); slopes != 0 selects ALiBi.
+// 1 = halves (i, i + dims/2)), whose turned dimensions are then multiplied by rope_scale; slopes
+// != 0 selects ALiBi.
+//
+// Scores: x = q.k * scale, then softcap * tanh(x / softcap) when softcap > 0, then the ALiBi
+// bias. A key is visible to the query at position p when its position q <= p and, on a
+// sliding-window layer (window > 0), p - window < q.
 
-// dst = src at position p: the first rope_dims dimensions rotated, all converted to storage.
+// dst = src at position p: the first rope_dims dimensions rotated (and scaled), all converted to
+// storage.
 __device__ void rotate_store(const float* src, wt* dst, u32 hd, u32 p, u32 rope_dims, u32 rope_halves,
-                             const float* inv_freq) {
+                             const float* inv_freq, float rope_scale) {
     for (u32 d = threadIdx.x; d < hd; d += blockDim.x) {
         if (d >= rope_dims) { dst[d] = from_f32(src[d]); continue; }
         u32 half = rope_dims / 2;
@@ -16,14 +22,16 @@ __device__ void rotate_store(const float* src, wt* dst, u32 hd, u32 p, u32 rope_
         float sn, cs;
         sincosf((float)p * inv_freq[i], &sn, &cs);
         float xa = src[a], xb = src[b];
-        dst[d] = from_f32(d == a ? xa * cs - xb * sn : xb * cs + xa * sn);
+        float turned = d == a ? xa * cs - xb * sn : xb * cs + xa * sn;
+        dst[d] = from_f32(turned * rope_scale);
     }
 }
 
 // One block per (row, head) over heads then kv heads: rotate q into `q` (wt, [rows][heads][hd]);
 // rotate k and copy v into cache slots len + row, with their positions and zero scores.
 extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads, u32 hd, u32 first_pos,
-                                       u32 rope_dims, u32 rope_halves, const float* inv_freq, wt* q,
+                                       u32 rope_dims, u32 rope_halves, const float* inv_freq,
+                                       float rope_scale, wt* q,
                                        wt* k_cache, wt* v_cache, u32* pos, float* score, u32 capacity,
                                        u32 len) {
     await_inputs();
@@ -31,12 +39,13 @@ extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads
     const float* row = qkv + (size_t)r * (heads + 2 * kv_heads) * hd;
     u32 p = first_pos + r;
     if (hh < heads) {
-        rotate_store(row + hh * hd, q + ((size_t)r * heads + hh) * hd, hd, p, rope_dims, rope_halves, inv_freq);
+        rotate_store(row + hh * hd, q + ((size_t)r * heads + hh) * hd, hd, p, rope_dims, rope_halves, inv_freq,
+                     rope_scale);
         return;
     }
     u32 g = hh - heads;
     size_t slot = (size_t)g * capacity + len + r;
-    rotate_store(row + (heads + g) * hd, k_cache + slot * hd, hd, p, rope_dims, rope_halves, inv_freq);
+    rotate_store(row + (heads + g) * hd, k_cache + slot * hd, hd, p, rope_dims, rope_halves, inv_freq, rope_scale);
     const float* vsrc = row + (heads + kv_heads + g) * hd;
     for (u32 d = threadIdx.x; d < hd; d += blockDim.x) v_cache[slot * hd + d] = from_f32(vsrc[d]);
     if (threadIdx.x == 0) { pos[slot] = p; score[slot] = 0.0f; }
@@ -44,6 +53,18 @@ extern "C" __global__ void attn_append(const float* qkv, u32 heads, u32 kv_heads
 
 __device__ __forceinline__ float alibi(const float* slopes, u32 h, u32 key_pos, u32 query_pos) {
     return slopes ? slopes[h] * ((float)key_pos - (float)query_pos) : 0.0f;
+}
+
+// Whether the key at key_pos is visible to the query at query_pos (see the top of this file).
+__device__ __forceinline__ bool visible(u32 key_pos, u32 query_pos, u32 window) {
+    return key_pos <= query_pos && (window == 0 || query_pos - key_pos < window);
+}
+
+// A scaled score after soft-capping (softcap > 0) and the ALiBi bias.
+__device__ __forceinline__ float biased_score(float x, float softcap, const float* slopes, u32 h, u32 key_pos,
+                                              u32 query_pos) {
+    if (softcap > 0.0f) x = softcap * tanhf(x / softcap);
+    return x + alibi(slopes, h, key_pos, query_pos);
 }
 
 // ---- Prefill: S = Q K^T comes from cuBLAS for a tile of query rows; these kernels finish it.
@@ -71,12 +92,14 @@ struct MaxSum {
 
 // One block per (head, tile row): turns the row of raw dot products in S into P = softmax (wt,
 // for the P V product) and, when scoring, overwrites S with the noisy probabilities
-// exp((x + g) / tau - lse) whose column sums are the scores. Keys after the query are masked.
+// exp((x + g) / tau - lse) whose column sums are the scores. Keys the query does not see (after
+// it, or before its window) are masked.
 // Each pass recomputes the logits from S rather than storing them: a row is read once from
 // memory and again from cache, and S is written only when scoring.
 extern "C" __global__ void attn_prefill_softmax(float* s, wt* p, const u32* pos, u32 capacity, u32 len,
                                                 u32 heads, u32 kv_heads, u32 tile_rows, u32 first_pos,
-                                                float scale, const float* slopes, u32 scoring, u32 noise,
+                                                float scale, float softcap, u32 window, const float* slopes,
+                                                u32 scoring, u32 noise,
                                                 float tau, u32 seed, u32 layer) {
     await_inputs();
     u32 h = blockIdx.x, i = blockIdx.y;
@@ -86,7 +109,8 @@ extern "C" __global__ void attn_prefill_softmax(float* s, wt* p, const u32* pos,
     wt* prow = p + ((size_t)h * tile_rows + i) * len;
     const u32* kpos = pos + (size_t)g * capacity;
     auto logit = [&](u32 j) {
-        return kpos[j] <= qpos ? row[j] * scale + alibi(slopes, h, kpos[j], qpos) : NEG_INF;
+        u32 kp = kpos[j];
+        return visible(kp, qpos, window) ? biased_score(row[j] * scale, softcap, slopes, h, kp, qpos) : NEG_INF;
     };
     MaxSum x;
     for (u32 j = threadIdx.x; j < len; j += blockDim.x) x.add(logit(j));
@@ -238,8 +262,9 @@ __device__ __forceinline__ void finish_group(const SeqDesc& d, u32 g, u32 z, u32
 // group's spans (finish_group). Needs head_dim % VEC == 0 and <= MAX_HD.
 template <u32 TEAMS>
 __device__ __forceinline__ void decode_partial_teams(const float* qkv, const SeqBatch& b, u32 heads, u32 kv_heads, u32 hd,
-                                     u32 rope_dims, u32 rope_halves, const float* inv_freq, u32 span,
-                                     u32 splits, u32 max_len, float scale, const float* slopes, u32 layer,
+                                     u32 rope_dims, u32 rope_halves, const float* inv_freq, float rope_scale,
+                                     u32 span, u32 splits, u32 max_len, float scale, float softcap, u32 window,
+                                     const float* slopes, u32 layer,
                                      float* logits, float* part_stat, float* part_o, float* out, u32* done) {
     const u32 kl = 32 / TEAMS, keys = KEYS_PER_WARP / TEAMS;
     __shared__ float e[SUB];
@@ -263,11 +288,12 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
     // same): no launch of its own for appending to the cache.
     __shared__ __align__(16) wt qh[MAX_HD];
     const float* row = qkv + (size_t)z * (heads + 2 * kv_heads) * hd;
-    rotate_store(row + h * hd, qh, hd, d.qpos, rope_dims, rope_halves, inv_freq);
+    rotate_store(row + h * hd, qh, hd, d.qpos, rope_dims, rope_halves, inv_freq, rope_scale);
     size_t base = (size_t)g * d.capacity;
     if (end == d.len) {
         size_t slot = base + d.len - 1;
-        rotate_store(row + (heads + g) * hd, d.k + slot * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq);
+        rotate_store(row + (heads + g) * hd, d.k + slot * hd, hd, d.qpos, rope_dims, rope_halves, inv_freq,
+                     rope_scale);
         const float* vsrc = row + (heads + kv_heads + g) * hd;
         for (u32 t = threadIdx.x; t < hd; t += blockDim.x) d.v[slot * hd + t] = from_f32(vsrc[t]);
         if (threadIdx.x == 0) {
@@ -330,7 +356,8 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
             for (u32 off = kl / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
             u32 kp = __shfl_sync(0xffffffffu, lane_pos, j);
             if (tl == 0 && j < n) {
-                e[j] = kp <= d.qpos ? x * scale + alibi(slopes, h, kp, d.qpos) : NEG_INF;
+                e[j] = visible(kp, d.qpos, window) ? biased_score(x * scale, softcap, slopes, h, kp, d.qpos)
+                                                   : NEG_INF;
             }
         }
         __syncthreads();
@@ -424,12 +451,13 @@ __device__ __forceinline__ void decode_partial_teams(const float* qkv, const Seq
 #define DECODE_PARTIAL(T)                                                                                 \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 4)                                           \
         decode_partial##T(const float* qkv, SeqBatch b, u32 heads, u32 kv_heads, u32 hd, u32 rope_dims,   \
-                          u32 rope_halves, const float* inv_freq, u32 span, u32 splits, u32 max_len,      \
-                          float scale, const float* slopes, u32 layer, float* logits, float* part_stat,   \
-                          float* part_o, float* out, u32* done) {                                         \
-        decode_partial_teams<T>(qkv, b, heads, kv_heads, hd, rope_dims, rope_halves, inv_freq, span,      \
-                                splits, max_len, scale, slopes, layer, logits, part_stat, part_o, out,    \
-                                done);                                                                    \
+                          u32 rope_halves, const float* inv_freq, float rope_scale, u32 span, u32 splits, \
+                          u32 max_len, float scale, float softcap, u32 window, const float* slopes,       \
+                          u32 layer, float* logits, float* part_stat, float* part_o, float* out,          \
+                          u32* done) {                                                                    \
+        decode_partial_teams<T>(qkv, b, heads, kv_heads, hd, rope_dims, rope_halves, inv_freq, rope_scale, \
+                                span, splits, max_len, scale, softcap, window, slopes, layer, logits,     \
+                                part_stat, part_o, out, done);                                            \
     }
 DECODE_PARTIAL(1)
 DECODE_PARTIAL(2)

@@ -3,11 +3,14 @@
 
 mod common;
 
-use common::ops::op_table;
+use common::ops::{Rng, op_table, rel_error};
 use common::{fixture, greedy_matches_cpu, load_cpu, long_context_fixture, smollm2_path};
 use keyformer::backend::cuda::{CudaBackend, CudaDtype};
+use keyformer::backend::{AttentionSpec, Backend, SeqStep};
 use keyformer::engine::sampling::argmax;
-use keyformer::{Budget, CacheConfig, Model, Policy};
+use keyformer::kv::{CacheShape, Keep, StepScore};
+use keyformer::model::config::{Activation, Positions, RopePairs};
+use keyformer::{Budget, CacheConfig, CpuBackend, Model, Policy};
 
 fn cuda(test: &str, dtype: CudaDtype) -> Option<CudaBackend> {
     match CudaBackend::new(0, dtype) {
@@ -173,4 +176,123 @@ fn scored_slots<B: keyformer::Backend>(
         .zip(s)
         .map(|(p, s)| p.into_iter().zip(s).collect())
         .collect()
+}
+
+/// The features of Gemma-style layers through the backend's own ops, against the CPU: a
+/// sliding-window layer (window 8, its own rotary) and a global one sharing a cache, both with
+/// soft-capped scores and a scaled partial rotary, over a prompt, a second prompt chunk that
+/// must mask the window over the tokens the first one left, and decode steps that evict in the
+/// attention launch; then GeGLU.
+#[test]
+fn window_softcap_and_geglu_match_cpu_in_f32() {
+    let Some(b) = cuda("window_softcap_and_geglu_match_cpu_in_f32", CudaDtype::F32) else {
+        return;
+    };
+    let mut rng = Rng(23);
+    let (heads, kv_heads, hd) = (4, 2, 64);
+    let width = (heads + 2 * kv_heads) * hd;
+    let inputs: Vec<Vec<f32>> = [20, 6, 1, 1, 1]
+        .iter()
+        .map(|&rows| rng.values(rows * width, 1.5))
+        .collect();
+    let got = window_layers(&b, &inputs).unwrap();
+    let want = window_layers(&CpuBackend, &inputs).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let error = rel_error(g, w);
+        println!("window layers: output {i} error {error:e}");
+        assert!(error < 1e-4, "window layers: output {i} differs by {error}");
+    }
+
+    let (rows, ffn) = (3, 300);
+    let x = rng.values(rows * 2 * ffn, 4.0);
+    let got = gated(&b, &x, rows, ffn).unwrap();
+    let want = gated(&CpuBackend, &x, rows, ffn).unwrap();
+    let error = rel_error(&got, &want);
+    println!("geglu error {error:e}");
+    assert!(error < 1e-5, "GeGLU differs by {error}");
+}
+
+/// GeGLU of `rows` fused [gate | up] rows of 2 * width.
+fn gated<B: Backend>(b: &B, x: &[f32], rows: usize, width: usize) -> keyformer::Result<Vec<f32>> {
+    let mut x = b.upload(x)?;
+    let mut out = b.zeros(rows * width)?;
+    b.activation(Activation::GeGluTanh, &mut x, rows, width, &mut out)?;
+    b.download(&out, rows * width)
+}
+
+/// Runs `inputs` (fused [q | k | v] rows: two prompt chunks, then one row per decode step)
+/// through layer 0 (window 8, evicting to 7 tokens after every step, unscored) and layer 1
+/// (global, scored with noise); returns each step's attention outputs of both layers, then
+/// layer 1's scores in position order.
+fn window_layers<B: Backend>(b: &B, inputs: &[Vec<f32>]) -> keyformer::Result<Vec<Vec<f32>>> {
+    let rotary = |base: f32| Positions::Rotary {
+        dims: 32,
+        pairs: RopePairs::Halves,
+        inv_freq: (0..16).map(|i| base.powf(-(i as f32) / 16.0)).collect(),
+        scale: 0.8,
+    };
+    let (local, global) = (rotary(10_000.0), rotary(1_000_000.0));
+    let spec = |positions, window| AttentionSpec {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        scale: 0.5,
+        positions,
+        softcap: Some(2.0),
+        window,
+    };
+    let specs = [spec(&local, Some(8)), spec(&global, None)];
+    let keep = Keep {
+        budget: 7,
+        sinks: 0,
+        recent: 7,
+    };
+    let score = StepScore {
+        noise: true,
+        tau: 1.3,
+        seed: 5,
+    };
+    let shape = CacheShape {
+        layers: 2,
+        kv_heads: 2,
+        head_dim: 64,
+        capacity: 16,
+    };
+    let mut cache = b.new_cache(&shape)?;
+    let (width, out_width) = (8 * 64, 4 * 64);
+    let mut outputs = Vec::new();
+    let mut position = 0;
+    for input in inputs {
+        let rows = input.len() / width;
+        let qkv = b.upload(input)?;
+        for (layer, spec) in specs.iter().enumerate() {
+            let mut out = b.zeros(rows * out_width)?;
+            let local = layer == 0;
+            let step_score = (!local).then_some(score);
+            if rows == 1 {
+                let seq = SeqStep {
+                    cache: &mut cache,
+                    position,
+                    score: step_score,
+                    keep: local.then_some(keep),
+                };
+                b.attention_batch(spec, &qkv, &mut [seq], layer, &mut out)?;
+            } else {
+                let sc = step_score.as_ref();
+                b.attention(spec, &qkv, rows, position, &mut cache, layer, sc, &mut out)?;
+                if local {
+                    b.evict(&mut cache, layer, &keep)?;
+                }
+            }
+            outputs.push(b.download(&out, rows * out_width)?);
+        }
+        position += rows;
+    }
+    let (positions, scores) = (b.cache_positions(&cache, 1)?, b.cache_scores(&cache, 1)?);
+    for (pos, score) in positions.iter().zip(&scores) {
+        let mut slots: Vec<(u32, f32)> = pos.iter().copied().zip(score.iter().copied()).collect();
+        slots.sort_by_key(|s| s.0);
+        outputs.push(slots.iter().map(|s| s.1).collect());
+    }
+    Ok(outputs)
 }

@@ -38,8 +38,10 @@ pub struct CudaLayer {
 pub struct CudaCache {
     pub shape: CacheShape,
     pub layers: Vec<CudaLayer>,
-    /// The model's rotary inverse frequencies or ALiBi slopes, uploaded on first use.
-    position_table: Option<CudaSlice<f32>>,
+    /// The rotary inverse frequencies or ALiBi slopes the layers use, each uploaded on first
+    /// use next to its host copy (one table, or two where sliding-window layers have a rotary
+    /// of their own).
+    position_tables: Vec<(Vec<f32>, CudaSlice<f32>)>,
 }
 
 /// One sequence of a batched decode step, laid out as SeqDesc in kernels/common.cuh.
@@ -116,7 +118,7 @@ pub fn new_cache(b: &CudaBackend, shape: &CacheShape) -> Result<CudaCache> {
     Ok(CudaCache {
         shape: *shape,
         layers,
-        position_table: None,
+        position_tables: Vec::new(),
     })
 }
 
@@ -196,22 +198,27 @@ fn check_heads(b: &CudaBackend, spec: &AttentionSpec) -> Result<()> {
     Ok(())
 }
 
-/// Uploads the cache's position table once; returns the table and the ALiBi slopes pointers
-/// (0 when unused).
+/// The layer's position table on the device, uploaded on its first use in this cache; returns
+/// the table and the ALiBi slopes pointers (0 when unused).
 fn position_table(
     b: &CudaBackend,
     spec: &AttentionSpec,
     cache: &mut CudaCache,
 ) -> Result<(u64, u64)> {
-    if cache.position_table.is_none() {
-        let table = match spec.positions {
-            Positions::Rotary { inv_freq, .. } => inv_freq.clone(),
-            Positions::Alibi { slopes } => slopes.clone(),
-            Positions::Learned => vec![0.0],
-        };
-        cache.position_table = Some(b.upload(&table)?);
-    }
-    let table = b.ptr(cache.position_table.as_ref().expect("uploaded above"));
+    let values: &[f32] = match spec.positions {
+        Positions::Rotary { inv_freq, .. } => inv_freq,
+        Positions::Alibi { slopes } => slopes,
+        Positions::Learned => &[0.0],
+    };
+    let tables = &mut cache.position_tables;
+    let at = match tables.iter().position(|(host, _)| host[..] == *values) {
+        Some(at) => at,
+        None => {
+            tables.push((values.to_vec(), b.upload(values)?));
+            tables.len() - 1
+        }
+    };
+    let table = b.ptr(&tables[at].1);
     let slopes = if matches!(spec.positions, Positions::Alibi { .. }) {
         table
     } else {
@@ -220,13 +227,22 @@ fn position_table(
     Ok((table, slopes))
 }
 
-fn rope(spec: &AttentionSpec) -> (u32, u32) {
-    match spec.positions {
-        Positions::Rotary { dims, pairs, .. } => {
-            (*dims as u32, (*pairs == RopePairs::Halves) as u32)
-        }
-        _ => (0, 0),
-    }
+/// The rotary's kernel arguments: dimensions turned, pairing, and the scale of the turned
+/// dimensions.
+fn rope(spec: &AttentionSpec) -> [Arg<'static>; 3] {
+    let (dims, halves, scale) = match spec.positions {
+        Positions::Rotary {
+            dims, pairs, scale, ..
+        } => (*dims as u32, (*pairs == RopePairs::Halves) as u32, *scale),
+        _ => (0, 0, 1.0),
+    };
+    [Arg::U(dims), Arg::U(halves), Arg::F(scale)]
+}
+
+/// The score kernels' soft-capping and window arguments (0 for none).
+fn score_shape(spec: &AttentionSpec) -> [Arg<'static>; 2] {
+    let window = spec.window.map_or(0, |w| w.min(u32::MAX as usize) as u32);
+    [Arg::F(spec.softcap.unwrap_or(0.0)), Arg::U(window)]
 }
 
 fn check_layer(cache: &CudaCache, layer: usize) -> Result<()> {
@@ -265,7 +281,7 @@ pub fn attention(
     check_layer(cache, layer)?;
     check_heads(b, spec)?;
     let (table, slopes) = position_table(b, spec, cache)?;
-    let (rope_dims, rope_halves) = rope(spec);
+    let [rope_dims, rope_halves, rope_scale] = rope(spec);
     let shape = cache.shape;
     let l = &mut cache.layers[layer];
     make_room(b, &shape, l, rows)?;
@@ -276,9 +292,10 @@ pub fn attention(
         Arg::U(kv_heads as u32),
         Arg::U(hd as u32),
         Arg::U(first_pos as u32),
-        Arg::U(rope_dims),
-        Arg::U(rope_halves),
+        rope_dims,
+        rope_halves,
         Arg::P(table),
+        rope_scale,
         Arg::P(b.ptr(&q)),
         Arg::P(b.ptr(&l.k)),
         Arg::P(b.ptr(&l.v)),
@@ -300,6 +317,7 @@ pub fn attention(
         kv_heads,
         hd,
         scale: spec.scale,
+        score_shape: score_shape(spec),
         slopes,
         score,
         layer: layer as u32,
@@ -312,6 +330,8 @@ struct Step<'a> {
     kv_heads: usize,
     hd: usize,
     scale: f32,
+    /// Soft-capping and window (`score_shape`).
+    score_shape: [Arg<'static>; 2],
     slopes: u64,
     score: Option<&'a StepScore>,
     layer: u32,
@@ -350,7 +370,8 @@ pub fn decode(
     super::check("qkv", qkv.len(), seqs.len() * width)?;
     super::check("attention output", out.len(), seqs.len() * out_width)?;
     check_heads(b, spec)?;
-    let (rope_dims, rope_halves) = rope(spec);
+    let [rope_dims, rope_halves, rope_scale] = rope(spec);
+    let [softcap, window] = score_shape(spec);
     for (launch, group) in seqs.chunks_mut(MAX_SEQS).enumerate() {
         let first_row = launch * MAX_SEQS;
         let n = group.len();
@@ -400,13 +421,16 @@ pub fn decode(
             Arg::U(heads as u32),
             Arg::U(kv_heads as u32),
             Arg::U(hd as u32),
-            Arg::U(rope_dims),
-            Arg::U(rope_halves),
+            rope_dims,
+            rope_halves,
             Arg::P(table),
+            rope_scale,
             Arg::U(span as u32),
             Arg::U(splits as u32),
             Arg::U(max_len as u32),
             Arg::F(spec.scale),
+            softcap,
+            window,
             Arg::P(slopes),
             Arg::U(layer as u32),
             Arg::P(b.ptr(&logits)),
@@ -544,6 +568,7 @@ fn prefill(
             batched_gemm(b, true, len, tr, hd, batch)?;
         }
         let [noise, tau, seed, layer] = s.score_args();
+        let [softcap, window] = s.score_shape;
         let args = [
             Arg::P(lp),
             Arg::P(pp),
@@ -555,6 +580,8 @@ fn prefill(
             Arg::U(tr as u32),
             Arg::U((first_pos + t0) as u32),
             Arg::F(s.scale),
+            softcap,
+            window,
             Arg::P(s.slopes),
             Arg::U(s.score.is_some() as u32),
             noise,

@@ -131,6 +131,7 @@ impl Kernels {
 }
 
 /// A kernel argument: a u32, a device pointer (0 for null), an f32 or a decode batch.
+#[derive(Clone, Copy)]
 pub enum Arg<'a> {
     U(u32),
     P(u64),

@@ -823,18 +823,18 @@ impl Backend for CudaBackend {
                 ];
                 self.launch(&self.k.gelu, blocks(n), 256, &args)
             }
-            Activation::SwiGlu => {
-                check("swiglu input", x.len(), 2 * n)?;
-                check("swiglu output", out.len(), n)?;
+            Activation::SwiGlu | Activation::GeGluTanh => {
+                check("gated input", x.len(), 2 * n)?;
+                check("gated output", out.len(), n)?;
                 let args = [
                     Arg::P(self.ptr(x)),
                     Arg::P(self.ptr(out)),
                     Arg::U(rows as u32),
                     Arg::U(width as u32),
+                    Arg::U((act == Activation::GeGluTanh) as u32),
                 ];
                 self.launch(&self.k.swiglu, blocks(n), 256, &args)
             }
-            Activation::GeGluTanh => Err(crate::backend::missing("cuda", "GeGLU")),
         }
     }
 
@@ -896,16 +896,13 @@ impl Backend for CudaBackend {
     }
 
     fn check_model(&self, c: &crate::model::config::ModelConfig) -> Result<()> {
-        use crate::backend::Feature::*;
-        // What the kernels do not have yet; remove a feature here once they do.
-        let lacking = [
-            GeGlu,
-            AttentionSoftcap,
-            WindowRotary,
-            ScaledRotary,
-            WindowMask,
-        ];
-        crate::backend::refuse_lacking("cuda", c, &lacking)
+        // What the kernels do not have yet (crate::backend::Feature); the CUDA kernels have
+        // every feature today.
+        crate::backend::refuse_lacking("cuda", c, &[])
+    }
+
+    fn masks_windows(&self) -> bool {
+        true
     }
 
     fn new_cache(&self, shape: &CacheShape) -> Result<CudaCache> {
