@@ -1,5 +1,5 @@
-// GELU (erf and tanh forms) in place, and SwiGLU from fused [gate | up] rows; one invocation
-// per output value.
+// GELU (erf and tanh forms) in place, and SwiGLU or GeGLU from fused [gate | up] rows; one
+// invocation per output value.
 
 struct Params {
     rows: u32,
@@ -27,14 +27,23 @@ fn gelu_tanh(lane: Lane) {
     }
 }
 
-@compute @workgroup_size(256)
-fn swiglu(lane: Lane) {
-    let i = item_index(lane);
+// Output i of a gated unit: gate_act(g) * up (gelu.wgsl).
+fn gated(i: u32, gelu_gate: bool) {
     if i >= p.rows * p.width {
         return;
     }
     let row = i / p.width;
-    let gate = fused[row * 2u * p.width + i % p.width];
+    let g = fused[row * 2u * p.width + i % p.width];
     let up = fused[row * 2u * p.width + p.width + i % p.width];
-    out[i] = gate / (1.0 + exp(-gate)) * up;
+    out[i] = gate_act(g, gelu_gate) * up;
+}
+
+@compute @workgroup_size(256)
+fn swiglu(lane: Lane) {
+    gated(item_index(lane), false);
+}
+
+@compute @workgroup_size(256)
+fn geglu(lane: Lane) {
+    gated(item_index(lane), true);
 }

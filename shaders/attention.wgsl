@@ -12,6 +12,8 @@
 //   blocks' sums to the slot's score: a fixed order, so scores are reproducible. A decode step
 //   runs decode_score_evict instead: it adds the row's sums to the scores and evicts in the
 //   same dispatch.
+// Every kernel masks keys past a sliding window and soft-caps its logits where the layer asks
+// (`sees`, `logit`), so the scores accumulate the same logits the output uses.
 // Cache layout: k, v [kv_head][slot][head_dim], pos and score [kv_head][slot], `capacity` slots.
 // head_dim is a multiple of 4 (at most 256): q, k and v are read as vec4 runs.
 
@@ -46,6 +48,11 @@ struct Params {
     // decode_partial's keys per workgroup (a multiple of CHUNK) and workgroups per head.
     span: u32,
     splits: u32,
+    // Soft-capping of the scaled scores (0: none), a sliding window's width (0: none), and
+    // the factor on the rotated dimensions.
+    softcap: f32,
+    window: u32,
+    rot_scale: f32,
 }
 
 const POS_ROPE_INTERLEAVED: u32 = 1u;
@@ -98,9 +105,9 @@ fn rotated(start: u32, d: u32, r: u32) -> f32 {
     let xa = qkv[start + a];
     let xb = qkv[start + b];
     if d == a {
-        return xa * cos_a - xb * sin_a;
+        return (xa * cos_a - xb * sin_a) * p.rot_scale;
     }
-    return xb * cos_a + xa * sin_a;
+    return (xb * cos_a + xa * sin_a) * p.rot_scale;
 }
 
 fn alibi(head: u32, key_pos: u32, query_pos: u32) -> f32 {
@@ -108,6 +115,21 @@ fn alibi(head: u32, key_pos: u32, query_pos: u32) -> f32 {
         return 0.0;
     }
     return table[head] * (f32(key_pos) - f32(query_pos));
+}
+
+// Whether a query at query_pos sees the key at key_pos: causally, and within its window.
+fn sees(key_pos: u32, query_pos: u32) -> bool {
+    return key_pos <= query_pos && (p.window == 0u || key_pos + p.window > query_pos);
+}
+
+// A key's logit from its dot product with the query: scaled, soft-capped where the layer caps
+// (cap * tanh(x / cap), its argument clamped where tanh is 1 in f32 anyway), plus ALiBi's bias.
+fn logit(dot_qk: f32, head: u32, key_pos: u32, query_pos: u32) -> f32 {
+    var x = dot_qk * p.scale;
+    if p.softcap > 0.0 {
+        x = p.softcap * tanh(clamp(x / p.softcap, -15.0, 15.0));
+    }
+    return x + alibi(head, key_pos, query_pos);
 }
 
 // The score's logit: (x + gumbel) / tau, without noise when scoring is noiseless.
@@ -271,7 +293,7 @@ fn attention(lane: Lane) {
     }
     workgroupBarrier();
     // The older cache and the new rows up to this one; within them keys are masked by
-    // original position, as causality is defined by positions, not slots.
+    // original position (causality and a sliding window), not by slot.
     let n = p.old_len + r + 1u;
     var state = online_start();
     for (var c0 = 0u; c0 < n; c0 += WG) {
@@ -281,13 +303,13 @@ fn attention(lane: Lane) {
         var key_pos = 0u;
         if s < n {
             key_pos = key_position(base, s);
-            valid = key_pos <= query_pos;
+            valid = sees(key_pos, query_pos);
             if valid {
                 var dot_qk = 0.0;
                 for (var d = 0u; d < quads; d++) {
                     dot_qk += dot(q_head[d], key_quad(base, s, d));
                 }
-                x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
+                x = logit(dot_qk, h, key_pos, query_pos);
             }
         }
         var y = -FLT_MAX;
@@ -387,13 +409,13 @@ fn decode_partial(lane: Lane) {
         var key_pos = 0u;
         if t < count {
             key_pos = key_position(base, c0 + t);
-            valid = key_pos <= query_pos;
+            valid = sees(key_pos, query_pos);
             if valid {
                 var dot_qk = 0.0;
                 for (var i = 0u; i < SEGMENTS; i++) {
                     dot_qk += segment_dots[i * CHUNK + t];
                 }
-                x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
+                x = logit(dot_qk, h, key_pos, query_pos);
             }
         }
         var y = -FLT_MAX;
@@ -472,14 +494,14 @@ fn slot_score(total: f32, g: u32, slot: u32, first_row: u32, end_row: u32) -> f3
         var part = 0.0;
         for (var r = first_row; r < end_row; r++) {
             let query_pos = p.first_pos + r;
-            if key_pos > query_pos {
+            if !sees(key_pos, query_pos) {
                 continue;
             }
             var dot_qk = 0.0;
             for (var d = 0u; d < quads; d++) {
                 dot_qk += dot(q4[(r * p.heads + h) * quads + d], vec4<f32>(k_runs[slot * quads + d]));
             }
-            let x = dot_qk * p.scale + alibi(h, key_pos, query_pos);
+            let x = logit(dot_qk, h, key_pos, query_pos);
             part += exp(noisy(x, h, query_pos, key_pos) - lse[r * p.heads + h]);
         }
         sum += part;

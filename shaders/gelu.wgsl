@@ -1,4 +1,5 @@
-// GELU in its erf and tanh forms, shared by the activation op and the products that apply it.
+// GELU in its erf and tanh forms, and the gates of gated units, shared by the activation op
+// and the products that apply them.
 
 const TWO_OVER_SQRT_PI: f32 = 1.1283791670955126;
 const ONE_OVER_SQRT_PI: f32 = 0.5641895835477563;
@@ -59,4 +60,12 @@ fn gelu(v: f32, form: u32) -> f32 {
         return 0.5 * v * (1.0 + t);
     }
     return v;
+}
+
+// The gate of a gated unit: SiLU for SwiGLU, or GELU-tanh for GeGLU where `gelu_gate`.
+fn gate_act(g: f32, gelu_gate: bool) -> f32 {
+    if gelu_gate {
+        return gelu(g, 2u);
+    }
+    return g / (1.0 + exp(-g));
 }

@@ -12,7 +12,8 @@ struct Params {
     n_out: u32,
     n_in: u32,
     // Bit 0: add the bias. Bit 1: add the result into out. Bits 2-3: GELU form (gelu.wgsl).
-    // Bits 4-6: the gemv's folded norm (NORM_*).
+    // Bits 4-6: the gemv's folded norm (NORM_*). Bit 7: gemv_swiglu's gate is GELU-tanh
+    // (GeGLU) rather than SiLU.
     flags: u32,
     // The folded norm's epsilon.
     eps: f32,
@@ -26,6 +27,7 @@ struct Params {
 const NORM_FOLDED: u32 = 16u;
 const NORM_RMS: u32 = 32u;
 const NORM_BIAS: u32 = 64u;
+const GATE_GELU: u32 = 128u;
 
 var<immediate> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -443,13 +445,12 @@ fn gemv_swiglu(lane: Lane) {
     }
 }
 
-// Gate o and up o + width stored as the gemv stores them, and act[o] = SwiGLU(gate, up) as
-// activation.wgsl computes it.
-fn store_swiglu(o: u32, width: u32, gate: f32, up: f32) {
-    store(0u, o, gate);
-    store(0u, o + width, up);
-    let g = out[o];
-    act[o] = g / (1.0 + exp(-g)) * out[o + width];
+// Gate o and up o + width stored as the gemv stores them, and act[o] = SwiGLU(gate, up), or
+// GeGLU with GATE_GELU, as activation.wgsl computes it.
+fn store_swiglu(o: u32, width: u32, gate_sum: f32, up_sum: f32) {
+    store(0u, o, gate_sum);
+    store(0u, o + width, up_sum);
+    act[o] = gate_act(out[o], (p.flags & GATE_GELU) != 0u) * out[o + width];
 }
 
 // gemv over a decode step's attention output that decode_combine has not written yet: each

@@ -141,6 +141,7 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             Some(Activation::GeluErf),
             Some(Activation::GeluTanh),
             Some(Activation::SwiGlu),
+            Some(Activation::GeGluTanh),
         ] {
             let x = rng.values(rows * n_in, 1.0);
             let w = rng.values(n_out * n_in, 0.2);
@@ -167,6 +168,8 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         (2, 50, 60, 4160, Activation::GeluTanh),
         (7, 37, 50, 70, Activation::GeluTanh),
         (1, 30, 80, 64, Activation::SwiGlu),
+        (1, 30, 80, 64, Activation::GeGluTanh),
+        (3, 40, 60, 96, Activation::GeGluTanh),
     ] {
         let x = rng.values(rows * n_in, 3.0);
         let (nw, nb) = (rng.values(n_in, 1.0), rng.values(n_in, 1.0));
@@ -214,6 +217,9 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             (1, 45, 100, Some(Activation::GeluTanh)),
             (1, 3072, 576, Some(Activation::SwiGlu)),
             (3, 130, 96, Some(Activation::SwiGlu)),
+            (1, 3072, 576, Some(Activation::GeGluTanh)),
+            (1, 130, 100, Some(Activation::GeGluTanh)),
+            (3, 130, 96, Some(Activation::GeGluTanh)),
             (4, 64, 1024, Some(Activation::GeluErf)),
             (2, 40, 2100, None),
         ] {
@@ -236,6 +242,7 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         Activation::GeluErf,
         Activation::GeluTanh,
         Activation::SwiGlu,
+        Activation::GeGluTanh,
     ] {
         let (rows, width) = (3, 77);
         let x = rng.values(rows * 2 * width, 4.0);
@@ -431,6 +438,114 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
         }
     }
 
+    // Architecture features. A sliding window (with and without soft-capping) over a prompt
+    // longer than the window, then decode steps over the window - 1 tokens the engine keeps
+    // (window layers are never scored); soft-capping and a scaled partial rotary with every
+    // score rule, alone and batched.
+    let plain = rope(64, RopePairs::Halves);
+    let scaled = Positions::Rotary {
+        dims: 32,
+        pairs: RopePairs::Halves,
+        inv_freq: (0..16)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / 32.0))
+            .collect(),
+        scale: 1.19,
+    };
+    let window_keep = Keep {
+        budget: 7,
+        sinks: 0,
+        recent: 7,
+    };
+    for softcap in [None, Some(1.0)] {
+        let spec = AttentionSpec {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            scale: 0.125,
+            positions: &plain,
+            softcap,
+            window: Some(8),
+        };
+        let errors =
+            attention_trace(b, &spec, None, Some(&window_keep), (30, 6), &mut rng).unwrap();
+        for (what, error) in errors {
+            record(
+                format!("attention window 8 softcap {softcap:?} {what}"),
+                error,
+            );
+        }
+    }
+    for (name, positions, softcap) in [
+        ("softcap 1", &plain, Some(1.0)),
+        ("scaled partial rope", &scaled, None),
+    ] {
+        let spec = AttentionSpec {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            scale: 0.125,
+            positions,
+            softcap,
+            window: None,
+        };
+        for score in [
+            None,
+            Some(StepScore {
+                noise: false,
+                tau: 1.0,
+                seed: 0,
+            }),
+            Some(StepScore {
+                noise: true,
+                tau: 1.2,
+                seed: 5,
+            }),
+        ] {
+            let label = format!(
+                "attention {name} score {:?}",
+                score.map(|s| (s.noise, s.tau))
+            );
+            let errors =
+                attention_trace(b, &spec, score.as_ref(), Some(&KEEP), (45, 12), &mut rng).unwrap();
+            for (what, error) in errors {
+                record(format!("{label} {what}"), error);
+            }
+        }
+        for (what, error) in attention_batch_rows(b, &spec, &mut rng).unwrap() {
+            record(format!("attention batch {name} {what}"), error);
+        }
+    }
+    // Two layers of one cache with rotaries of different frequencies (Gemma 3's local and
+    // global layers), in turn, prompt and decode.
+    let other_base = Positions::Rotary {
+        dims: 64,
+        pairs: RopePairs::Halves,
+        inv_freq: (0..32)
+            .map(|i| 1.0 / 1e6f32.powf(2.0 * i as f32 / 64.0))
+            .collect(),
+        scale: 1.0,
+    };
+    let specs = [&plain, &other_base].map(|positions| AttentionSpec {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        scale: 0.125,
+        positions,
+        softcap: None,
+        window: None,
+    });
+    let width = (4 + 2 * 2) * 64;
+    let inputs: Vec<Vec<f32>> = [20, 1, 1, 1]
+        .iter()
+        .map(|&r| rng.values(r * width, 1.5))
+        .collect();
+    let got = two_layer_attention(b, &specs, &inputs).unwrap();
+    let want = two_layer_attention(&cpu, &specs, &inputs).unwrap();
+    record(
+        "attention two layers of different rotaries".into(),
+        rel_error(&got, &want),
+    );
+
     // Decode steps whose attention output goes straight into the output product, which the
     // wgpu backend fuses with the attention's last dispatch: the residual and the attention
     // output itself must both come out right.
@@ -501,6 +616,34 @@ fn attention_then_product<B: Backend>(
     }
     residuals.extend(outputs);
     Ok(residuals)
+}
+
+/// A prompt (inputs[0]) then one decode step per further input, each through layer 0 with
+/// specs[0] then layer 1 with specs[1] of one cache, without eviction: every output.
+fn two_layer_attention<B: Backend>(
+    b: &B,
+    specs: &[AttentionSpec; 2],
+    inputs: &[Vec<f32>],
+) -> Result<Vec<f32>> {
+    let spec = &specs[0];
+    let width = (spec.heads + 2 * spec.kv_heads) * spec.head_dim;
+    let q_dim = spec.heads * spec.head_dim;
+    let tokens = inputs.iter().map(|i| i.len() / width).sum();
+    let mut cache = b.new_cache(&trace_shape(spec, None, tokens))?;
+    let (mut outputs, mut position) = (vec![], 0);
+    for input in inputs {
+        let rows = input.len() / width;
+        let qkv = b.upload(input)?;
+        for (layer, spec) in specs.iter().enumerate() {
+            let mut out = b.zeros(rows * q_dim)?;
+            b.attention(
+                spec, &qkv, rows, position, &mut cache, layer, None, &mut out,
+            )?;
+            outputs.extend(b.download(&out, rows * q_dim)?);
+        }
+        position += rows;
+    }
+    Ok(outputs)
 }
 
 fn embed<B: Backend>(b: &B, table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
@@ -612,7 +755,7 @@ fn fused_linear<B: Backend>(
         &mut out,
     )?;
     match act {
-        Activation::SwiGlu => b.download(&out, rows * n_out / 2),
+        a if a.gated() => b.download(&out, rows * n_out / 2),
         _ => b.download(&scratch, rows * n_out),
     }
 }
@@ -688,7 +831,7 @@ fn norm_pair<B: Backend>(
     )?;
     let mut values = b.download(&a_out, rows * a.n_out)?;
     values.extend(match act {
-        Activation::SwiGlu => b.download(&out, rows * p.n_out / 2)?,
+        a if a.gated() => b.download(&out, rows * p.n_out / 2)?,
         _ => b.download(&mid, rows * p.n_out)?,
     });
     Ok(values)
@@ -754,7 +897,7 @@ fn norm_product<B: Backend>(
         &mut out,
     )?;
     match act {
-        Activation::SwiGlu => b.download(&out, rows * n_out / 2),
+        a if a.gated() => b.download(&out, rows * n_out / 2),
         _ => b.download(&mid, rows * n_out),
     }
 }
@@ -770,7 +913,7 @@ fn activation<B: Backend>(
     let mut out = b.zeros(rows * width)?;
     b.activation(act, &mut xb, rows, width, &mut out)?;
     match act {
-        Activation::SwiGlu => b.download(&out, rows * width),
+        a if a.gated() => b.download(&out, rows * width),
         _ => b.download(&xb, rows * width),
     }
 }

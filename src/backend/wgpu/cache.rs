@@ -91,7 +91,11 @@ fn resize(b: &WgpuBackend, shape: &CacheShape, c: &mut LayerBlock, capacity: usi
     Ok(())
 }
 
-/// The position table of `position_table` and what it was made for.
+/// Position tables a backend keeps: a model uses one, or two where its window layers turn by
+/// their own rotary (Gemma 3); a few more spare rebuilding tables for models that alternate.
+const POSITION_TABLES: usize = 4;
+
+/// A position table of `position_tables` and what it was made for.
 pub(super) struct PositionTable {
     key: Vec<u32>,
     /// Positions 0.. that the table covers (every one for ALiBi's slopes).
@@ -112,7 +116,8 @@ fn layer_block(cache: &mut WgpuCache, layer: usize) -> Result<&mut LayerBlock> {
 /// pair, computed here with the CPU's f32 arithmetic so every backend rotates by the same
 /// angles; or the ALiBi slopes. The rotary table covers every position from 0 and grows by
 /// doubling, so decode steps bind the same buffer token after token (and reuse their bind
-/// groups) instead of a new table per token.
+/// groups) instead of a new table per token. Tables are kept per scheme and frequencies, so
+/// layers with different rotaries each find their own.
 fn position_table(
     b: &WgpuBackend,
     positions: &Positions,
@@ -154,9 +159,9 @@ fn position_table(
             (3, 0, key)
         }
     };
-    let mut cached = b.position_table.borrow_mut();
-    if let Some(t) = cached.as_ref()
-        && t.key == key
+    let mut tables = b.position_tables.borrow_mut();
+    let found = tables.iter().position(|t| t.key == key);
+    if let Some(t) = found.map(|i| &tables[i])
         && t.positions >= end_pos
     {
         return Ok((scheme, word(dims)?, t.buffer.clone()));
@@ -184,11 +189,20 @@ fn position_table(
     let buffer = b
         .gpu
         .buffer_with(bytemuck::cast_slice(&values), "position table")?;
-    *cached = Some(PositionTable {
+    let table = PositionTable {
         key,
         positions,
         buffer: buffer.clone(),
-    });
+    };
+    match found {
+        Some(i) => tables[i] = table,
+        None => {
+            if tables.len() == POSITION_TABLES {
+                tables.remove(0);
+            }
+            tables.push(table);
+        }
+    }
     Ok((scheme, word(dims)?, buffer))
 }
 
@@ -294,6 +308,24 @@ fn attend(
         resize(b, &shape, c, c.len + rows)?;
     }
     let (scheme, rot_dims, table) = position_table(b, spec.positions, nh, hd, first_pos + rows)?;
+    let rot_scale = match spec.positions {
+        Positions::Rotary { scale, .. } => *scale,
+        _ => 1.0,
+    };
+    // The kernels read 0 as no soft-cap and no window.
+    if let Some(cap) = spec.softcap
+        && !(cap > 0.0 && cap.is_finite())
+    {
+        return Err(Error::InvalidInput(format!(
+            "attention soft-cap {cap} is not a positive number"
+        )));
+    }
+    if spec.window == Some(0) {
+        return Err(Error::InvalidInput(
+            "a sliding window of 0 tokens".to_string(),
+        ));
+    }
+    let softcap = spec.softcap.unwrap_or(0.0);
     let old_len = c.len;
     c.len += rows;
     // Scratch, not new buffers: a new buffer per layer and token costs an allocation and the
@@ -338,6 +370,9 @@ fn attend(
         word(evict_one.map_or(0, |k| c.len - k.recent))?,
         word(span)?,
         word(splits)?,
+        softcap.to_bits(),
+        word(spec.window.unwrap_or(0))?,
+        rot_scale.to_bits(),
     ];
     let k = &b.kernels;
     if rows == 1 {

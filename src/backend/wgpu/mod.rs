@@ -79,8 +79,9 @@ pub struct WgpuBackend {
     variant: Variant,
     /// Bound where a kernel's optional input (a bias, a position table) is absent.
     unused: wgpu::Buffer,
-    /// The latest rotary angles or ALiBi slopes: every layer and step uses the same table.
-    position_table: RefCell<Option<cache::PositionTable>>,
+    /// The latest rotary angles or ALiBi slopes, one table per position scheme: every layer
+    /// and step uses the same table, or (Gemma 3) its window layers one and the others another.
+    position_tables: RefCell<Vec<cache::PositionTable>>,
     /// Scratch buffers by use, grown as needed and reused: the command stream orders their
     /// uses, so a later op's writes wait for an earlier op's reads.
     scratch: RefCell<HashMap<&'static str, wgpu::Buffer>>,
@@ -197,7 +198,7 @@ impl WgpuBackend {
             kernels,
             variant,
             unused,
-            position_table: RefCell::new(None),
+            position_tables: RefCell::new(Vec::new()),
             scratch: RefCell::new(HashMap::new()),
         })
     }
@@ -254,13 +255,19 @@ impl WgpuBackend {
         let (accumulate, gelu) = match then {
             Product::Accumulate => (true, 0),
             Product::Gelu(form) => (false, form),
-            Product::Plain | Product::SwiGlu(_) => (false, 0),
+            Product::Plain | Product::Gated(..) => (false, 0),
         };
+        // GATE_GELU in shaders/matmul.wgsl: the gated gemvs' gate is GELU-tanh (GeGLU).
+        let gelu_gate = matches!(then, Product::Gated(Activation::GeGluTanh, _)) as u32;
         let params = [
             word(rows)?,
             word(n_out)?,
             word(n_in)?,
-            bias.is_some() as u32 | (accumulate as u32) << 1 | gelu << 2 | norm_flags,
+            bias.is_some() as u32
+                | (accumulate as u32) << 1
+                | gelu << 2
+                | norm_flags
+                | gelu_gate << 7,
             eps.to_bits(),
         ];
         let bias = self.or_unused(bias);
@@ -278,7 +285,7 @@ impl WgpuBackend {
         let units = rows == 1 && n_in.is_multiple_of(self.weight_unit()) && rms != Some(false);
         let k = &self.kernels;
         let (kernel, groups) = match then {
-            Product::SwiGlu(act) => {
+            Product::Gated(_, act) => {
                 buffers.push((8, &act.buffer));
                 let kernel = if units && rms.is_some() {
                     &k.gemv_swiglu_units_rms
@@ -442,10 +449,10 @@ impl WgpuBackend {
         let gelu = match act {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
-            // One row: the gemv writes the SwiGLU too.
-            Activation::SwiGlu if rows == 1 => {
-                check_len("swiglu output", out.len, n_out / 2)?;
-                let then = Product::SwiGlu(out);
+            // One row: the gemv writes the SwiGLU or GeGLU too.
+            Activation::SwiGlu | Activation::GeGluTanh if rows == 1 => {
+                check_len("gated output", out.len, n_out / 2)?;
+                let then = Product::Gated(act, out);
                 return self.product(x, rows, norm, w, bias, dims, mid, then);
             }
             Activation::SwiGlu | Activation::GeGluTanh => {
@@ -467,8 +474,9 @@ enum Product<'a> {
     Accumulate,
     /// Through a GELU: form 1 erf, 2 tanh.
     Gelu(u32),
-    /// Keeps the fused [gate | up] row and writes its SwiGLU into the buffer (one row only).
-    SwiGlu(&'a mut WgpuBuf),
+    /// Keeps the fused [gate | up] row and writes its SwiGLU or GeGLU (the activation says
+    /// which) into the buffer (one row only).
+    Gated(Activation, &'a mut WgpuBuf),
 }
 
 impl Backend for WgpuBackend {
@@ -850,17 +858,21 @@ impl Backend for WgpuBackend {
                 };
                 self.elementwise(kernel, &params, &[(1, &x.buffer)], rows * width)
             }
-            Activation::SwiGlu => {
-                check_len("swiglu input", x.len, rows * 2 * width)?;
-                check_len("swiglu output", out.len, rows * width)?;
+            Activation::SwiGlu | Activation::GeGluTanh => {
+                check_len("gated input", x.len, rows * 2 * width)?;
+                check_len("gated output", out.len, rows * width)?;
+                let kernel = if act == Activation::SwiGlu {
+                    &self.kernels.swiglu
+                } else {
+                    &self.kernels.geglu
+                };
                 self.elementwise(
-                    &self.kernels.swiglu,
+                    kernel,
                     &params,
                     &[(2, &x.buffer), (3, &out.buffer)],
                     rows * width,
                 )
             }
-            Activation::GeGluTanh => Err(crate::backend::missing("wgpu", "GeGLU")),
         }
     }
 
@@ -907,16 +919,8 @@ impl Backend for WgpuBackend {
     }
 
     fn check_model(&self, c: &crate::model::config::ModelConfig) -> Result<()> {
-        use crate::backend::Feature::*;
-        // What the kernels do not have yet; remove a feature here once they do.
-        let lacking = [
-            GeGlu,
-            AttentionSoftcap,
-            WindowRotary,
-            ScaledRotary,
-            WindowMask,
-        ];
-        crate::backend::refuse_lacking("wgpu", c, &lacking)
+        // The kernels have every `Feature`; list one here should a new one be missing.
+        crate::backend::refuse_lacking("wgpu", c, &[])
     }
 
     fn new_cache(&self, shape: &CacheShape) -> Result<WgpuCache> {
@@ -950,6 +954,12 @@ impl Backend for WgpuBackend {
 
     fn evict(&self, cache: &mut WgpuCache, layer: usize, keep: &Keep) -> Result<()> {
         cache::evict(self, cache, layer, keep)
+    }
+
+    /// The attention kernels mask keys past a layer's window (`sees` in
+    /// shaders/attention.wgsl).
+    fn masks_windows(&self) -> bool {
+        true
     }
 
     fn cache_len(&self, cache: &WgpuCache, layer: usize) -> usize {
