@@ -439,8 +439,8 @@ pub trait Backend {
     /// the tokens that are neither sinks nor recent, earliest first on ties), compacts the
     /// survivors in position order and gives back memory beyond the cache's capacity.
     fn evict(&self, cache: &mut Self::Cache, layer: usize, keep: &Keep) -> Result<()>;
-    /// Whether `attention` masks keys outside `AttentionSpec::window` (the CPU does; the GPU
-    /// kernels do not yet, so the engine refuses prompts longer than a window there).
+    /// Whether `attention` masks keys outside `AttentionSpec::window` (every backend here
+    /// does); the engine refuses a prompt longer than a window on one that does not.
     fn masks_windows(&self) -> bool {
         false
     }
