@@ -387,32 +387,11 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             softcap: None,
             window: None,
         };
-        for score in [
-            None,
-            Some(StepScore {
-                noise: false,
-                tau: 1.0,
-                seed: 0,
-            }),
-            Some(StepScore {
-                noise: true,
-                tau: 1.4,
-                seed: 9,
-            }),
-        ] {
-            let label = format!(
-                "attention {name} heads {heads}/{kv_heads} dim {hd} score {:?}",
-                score.map(|s| (s.noise, s.tau))
-            );
-            let errors =
-                attention_trace(b, &spec, score.as_ref(), Some(&KEEP), (45, 12), &mut rng).unwrap();
-            for (what, error) in errors {
-                record(format!("{label} {what}"), error);
-            }
-        }
-        for (what, error) in attention_batch_rows(b, &spec, &mut rng).unwrap() {
-            record(format!("attention batch {name} dim {hd} {what}"), error);
-        }
+        let labels = (
+            format!("attention {name} heads {heads}/{kv_heads} dim {hd}"),
+            format!("attention batch {name} dim {hd}"),
+        );
+        trace_every_score_rule(b, &spec, (1.4, 9), labels, &mut rng, &mut record);
     }
     // Many heads over a longer cache: GPU decode kernels split it into several spans of
     // several steps each, the last ones partial.
@@ -488,32 +467,11 @@ pub fn op_table<B: Backend>(b: &B, tolerance: f32, seed: u64) -> Vec<Row> {
             softcap,
             window: None,
         };
-        for score in [
-            None,
-            Some(StepScore {
-                noise: false,
-                tau: 1.0,
-                seed: 0,
-            }),
-            Some(StepScore {
-                noise: true,
-                tau: 1.2,
-                seed: 5,
-            }),
-        ] {
-            let label = format!(
-                "attention {name} score {:?}",
-                score.map(|s| (s.noise, s.tau))
-            );
-            let errors =
-                attention_trace(b, &spec, score.as_ref(), Some(&KEEP), (45, 12), &mut rng).unwrap();
-            for (what, error) in errors {
-                record(format!("{label} {what}"), error);
-            }
-        }
-        for (what, error) in attention_batch_rows(b, &spec, &mut rng).unwrap() {
-            record(format!("attention batch {name} {what}"), error);
-        }
+        let labels = (
+            format!("attention {name}"),
+            format!("attention batch {name}"),
+        );
+        trace_every_score_rule(b, &spec, (1.2, 5), labels, &mut rng, &mut record);
     }
     // Two layers of one cache with rotaries of different frequencies (Gemma 3's local and
     // global layers), in turn, prompt and decode.
@@ -1071,6 +1029,39 @@ fn sorted_slots<B: Backend>(b: &B, cache: &B::Cache, with_scores: bool) -> Resul
 
 /// A prompt of `prompt` random rows then `steps` decode steps, each evicting to `keep`: the
 /// backend's trace against the CPU's.
+/// `spec`'s attention traced (a prompt, then decode steps evicting to `KEEP`) without scores,
+/// with H2O's plain scores and with noisy ones at (tau, seed), then its batched decode rows;
+/// each error recorded under `labels` (traces, batch).
+fn trace_every_score_rule<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    (tau, seed): (f32, u32),
+    (trace_label, batch_label): (String, String),
+    rng: &mut Rng,
+    record: &mut dyn FnMut(String, f32),
+) {
+    let plain = StepScore {
+        noise: false,
+        tau: 1.0,
+        seed: 0,
+    };
+    let noisy = StepScore {
+        noise: true,
+        tau,
+        seed,
+    };
+    for score in [None, Some(plain), Some(noisy)] {
+        let label = format!("{trace_label} score {:?}", score.map(|s| (s.noise, s.tau)));
+        let errors = attention_trace(b, spec, score.as_ref(), Some(&KEEP), (45, 12), rng).unwrap();
+        for (what, error) in errors {
+            record(format!("{label} {what}"), error);
+        }
+    }
+    for (what, error) in attention_batch_rows(b, spec, rng).unwrap() {
+        record(format!("{batch_label} {what}"), error);
+    }
+}
+
 fn attention_trace<B: Backend>(
     b: &B,
     spec: &AttentionSpec,
