@@ -26,7 +26,11 @@ fn bench_configs_parse_with_their_shapes() {
         let c = config(name);
         let got = (c.arch.name, c.layers, c.heads, c.kv_heads, c.head_dim);
         assert_eq!(got, (arch, layers, heads, kv_heads, head_dim), "{name}");
-        assert_eq!(c.layer_window.iter().flatten().count(), windowed, "{name}");
+        assert_eq!(
+            c.block.layer_window.iter().flatten().count(),
+            windowed,
+            "{name}"
+        );
         println!(
             "{name}: {arch}, {layers} layers, max context {}",
             c.max_context

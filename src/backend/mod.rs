@@ -60,12 +60,12 @@ impl Feature {
     fn needed_by(self, c: &crate::model::config::ModelConfig) -> bool {
         match self {
             Feature::GeGlu => c.activation == Activation::GeGluTanh,
-            Feature::AttentionSoftcap => c.attn_softcap.is_some(),
-            Feature::WindowRotary => c.window_positions.is_some(),
+            Feature::AttentionSoftcap => c.block.attn_softcap.is_some(),
+            Feature::WindowRotary => c.block.window_positions.is_some(),
             Feature::ScaledRotary => {
                 matches!(c.positions, Positions::Rotary { scale, .. } if scale != 1.0)
             }
-            Feature::WindowMask => !c.layer_window.is_empty(),
+            Feature::WindowMask => !c.block.layer_window.is_empty(),
         }
     }
 }

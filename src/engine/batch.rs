@@ -42,7 +42,7 @@ impl<B: Backend> Model<B> {
             _ => Workspace::new(self, rows)?,
         };
         b.embed(&w.embed, tokens, c.hidden, &mut work.x)?;
-        if let Some(scale) = c.embed_scale {
+        if let Some(scale) = c.block.embed_scale {
             b.map(&mut work.x, rows * c.hidden, &|v| v * scale)?;
         }
         if let Some(table) = &w.pos_embed {
@@ -83,7 +83,7 @@ impl<B: Backend> Model<B> {
         })?;
         drop(caches);
         for (s, (_, keep)) in sessions.iter_mut().zip(&cache_steps) {
-            s.advance(1, keep.as_ref(), &c.layer_window);
+            s.advance(1, keep.as_ref(), &c.block.layer_window);
         }
         let logits = self.head(&work.x, rows, &mut work.normed)?;
         *ws = Some(work);

@@ -274,7 +274,7 @@ impl<B: Backend> Model<B> {
             _ => Workspace::new(self, rows)?,
         };
         b.embed(&w.embed, tokens, c.hidden, &mut ws.x)?;
-        if let Some(scale) = c.embed_scale {
+        if let Some(scale) = c.block.embed_scale {
             b.map(&mut ws.x, rows * c.hidden, &|v| v * scale)?;
         }
         if let Some(table) = &w.pos_embed {
@@ -323,7 +323,7 @@ impl<B: Backend> Model<B> {
             }
             Ok(())
         })?;
-        s.advance(rows, step.1.as_ref(), &c.layer_window);
+        s.advance(rows, step.1.as_ref(), &c.block.layer_window);
 
         // Only the rows whose logits are wanted go through the final norm and the head.
         let logits = if all_rows || rows == 1 {
@@ -359,7 +359,7 @@ impl<B: Backend> Model<B> {
             head_dim: c.head_dim,
             scale: c.attn_scale,
             positions: c.positions_of(layer),
-            softcap: c.attn_softcap,
+            softcap: c.block.attn_softcap,
             window: c.window(layer),
         }
     }
@@ -493,7 +493,7 @@ impl<B: Backend> Model<B> {
             None => (&w.embed, None),
         };
         b.norm_linear(&norm, x, rows, normed, weight, bias, (v, h), &mut logits)?;
-        if let Some(cap) = c.final_softcap {
+        if let Some(cap) = c.block.final_softcap {
             b.map(&mut logits, rows * v, &|x| cap * (x / cap).tanh())?;
         }
         Ok(logits)

@@ -167,7 +167,7 @@ impl Planner {
 mod tests {
     use super::*;
     use crate::kv::policy::{Budget, CacheConfig, Policy};
-    use crate::model::config::{Activation, NormKind, Positions};
+    use crate::model::config::{Activation, BlockFeatures, NormKind, Positions};
 
     /// SmolLM2-135M's shape.
     fn config() -> ModelConfig {
@@ -188,14 +188,7 @@ mod tests {
             attn_scale: 0.125,
             parallel_block: false,
             tied_embeddings: true,
-            qkv_bias: false,
-            out_bias: false,
-            mlp_bias: false,
-            layer_window: Vec::new(),
-            window_positions: None,
-            embed_scale: None,
-            attn_softcap: None,
-            final_softcap: None,
+            block: BlockFeatures::default(),
             bos: None,
             eos: vec![],
         }

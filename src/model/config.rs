@@ -64,6 +64,28 @@ impl Activation {
     }
 }
 
+/// A block's optional features; the default is none of them (no biases, no windows, no
+/// scaling or capping), which the older architectures keep.
+#[derive(Clone, Debug, Default)]
+pub struct BlockFeatures {
+    /// Biases on the q, k and v projections, on the attention's output projection, and on the
+    /// MLP's projections (what the loader reads; GPT-2's and GPT-J's are in their tensor lists).
+    pub qkv_bias: bool,
+    pub out_bias: bool,
+    pub mlp_bias: bool,
+    /// Per layer, the attention window of a sliding-window layer (the tokens a query sees,
+    /// itself included); empty when no layer has one.
+    pub layer_window: Vec<Option<usize>>,
+    /// The rotary of sliding-window layers, where it differs from `positions` (Gemma 3).
+    pub window_positions: Option<Positions>,
+    /// The embedding is multiplied by this before the first layer (Gemma: sqrt(hidden)).
+    pub embed_scale: Option<f32>,
+    /// Soft-capping: scores become cap * tanh(score / cap), in attention before the softmax
+    /// and on the final logits (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
+}
+
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub arch: &'static Architecture,
@@ -85,22 +107,8 @@ pub struct ModelConfig {
     pub parallel_block: bool,
     /// The output projection is the embedding matrix unless the checkpoint has its own.
     pub tied_embeddings: bool,
-    /// Biases on the q, k and v projections, on the attention's output projection, and on the
-    /// MLP's projections (what the loader reads; GPT-2's and GPT-J's are in their tensor lists).
-    pub qkv_bias: bool,
-    pub out_bias: bool,
-    pub mlp_bias: bool,
-    /// Per layer, the attention window of a sliding-window layer (the tokens a query sees,
-    /// itself included); empty when no layer has one.
-    pub layer_window: Vec<Option<usize>>,
-    /// The rotary of sliding-window layers, where it differs from `positions` (Gemma 3).
-    pub window_positions: Option<Positions>,
-    /// The embedding is multiplied by this before the first layer (Gemma: sqrt(hidden)).
-    pub embed_scale: Option<f32>,
-    /// Soft-capping: scores become cap * tanh(score / cap), in attention before the softmax
-    /// and on the final logits (Gemma 2).
-    pub attn_softcap: Option<f32>,
-    pub final_softcap: Option<f32>,
+    /// What the block has beyond the plain layouts above (biases, windows, Gemma's pieces).
+    pub block: BlockFeatures,
     pub bos: Option<u32>,
     pub eos: Vec<u32>,
 }
@@ -124,7 +132,7 @@ impl ModelConfig {
         max_new: usize,
     ) -> usize {
         let needed = (prompt_len + max_new).min(self.max_context);
-        let widest = self.layer_window.iter().flatten().max().copied();
+        let widest = self.block.layer_window.iter().flatten().max().copied();
         let window = widest.map_or(0, |w| w.min(needed));
         plan.capacity(prompt_len, max_new, self.max_context)
             .max(window)
@@ -132,12 +140,12 @@ impl ModelConfig {
 
     /// The attention window of `layer`, when it is a sliding-window layer.
     pub fn window(&self, layer: usize) -> Option<usize> {
-        self.layer_window.get(layer).copied().flatten()
+        self.block.layer_window.get(layer).copied().flatten()
     }
 
     /// The positions scheme of `layer`.
     pub fn positions_of(&self, layer: usize) -> &Positions {
-        match (&self.window_positions, self.window(layer)) {
+        match (&self.block.window_positions, self.window(layer)) {
             (Some(local), Some(_)) => local,
             _ => &self.positions,
         }
@@ -202,10 +210,10 @@ impl ModelConfig {
                 self.heads, self.kv_heads
             )));
         }
-        if !self.layer_window.is_empty() && self.layer_window.len() != self.layers {
+        if !self.block.layer_window.is_empty() && self.block.layer_window.len() != self.layers {
             return Err(Error::Config(format!(
                 "{} layer windows for {} layers",
-                self.layer_window.len(),
+                self.block.layer_window.len(),
                 self.layers
             )));
         }

@@ -8,7 +8,7 @@
 use super::{Architecture, GlobalTensors, LayerTensors, Layout, NormTensors, Prefix};
 use crate::error::{Error, Result};
 use crate::model::config::{
-    Activation, GgufConfig, HfConfig, ModelConfig, NormKind, RopePairs, rotary,
+    Activation, BlockFeatures, GgufConfig, HfConfig, ModelConfig, NormKind, RopePairs, rotary,
 };
 use crate::model::rope;
 
@@ -94,14 +94,15 @@ fn common(c: &HfConfig, arch: &'static Architecture, pattern: usize) -> Result<M
         attn_scale: (1.0 / scalar.sqrt()) as f32,
         parallel_block: false,
         tied_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-        qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
-        out_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
-        mlp_bias: false,
-        layer_window,
-        window_positions: None,
-        embed_scale: Some((hidden as f32).sqrt()),
-        attn_softcap: cap("attn_logit_softcapping")?,
-        final_softcap: cap("final_logit_softcapping")?,
+        block: BlockFeatures {
+            qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+            out_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+            layer_window,
+            embed_scale: Some((hidden as f32).sqrt()),
+            attn_softcap: cap("attn_logit_softcapping")?,
+            final_softcap: cap("final_logit_softcapping")?,
+            ..BlockFeatures::default()
+        },
         bos,
         eos,
     })
@@ -164,7 +165,7 @@ fn gemma3_hf(c: &HfConfig) -> Result<ModelConfig> {
         ));
     }
     apply_rope(&mut cfg, rope);
-    cfg.window_positions = Some(local.positions);
+    cfg.block.window_positions = Some(local.positions);
     Ok(cfg)
 }
 
@@ -201,16 +202,15 @@ fn common_gguf(g: &GgufConfig, arch: &'static Architecture, pattern: usize) -> R
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: !g.has_tensor("output.weight"),
-        qkv_bias: false,
-        out_bias: false,
-        mlp_bias: false,
-        layer_window: (0..layers)
-            .map(|i| ((i + 1) % pattern != 0).then_some(window))
-            .collect(),
-        window_positions: None,
-        embed_scale: Some((hidden as f32).sqrt()),
-        attn_softcap: cap("attn_logit_softcapping")?,
-        final_softcap: cap("final_logit_softcapping")?,
+        block: BlockFeatures {
+            layer_window: (0..layers)
+                .map(|i| ((i + 1) % pattern != 0).then_some(window))
+                .collect(),
+            embed_scale: Some((hidden as f32).sqrt()),
+            attn_softcap: cap("attn_logit_softcapping")?,
+            final_softcap: cap("final_logit_softcapping")?,
+            ..BlockFeatures::default()
+        },
         bos: g.token_id("bos_token_id")?,
         eos: g.token_id("eos_token_id")?.into_iter().collect(),
     })
@@ -225,7 +225,7 @@ fn gemma2_gguf(g: &GgufConfig) -> Result<ModelConfig> {
 fn gemma3_gguf(g: &GgufConfig) -> Result<ModelConfig> {
     let mut cfg = common_gguf(g, &GEMMA3, 6)?;
     let hd = cfg.head_dim;
-    cfg.window_positions = Some(rotary(hd, hd, 10000.0, RopePairs::Halves)?);
+    cfg.block.window_positions = Some(rotary(hd, hd, 10000.0, RopePairs::Halves)?);
     Ok(cfg)
 }
 
@@ -242,9 +242,9 @@ fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
                 attn_norm: norm("input_layernorm"),
                 qkv: p.stack(
                     &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                    c.qkv_bias,
+                    c.block.qkv_bias,
                 ),
-                attn_out: p.one("self_attn.o_proj", c.out_bias),
+                attn_out: p.one("self_attn.o_proj", c.block.out_bias),
                 mlp_norm: Some(norm("pre_feedforward_layernorm")),
                 mlp_in: p.stack(&["mlp.gate_proj", "mlp.up_proj"], false),
                 mlp_out: p.one("mlp.down_proj", false),

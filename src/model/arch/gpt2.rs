@@ -4,7 +4,9 @@
 use super::ProjTensors;
 use super::{Architecture, GlobalTensors, LayerTensors, Layout, NormTensors, Prefix, Proj};
 use crate::error::Result;
-use crate::model::config::{HfConfig, ModelConfig, NormKind, Positions, divide, gelu_kind};
+use crate::model::config::{
+    BlockFeatures, HfConfig, ModelConfig, NormKind, Positions, divide, gelu_kind,
+};
 
 pub static GPT2: Architecture = Architecture {
     name: "gpt2",
@@ -38,14 +40,7 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-        qkv_bias: false,
-        out_bias: false,
-        mlp_bias: false,
-        layer_window: Vec::new(),
-        window_positions: None,
-        embed_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
+        block: BlockFeatures::default(),
         bos,
         eos,
     })

@@ -2,7 +2,9 @@
 
 use super::{Architecture, GlobalTensors, LayerTensors, Layout, NormTensors, Prefix};
 use crate::error::Result;
-use crate::model::config::{HfConfig, ModelConfig, NormKind, RopePairs, divide, gelu_kind, rotary};
+use crate::model::config::{
+    BlockFeatures, HfConfig, ModelConfig, NormKind, RopePairs, divide, gelu_kind, rotary,
+};
 
 pub static GPTJ: Architecture = Architecture {
     name: "gptj",
@@ -37,14 +39,7 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: true,
         tied_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        qkv_bias: false,
-        out_bias: false,
-        mlp_bias: false,
-        layer_window: Vec::new(),
-        window_positions: None,
-        embed_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
+        block: BlockFeatures::default(),
         bos,
         eos,
     })

@@ -4,7 +4,8 @@
 use super::{Architecture, GlobalTensors, LayerTensors, Layout, NormTensors, Prefix};
 use crate::error::{Error, Result};
 use crate::model::config::{
-    Activation, GgufConfig, HfConfig, ModelConfig, NormKind, Positions, RopePairs, divide, rotary,
+    Activation, BlockFeatures, GgufConfig, HfConfig, ModelConfig, NormKind, Positions, RopePairs,
+    divide, rotary,
 };
 use crate::model::rope;
 
@@ -20,7 +21,7 @@ pub static LLAMA: Architecture = Architecture {
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
     let mut cfg = llama_like(c, &LLAMA)?;
-    cfg.layer_window = sliding_window(c, cfg.layers)?;
+    cfg.block.layer_window = sliding_window(c, cfg.layers)?;
     Ok(cfg)
 }
 
@@ -60,14 +61,12 @@ pub(super) fn llama_like(c: &HfConfig, arch: &'static Architecture) -> Result<Mo
         attn_scale: rope.logit_scale / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-        qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
-        out_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
-        mlp_bias: c.opt_bool("mlp_bias")?.unwrap_or(false),
-        layer_window: Vec::new(),
-        window_positions: None,
-        embed_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
+        block: BlockFeatures {
+            qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+            out_bias: c.opt_bool("attention_bias")?.unwrap_or(false),
+            mlp_bias: c.opt_bool("mlp_bias")?.unwrap_or(false),
+            ..BlockFeatures::default()
+        },
         bos,
         eos,
     })
@@ -125,14 +124,11 @@ pub(super) fn llama_like_gguf(
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         parallel_block: false,
         tied_embeddings: !g.has_tensor("output.weight"),
-        qkv_bias: g.has_tensor("blk.0.attn_q.bias"),
-        out_bias: false,
-        mlp_bias: false,
-        layer_window: window.map_or_else(Vec::new, |w| vec![Some(w); layers]),
-        window_positions: None,
-        embed_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
+        block: BlockFeatures {
+            qkv_bias: g.has_tensor("blk.0.attn_q.bias"),
+            layer_window: window.map_or_else(Vec::new, |w| vec![Some(w); layers]),
+            ..BlockFeatures::default()
+        },
         bos: g.token_id("bos_token_id")?,
         eos: g.token_id("eos_token_id")?.into_iter().collect(),
     })
@@ -201,17 +197,17 @@ pub(super) fn gguf_rotary(
 
 pub(super) fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
     if layout == Layout::Gguf {
-        return super::gguf_layer(i, c.qkv_bias);
+        return super::gguf_layer(i, c.block.qkv_bias);
     }
     let p = Prefix(format!("model.layers.{i}"));
-    let (qkv_bias, mlp_bias) = (c.qkv_bias, c.mlp_bias);
+    let (qkv_bias, mlp_bias) = (c.block.qkv_bias, c.block.mlp_bias);
     LayerTensors {
         attn_norm: p.norm("input_layernorm", false),
         qkv: p.stack(
             &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
             qkv_bias,
         ),
-        attn_out: p.one("self_attn.o_proj", c.out_bias),
+        attn_out: p.one("self_attn.o_proj", c.block.out_bias),
         mlp_norm: Some(p.norm("post_attention_layernorm", false)),
         mlp_in: p.stack(&["mlp.gate_proj", "mlp.up_proj"], mlp_bias),
         mlp_out: p.one("mlp.down_proj", mlp_bias),

@@ -19,6 +19,6 @@ pub static MISTRAL: Architecture = Architecture {
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
     let mut cfg = llama_like(c, &MISTRAL)?;
-    cfg.layer_window = sliding_window(c, cfg.layers)?;
+    cfg.block.layer_window = sliding_window(c, cfg.layers)?;
     Ok(cfg)
 }

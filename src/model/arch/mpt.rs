@@ -2,7 +2,9 @@
 
 use super::{Architecture, GlobalTensors, LayerTensors, Layout, NormTensors, Prefix};
 use crate::error::{Error, Result};
-use crate::model::config::{Activation, HfConfig, ModelConfig, NormKind, Positions, divide};
+use crate::model::config::{
+    Activation, BlockFeatures, HfConfig, ModelConfig, NormKind, Positions, divide,
+};
 
 pub static MPT: Architecture = Architecture {
     name: "mpt",
@@ -61,14 +63,7 @@ fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
         attn_scale: scale,
         parallel_block: false,
         tied_embeddings: true,
-        qkv_bias: false,
-        out_bias: false,
-        mlp_bias: false,
-        layer_window: Vec::new(),
-        window_positions: None,
-        embed_scale: None,
-        attn_softcap: None,
-        final_softcap: None,
+        block: BlockFeatures::default(),
         bos,
         eos,
     })

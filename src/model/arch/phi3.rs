@@ -19,7 +19,7 @@ pub static PHI3: Architecture = Architecture {
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
     let mut cfg = llama_like(c, &PHI3)?;
-    cfg.layer_window = sliding_window(c, cfg.layers)?;
+    cfg.block.layer_window = sliding_window(c, cfg.layers)?;
     Ok(cfg)
 }
 
@@ -50,11 +50,11 @@ fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
     });
     LayerTensors {
         attn_norm: p.norm(norms.0, false),
-        qkv: p.one(qkv, c.qkv_bias),
-        attn_out: p.one(out, c.out_bias),
+        qkv: p.one(qkv, c.block.qkv_bias),
+        attn_out: p.one(out, c.block.out_bias),
         mlp_norm: Some(p.norm(norms.1, false)),
-        mlp_in: p.one(gate_up, c.mlp_bias),
-        mlp_out: p.one(down, c.mlp_bias),
+        mlp_in: p.one(gate_up, c.block.mlp_bias),
+        mlp_out: p.one(down, c.block.mlp_bias),
         qk_norm: None,
         post_attn_norm: None,
         post_mlp_norm: None,

@@ -19,9 +19,9 @@ pub static QWEN2: Architecture = Architecture {
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
     let mut cfg = llama_like(c, &QWEN2)?;
-    cfg.qkv_bias = true;
-    cfg.out_bias = false;
-    cfg.layer_window = qwen_windows(c, cfg.layers)?;
+    cfg.block.qkv_bias = true;
+    cfg.block.out_bias = false;
+    cfg.block.layer_window = qwen_windows(c, cfg.layers)?;
     Ok(cfg)
 }
 
@@ -47,6 +47,6 @@ pub(super) fn qwen_windows(c: &HfConfig, layers: usize) -> Result<Vec<Option<usi
 /// llama.cpp keeps Qwen2's q and k rows as they are (rotary on halves).
 fn from_gguf(g: &GgufConfig) -> Result<ModelConfig> {
     let mut cfg = llama_like_gguf(g, &QWEN2, RopePairs::Halves)?;
-    cfg.qkv_bias = true;
+    cfg.block.qkv_bias = true;
     Ok(cfg)
 }

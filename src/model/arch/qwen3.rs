@@ -19,7 +19,7 @@ pub static QWEN3: Architecture = Architecture {
 
 fn from_hf(c: &HfConfig) -> Result<ModelConfig> {
     let mut cfg = llama_like(c, &QWEN3)?;
-    cfg.layer_window = qwen_windows(c, cfg.layers)?;
+    cfg.block.layer_window = qwen_windows(c, cfg.layers)?;
     Ok(cfg)
 }
 
