@@ -18,7 +18,7 @@ pub static GEMMA2: Architecture = Architecture {
     gguf_name: Some("gemma2"),
     from_hf: gemma2_hf,
     from_gguf: Some(gemma2_gguf),
-    layer,
+    layer: |c, layout, i| layer(c, layout, i, false),
     globals,
 };
 
@@ -28,7 +28,7 @@ pub static GEMMA3: Architecture = Architecture {
     gguf_name: Some("gemma3"),
     from_hf: gemma3_hf,
     from_gguf: Some(gemma3_gguf),
-    layer,
+    layer: |c, layout, i| layer(c, layout, i, true),
     globals,
 };
 
@@ -229,8 +229,8 @@ fn gemma3_gguf(g: &GgufConfig) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-fn layer(c: &ModelConfig, layout: Layout, i: usize) -> LayerTensors {
-    let qk = c.arch.name == "gemma3";
+/// A Gemma layer's tensors; Gemma 3's (`qk`) also norm each query and key head.
+fn layer(c: &ModelConfig, layout: Layout, i: usize, qk: bool) -> LayerTensors {
     match layout {
         Layout::Hf => {
             let p = Prefix(format!("model.layers.{i}"));
