@@ -119,6 +119,19 @@ impl Format {
         (values / self.block_values).checked_mul(self.block_bytes)
     }
 
+    /// Dequantizes whole blocks into `out`, which holds as many values as `bytes` encodes (a
+    /// row of a weight matrix, say). The caller checks both lengths.
+    pub fn dequantize_into(&self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        let block = self.dequantize_block.ok_or_else(|| {
+            Error::InvalidInput(format!("type {} cannot be dequantized", self.name))
+        })?;
+        let blocks = bytes.chunks_exact(self.block_bytes);
+        for (b, o) in blocks.zip(out.chunks_exact_mut(self.block_values)) {
+            block(b, o);
+        }
+        Ok(())
+    }
+
     /// Dequantizes whole blocks to f32. `bytes` must be a whole number of blocks; the output is
     /// allocated fallibly, since its length comes from a file.
     pub fn dequantize(&self, bytes: &[u8]) -> Result<Vec<f32>> {

@@ -6,26 +6,47 @@
 
 use rayon::prelude::*;
 
+use crate::error::Result;
+use crate::model::tensor::BlockMatrix;
+
 /// Weight rows per block: 64 rows of up to a few thousand floats stay in L2.
 const BLOCK: usize = 64;
+
+/// A product's weight matrix: plain values, or rows in block formats that each block of rows
+/// dequantizes for itself (the whole matrix is never expanded).
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    Values(&'a [f32]),
+    Blocks(&'a BlockMatrix),
+}
 
 pub fn matmul(
     x: &[f32],
     rows: usize,
-    w: &[f32],
+    w: Rows,
     bias: Option<&[f32]>,
     n_out: usize,
     n_in: usize,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let x_row = |r: usize| &x[r * n_in..(r + 1) * n_in];
-    let w_row = |o: usize| &w[o * n_in..(o + 1) * n_in];
     // Each block's results as [rows][block width], gathered into `out` afterwards.
     let blocks: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(BLOCK))
         .into_par_iter()
-        .map(|b| {
+        .map(|b| -> Result<(usize, Vec<f32>)> {
             let (o0, o1) = (b * BLOCK, ((b + 1) * BLOCK).min(n_out));
             let width = o1 - o0;
+            let dequantized;
+            let wb: &[f32] = match w {
+                Rows::Values(v) => &v[o0 * n_in..o1 * n_in],
+                Rows::Blocks(m) => {
+                    let mut rows = vec![0f32; width * n_in];
+                    m.dequantize_rows(o0, &mut rows)?;
+                    dequantized = rows;
+                    &dequantized
+                }
+            };
+            let w_row = |o: usize| &wb[(o - o0) * n_in..(o - o0 + 1) * n_in];
             let mut tile = vec![0f32; rows * width];
             let mut r = 0;
             while r < rows {
@@ -59,9 +80,9 @@ pub fn matmul(
                     row.iter_mut().zip(&bias[o0..o1]).for_each(|(y, b)| *y += b);
                 }
             }
-            (o0, tile)
+            Ok((o0, tile))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for (o0, tile) in blocks {
         let width = tile.len() / rows.max(1);
         for r in 0..rows {
@@ -69,6 +90,7 @@ pub fn matmul(
                 .copy_from_slice(&tile[r * width..(r + 1) * width]);
         }
     }
+    Ok(())
 }
 
 /// One dot product, vectorised where the processor allows.
@@ -209,7 +231,7 @@ mod tests {
             .collect();
         let b: Vec<f32> = (0..n_out).map(|i| i as f32 / 10.0).collect();
         let mut out = vec![0.0; rows * n_out];
-        matmul(&x, rows, &w, Some(&b), n_out, n_in, &mut out);
+        matmul(&x, rows, Rows::Values(&w), Some(&b), n_out, n_in, &mut out).unwrap();
         for r in 0..rows {
             for o in 0..n_out {
                 let want: f64 = (0..n_in)
