@@ -2,7 +2,8 @@
 //! architectures, whenever libnvrtc can be loaded (CI installs the nvidia-cuda-nvrtc package).
 
 use keyformer::backend::cuda::CudaDtype;
-use keyformer::backend::cuda::kernels::{SOURCES, compile};
+use keyformer::backend::cuda::kernels::{QUANT, SOURCES, compile, quant_source};
+use keyformer::backend::cuda::quant::FORMATS;
 
 #[test]
 fn every_kernel_compiles_with_nvrtc() {
@@ -29,6 +30,31 @@ fn every_kernel_compiles_with_nvrtc() {
     }
 }
 
+/// kernels/quant.cu instantiated for each block format the backend reads, as the backend
+/// compiles it when it meets the format.
+#[test]
+fn every_block_format_compiles_with_nvrtc() {
+    // SAFETY: only tries to open the shared library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!("SKIP every_block_format_compiles_with_nvrtc: libnvrtc not found");
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        for dtype in [CudaDtype::F16, CudaDtype::Bf16, CudaDtype::F32] {
+            for (name, _) in FORMATS {
+                if let Err(e) = compile("quant.cu", &quant_source(name), arch, dtype) {
+                    panic!("quant.cu for {name} on {arch} {}: {e}", dtype.name());
+                }
+            }
+            println!(
+                "compiled {} block formats for {arch} {}",
+                FORMATS.len(),
+                dtype.name()
+            );
+        }
+    }
+}
+
 /// The backend lets each kernel start before the previous one has finished (programmatic
 /// dependent launch), so every kernel must reach `await_inputs` before it reads or writes what
 /// other kernels use: directly, or through a device function that calls it.
@@ -36,7 +62,9 @@ fn every_kernel_compiles_with_nvrtc() {
 fn every_kernel_awaits_its_inputs() {
     let bodies: Vec<(String, bool, String)> = SOURCES
         .iter()
-        .flat_map(|(_, source)| functions(source))
+        .map(|(_, source)| *source)
+        .chain([QUANT])
+        .flat_map(functions)
         .collect();
     // await_inputs itself, and the functions that call it.
     let waiting: Vec<&str> = bodies

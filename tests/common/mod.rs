@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod quant_ops;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +35,20 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// The SmolLM2 GGUF, fetched by scripts/fetch.sh; None (and a printed SKIP) if absent.
 pub fn smollm2_path(test: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    model_path(test, "SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Gemma-3-270M's Q4_K_M GGUF (Q4_K, Q6_K, Q8_0 and others), fetched by scripts/fetch.sh; None
+/// (and a printed SKIP) if absent.
+pub fn gemma3_path(test: &str) -> Option<PathBuf> {
+    model_path(test, "gemma-3-270m-q4_k_m.gguf")
+}
+
+/// models/`file`, or None and a printed SKIP when it is absent.
+pub fn model_path(test: &str, file: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(file);
     if path.exists() {
         Some(path)
     } else {

@@ -12,11 +12,17 @@ use crate::error::{Error, Result};
 
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
-/// Every kernel file, by name, in kernels/.
+/// Every kernel file, by name, in kernels/; the matrix-vector files start with gemv.cuh.
 pub const SOURCES: [(&str, &str); 7] = [
     ("embed.cu", include_str!("../../../kernels/embed.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
-    ("matmul.cu", include_str!("../../../kernels/matmul.cu")),
+    (
+        "matmul.cu",
+        concat!(
+            include_str!("../../../kernels/gemv.cuh"),
+            include_str!("../../../kernels/matmul.cu")
+        ),
+    ),
     (
         "activation.cu",
         include_str!("../../../kernels/activation.cu"),
@@ -28,6 +34,18 @@ pub const SOURCES: [(&str, &str); 7] = [
     ("evict.cu", include_str!("../../../kernels/evict.cu")),
     ("sample.cu", include_str!("../../../kernels/sample.cu")),
 ];
+
+/// kernels/quant.cu after gemv.cuh; `quant_source` instantiates its kernels for one format.
+pub const QUANT: &str = concat!(
+    include_str!("../../../kernels/gemv.cuh"),
+    include_str!("../../../kernels/quant.cu")
+);
+
+/// The source of one block format's kernels (`name` as in quant::FORMATS): QUANT with the
+/// format's instantiation line.
+pub fn quant_source(name: &str) -> String {
+    format!("{QUANT}\nQUANT_KERNELS({name}, {})\n", name.to_lowercase())
+}
 
 /// Compiles one kernel file to PTX for `arch` (e.g. "sm_90"); errors carry NVRTC's log.
 pub fn compile(

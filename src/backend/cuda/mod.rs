@@ -4,6 +4,7 @@
 
 mod attention;
 pub mod kernels;
+pub mod quant;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -22,7 +23,9 @@ use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind};
+use crate::model::tensor::BlockMatrix;
 use crate::model::weights::Linear;
+use quant::Layout;
 
 /// How weights and the KV cache are stored on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,9 +88,10 @@ pub fn cuda_err(e: impl std::fmt::Debug) -> Error {
     }
 }
 
-/// Weights in the storage type, as raw bytes.
+/// A weight's bytes: values in the storage type, or a matrix in block formats (see `Layout`).
 pub struct CudaWeight {
     data: CudaSlice<u8>,
+    layout: Layout,
 }
 
 pub struct CudaBackend {
@@ -105,6 +109,12 @@ pub struct CudaBackend {
     /// Zeroed counters the decode attention's blocks count themselves in with (each launch
     /// leaves them at zero), grown as needed.
     decode_counters: RefCell<CudaSlice<u32>>,
+    /// Where a prompt product dequantizes a block-format weight for cuBLAS, grown as needed.
+    dequantized: RefCell<CudaSlice<u8>>,
+    /// The kernels of the block formats met so far (see quant::FORMATS).
+    quant: RefCell<Vec<quant::QuantKernels>>,
+    /// The device's architecture for NVRTC, e.g. "sm_90".
+    arch: String,
 }
 
 /// A CUDA library's name and the function that checks it can be loaded.
@@ -146,10 +156,12 @@ impl CudaBackend {
             unsafe { ctx.disable_event_tracking() };
             let stream = ctx.new_stream().map_err(cuda_err)?;
             let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
-            let k = Kernels::compile(&ctx, &format!("sm_{major}{minor}"), dtype)?;
+            let arch = format!("sm_{major}{minor}");
+            let k = Kernels::compile(&ctx, &arch, dtype)?;
             let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
             let token = stream.alloc_zeros::<u32>(1).map_err(cuda_err)?;
             let decode_counters = RefCell::new(stream.alloc_zeros::<u32>(1).map_err(cuda_err)?);
+            let dequantized = RefCell::new(stream.alloc_zeros::<u8>(1).map_err(cuda_err)?);
             let device_name = format!("{} (sm_{major}{minor})", ctx.name().map_err(cuda_err)?);
             let sms = ctx
                 .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -164,6 +176,9 @@ impl CudaBackend {
                 sms,
                 overlap: major >= 9,
                 decode_counters,
+                dequantized,
+                quant: RefCell::new(Vec::new()),
+                arch,
             })
         });
         opened.unwrap_or_else(|_| {
@@ -312,6 +327,11 @@ impl CudaBackend {
         };
         let early = matches!(epilogue, Epilogue::AccumulateEarly);
         self.check_product(x, rows, w, (n_out, n_in), out)?;
+        if let Layout::Blocks { segments, .. } = &w.layout {
+            let dims = (n_out, n_in);
+            let how = (accumulate, act, early);
+            return self.block_product(x, rows, w, segments, bias, dims, out, how, norm);
+        }
         let bias_ptr = self.optional_ptr(bias);
         if rows <= GEMV_ROWS {
             let mut args = vec![
@@ -348,17 +368,30 @@ impl CudaBackend {
             (self.ptr(out), n_out),
             if accumulate { 1.0 } else { 0.0 },
         )?;
-        if bias.is_some() || act != 0 {
-            let args = [
-                Arg::P(self.ptr(out)),
-                Arg::P(bias_ptr),
-                Arg::U(rows as u32),
-                Arg::U(n_out as u32),
-                Arg::U(act),
-            ];
-            self.launch(&self.k.bias_act, blocks_of_eight(rows * n_out), 256, &args)?;
+        self.bias_act(out, bias, rows, n_out, act)
+    }
+
+    /// out = act(out + bias) over `rows` rows of n_out after a cuBLAS product; nothing to do
+    /// without a bias or an activation.
+    fn bias_act(
+        &self,
+        out: &mut CudaSlice<f32>,
+        bias: Option<&CudaWeight>,
+        rows: usize,
+        n_out: usize,
+        act: u32,
+    ) -> Result<()> {
+        if bias.is_none() && act == 0 {
+            return Ok(());
         }
-        Ok(())
+        let args = [
+            Arg::P(self.ptr(out)),
+            Arg::P(self.optional_ptr(bias)),
+            Arg::U(rows as u32),
+            Arg::U(n_out as u32),
+            Arg::U(act),
+        ];
+        self.launch(&self.k.bias_act, blocks_of_eight(rows * n_out), 256, &args)
     }
 
     /// The product's activation: GELU inside the product, SwiGLU from `mid` into `out` after.
@@ -448,8 +481,19 @@ impl CudaBackend {
         out: &CudaSlice<f32>,
     ) -> Result<()> {
         check("linear input", x.len(), rows * n_in)?;
-        let weight_values = w.data.len() / self.dtype.bytes();
-        check("linear weight", weight_values, n_out * n_in)?;
+        if let Some((w_rows, w_cols)) = w.block_shape() {
+            if (w_rows, w_cols) != (n_out, n_in) {
+                return Err(Error::Backend {
+                    backend: "cuda",
+                    reason: format!(
+                        "a {w_rows} x {w_cols} weight in block formats for a product of {n_out} x {n_in}"
+                    ),
+                });
+            }
+        } else {
+            let weight_values = w.data.len() / self.dtype.bytes();
+            check("linear weight", weight_values, n_out * n_in)?;
+        }
         check("linear output", out.len(), rows * n_out)
     }
 
@@ -531,7 +575,17 @@ impl Backend for CudaBackend {
         let bytes = self.dtype.encode(&data);
         Ok(CudaWeight {
             data: self.stream.clone_htod(&bytes).map_err(cuda_err)?,
+            layout: Layout::Plain,
         })
+    }
+
+    /// Formats with kernels in kernels/quant.cu (quant::FORMATS) stay as they are; a matrix
+    /// with a part in any other format is dequantized.
+    fn upload_blocks(&self, m: BlockMatrix) -> Result<CudaWeight> {
+        match self.upload_block_matrix(&m)? {
+            Some(w) => Ok(w),
+            None => self.upload_weight(m.dequantize()?),
+        }
     }
 
     fn weight_bytes(&self, w: &CudaWeight) -> usize {
@@ -565,11 +619,21 @@ impl Backend for CudaBackend {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check("embedding output", out.len(), ids.len() * dim)?;
-        let vocab = table.data.len() / self.dtype.bytes() / dim;
+        let shape = table.block_shape();
+        if shape.is_some_and(|(_, cols)| cols != dim) {
+            return Err(Error::Backend {
+                backend: "cuda",
+                reason: format!("an embedding table of {shape:?} for rows of {dim}"),
+            });
+        }
+        let vocab = shape.map_or(table.data.len() / self.dtype.bytes() / dim, |s| s.0);
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::InvalidInput(format!(
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
+        }
+        if let Layout::Blocks { segments, .. } = &table.layout {
+            return self.block_embed(table, segments, ids, dim, out);
         }
         let ids_dev = self.stream.clone_htod(ids).map_err(cuda_err)?;
         let args = [
@@ -590,15 +654,16 @@ impl Backend for CudaBackend {
         rows: usize,
         dim: usize,
     ) -> Result<()> {
+        let table = table.plain("position table")?;
         check(
             "position table",
-            table.data.len() / self.dtype.bytes(),
+            table.len() / self.dtype.bytes(),
             (first_row + rows) * dim,
         )?;
         check("activations", x.len(), rows * dim)?;
         let args = [
             Arg::P(self.ptr(x)),
-            Arg::P(self.ptr(&table.data)),
+            Arg::P(self.ptr(table)),
             Arg::U(first_row as u32),
             Arg::U(dim as u32),
         ];
@@ -752,7 +817,8 @@ impl Backend for CudaBackend {
         mid: &mut CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if rows > GEMV_ROWS || act.gated() || a.n_in != b.n_in {
+        let blocks = a.weight.block_shape().is_some() || b.weight.block_shape().is_some();
+        if rows > GEMV_ROWS || act.gated() || a.n_in != b.n_in || blocks {
             let a = (a, a_out);
             return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
         }
