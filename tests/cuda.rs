@@ -4,10 +4,7 @@
 mod common;
 
 use common::ops::{Rng, op_table, rel_error};
-use common::quant_ops::{QUANT_FORMATS, quant_table, random_matrix};
-use common::{
-    fixture, gemma3_path, greedy_matches_cpu, load_cpu, long_context_fixture, smollm2_path,
-};
+use common::{fixture, greedy_matches_cpu, load_cpu, long_context_fixture, smollm2_path};
 use keyformer::backend::cuda::{CudaBackend, CudaDtype};
 use keyformer::backend::{AttentionSpec, Backend, SeqStep};
 use keyformer::engine::sampling::argmax;
@@ -39,33 +36,6 @@ fn op_table_f16() {
         return;
     };
     op_table(&b, 2e-3, 18);
-}
-
-/// Products and embedding rows of weights kept in every block format, against the CPU's f32
-/// result of the dequantized weights: the decode kernels read the blocks in f32 in every
-/// storage type; prompt products go through the storage type.
-#[test]
-fn quant_op_table_f32() {
-    let Some(b) = cuda("quant_op_table_f32", CudaDtype::F32) else {
-        return;
-    };
-    quant_table(&b, 31, 1e-5, 1e-5);
-}
-
-#[test]
-fn quant_op_table_f16() {
-    let Some(b) = cuda("quant_op_table_f16", CudaDtype::F16) else {
-        return;
-    };
-    quant_table(&b, 32, 1e-5, 2e-3);
-}
-
-#[test]
-fn quant_op_table_bf16() {
-    let Some(b) = cuda("quant_op_table_bf16", CudaDtype::Bf16) else {
-        return;
-    };
-    quant_table(&b, 33, 1e-5, 1.6e-2);
 }
 
 #[test]
@@ -104,43 +74,6 @@ fn smollm2_greedy_matches_cpu_in_f32() {
     let gpu = Model::load(&path, b, &mut |_, _| {}).unwrap();
     let got = greedy_matches_cpu(&path, &gpu, 64);
     println!("cuda: {:?}", got.text);
-}
-
-/// Gemma-3-270M from its own Q4_K_M file: every readable block format stays in blocks on both
-/// backends, and the greedy tokens are the CPU's.
-#[test]
-fn gemma3_greedy_matches_cpu_in_f32() {
-    let test = "gemma3_greedy_matches_cpu_in_f32";
-    let Some(path) = gemma3_path(test) else {
-        return;
-    };
-    let Some(b) = cuda(test, CudaDtype::F32) else {
-        return;
-    };
-    let gpu = Model::load(&path, b, &mut |_, _| {}).unwrap();
-    let got = greedy_matches_cpu(&path, &gpu, 32);
-    println!("cuda: {:?}", got.text);
-}
-
-/// Every block format stays in its blocks on the device: a weight takes its file's bytes (plus
-/// the alignment of its segments), not f32 or the storage type's size.
-#[test]
-fn block_formats_stay_quantized() {
-    let Some(b) = cuda("block_formats_stay_quantized", CudaDtype::F16) else {
-        return;
-    };
-    let mut rng = Rng(41);
-    for (name, _) in QUANT_FORMATS {
-        let m = random_matrix(&mut rng, &[(name, 64), ("Q8_0", 3)], 512);
-        let file_bytes = m.bytes();
-        let w = b.upload_blocks(m).unwrap();
-        let bytes = b.weight_bytes(&w);
-        println!("{name}: {file_bytes} bytes in the file, {bytes} on the device");
-        assert!(
-            bytes >= file_bytes && bytes <= file_bytes + 256,
-            "{name}: {bytes} bytes on the device for {file_bytes} in the file"
-        );
-    }
 }
 
 #[test]
