@@ -67,6 +67,28 @@ __device__ __forceinline__ float iq4_value(u32 q) {
     return qf(((q & 8) ? hi : lo) & 0xff, 128.0f);
 }
 
+// 1 + q / 2^bits for the `bits`-bit field q at bit `at` of w, exactly: q lands in the top of the
+// mantissa of 1.0. A value a * q + b is then fmaf(a * 2^bits, unit(...), b - a * 2^bits): one
+// shift, one logic op and one FMA a value, where qf() needs an add more.
+template <int bits>
+__device__ __forceinline__ float unit(u32 w, int at) {
+    const int top = 23 - bits;
+    u32 m = at <= top ? w << (top - at) : w >> (at - top);
+    return __uint_as_float((m & (((1u << bits) - 1) << top)) | 0x3F800000u);
+}
+
+// Sixteen 4-bit values from four words as nibbles16 does, value a * q + b with (a, b) = (a_lo,
+// b_lo) for the low nibbles and (a_hi, b_hi) for the high ones.
+__device__ __forceinline__ void nibbles16_affine(const u32 (&q)[4], float* v, float a_lo, float b_lo, float a_hi,
+                                                 float b_hi) {
+    float al = 16.0f * a_lo, bl = b_lo - al, ah = 16.0f * a_hi, bh = b_hi - ah;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        v[i] = fmaf(al, unit<4>(q[i / 4], 8 * (i % 4)), bl);
+        v[16 + i] = fmaf(ah, unit<4>(q[i / 4], 8 * (i % 4) + 4), bh);
+    }
+}
+
 // Sixteen 4-bit values from four words: low nibbles to v[0..16), high nibbles to v[16..32), each
 // through f(nibble, index).
 template <class Fn>
@@ -96,7 +118,7 @@ struct Q4_0 {
     }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
         float d = half_bits(w.d);
-        nibbles16(w.q, v, [&](u32 q, int) { return d * qf(q, 8.0f); });
+        nibbles16_affine(w.q, v, d, -8.0f * d, d, -8.0f * d);
     }
 };
 
@@ -126,7 +148,7 @@ struct Q4_1 {
     }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
         float d = half_bits(w.dm), m = half_bits(w.dm >> 16);
-        nibbles16(w.q, v, [&](u32 q, int) { return fmaf(d, qf(q, 0.0f), m); });
+        nibbles16_affine(w.q, v, d, m, d, m);
     }
 };
 
@@ -191,9 +213,10 @@ struct Q8_0 {
         return w;
     }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
-        float d = half_bits(w.d);
+        // q + 128 = the byte with its top bit flipped, as unit<8>: d * q = 256d * unit - 384d.
+        float a = 256.0f * half_bits(w.d), b = -1.5f * a;
 #pragma unroll
-        for (int i = 0; i < 16; i++) v[i] = d * qf(byte_of(w.q[i / 4], i % 4) ^ 0x80, 128.0f);
+        for (int i = 0; i < 16; i++) v[i] = fmaf(a, unit<8>(w.q[i / 4] ^ 0x80808080u, 8 * (i % 4)), b);
     }
 };
 
@@ -228,7 +251,7 @@ struct Q4_K {
         float d0 = d * qf(sc0, 0.0f), n0 = -(dmin * qf(m0, 0.0f));
         float d1 = d * qf(sc1, 0.0f), n1 = -(dmin * qf(m1, 0.0f));
         const u32 q[4] = {w.q.x, w.q.y, w.q.z, w.q.w};
-        nibbles16(q, v, [&](u32 x, int i) { return i < 16 ? fmaf(d0, qf(x, 0.0f), n0) : fmaf(d1, qf(x, 0.0f), n1); });
+        nibbles16_affine(q, v, d0, n0, d1, n1);
     }
 };
 
