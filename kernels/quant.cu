@@ -37,8 +37,27 @@ __device__ __forceinline__ uint4 ld128(const u8* p) {
     asm("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
-// Four bytes from a 2-aligned address.
-__device__ __forceinline__ u32 ld32_a2(const u8* p) { return ld16(p) | (ld16(p + 2) << 16); }
+
+// Bytes from a 2-aligned address p as whole words, for blocks whose size is only even: N + 1
+// aligned 4-byte loads from p rounded down, then at(a) is the word at p + a (a even, at most
+// 4N - 2) by a funnel shift. One load in two fewer than 2-byte loads, so a warp's requests
+// cover each cache line fewer times. Reads up to 4 bytes past p + 4N: the backend pads the end
+// of every weight's allocation.
+template <int N>
+struct Words {
+    u32 w[N + 1], sh;
+    __device__ __forceinline__ void load(const u8* p) {
+        sh = 8 * (u32)((size_t)p & 3);
+        const u8* base = p - ((size_t)p & 3);
+#pragma unroll
+        for (int k = 0; k <= N; k++) w[k] = ld32(base + 4 * k);
+    }
+    __device__ __forceinline__ u32 at(int a) const {
+        u32 r;
+        asm("shf.r.clamp.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(w[a / 4]), "r"(w[a / 4 + 1]), "r"(sh + 8 * (a % 4)));
+        return r;
+    }
+};
 
 // Byte j of w.
 __device__ __forceinline__ u32 byte_of(u32 w, u32 j) { return (w >> (8 * j)) & 0xff; }
@@ -105,20 +124,23 @@ __device__ __forceinline__ void nibbles16(const u32 (&q)[4], float* v, Fn f) {
 
 struct Q4_0 {
     static const u32 BYTES = 18, VALUES = 32, SHARES = 1, RUNS = 2, RUN = 16;
-    struct Raw {
-        u32 d, q[4];
-    };
+    // d at byte 0, the quants at 2..18.
+    typedef Words<5> Raw;
     static __device__ u32 col(u32 s, u32 r) { return 16 * r; }
     static __device__ Raw load(const u8* b, u32 s) {
         Raw w;
-        w.d = ld16(b);
-#pragma unroll
-        for (int k = 0; k < 4; k++) w.q[k] = ld32_a2(b + 2 + 4 * k);
+        w.load(b);
         return w;
     }
+    static __device__ void quants(const Raw& w, u32 (&q)[4]) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) q[k] = w.at(2 + 4 * k);
+    }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
-        float d = half_bits(w.d);
-        nibbles16_affine(w.q, v, d, -8.0f * d, d, -8.0f * d);
+        float d = half_bits(w.at(0));
+        u32 q[4];
+        quants(w, q);
+        nibbles16_affine(q, v, d, -8.0f * d, d, -8.0f * d);
     }
 };
 
@@ -128,8 +150,10 @@ struct IQ4_NL {
     static __device__ u32 col(u32 s, u32 r) { return 16 * r; }
     static __device__ Raw load(const u8* b, u32 s) { return Q4_0::load(b, s); }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
-        float d = half_bits(w.d);
-        nibbles16(w.q, v, [&](u32 q, int) { return d * iq4_value(q); });
+        float d = half_bits(w.at(0));
+        u32 q[4];
+        Q4_0::quants(w, q);
+        nibbles16(q, v, [&](u32 x, int) { return d * iq4_value(x); });
     }
 };
 
@@ -155,22 +179,20 @@ struct Q4_1 {
 // The fifth bit of value i sits at bit i of qh.
 struct Q5_0 {
     static const u32 BYTES = 22, VALUES = 32, SHARES = 1, RUNS = 2, RUN = 16;
-    struct Raw {
-        u32 d, qh, q[4];
-    };
+    // d at byte 0, qh at 2, the quants at 6..22.
+    typedef Words<6> Raw;
     static __device__ u32 col(u32 s, u32 r) { return 16 * r; }
     static __device__ Raw load(const u8* b, u32 s) {
         Raw w;
-        w.d = ld16(b);
-        w.qh = ld32_a2(b + 2);
-#pragma unroll
-        for (int k = 0; k < 4; k++) w.q[k] = ld32_a2(b + 6 + 4 * k);
+        w.load(b);
         return w;
     }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
-        float d = half_bits(w.d);
-        u32 qh = w.qh;
-        nibbles16(w.q, v, [&](u32 q, int i) { return d * qf(q | (((qh >> i) & 1) << 4), 16.0f); });
+        float d = half_bits(w.at(0));
+        u32 qh = w.at(2), q[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) q[k] = w.at(6 + 4 * k);
+        nibbles16(q, v, [&](u32 x, int i) { return d * qf(x | (((qh >> i) & 1) << 4), 16.0f); });
     }
 };
 
@@ -202,21 +224,21 @@ struct Q5_1 {
 struct Q8_0 {
     static const u32 BYTES = 34, VALUES = 32, SHARES = 2, RUNS = 1, RUN = 16;
     struct Raw {
-        u32 d, q[4];
+        u32 d;
+        Words<4> q;
     };
     static __device__ u32 col(u32 s, u32 r) { return 16 * s; }
     static __device__ Raw load(const u8* b, u32 s) {
         Raw w;
         w.d = ld16(b);
-#pragma unroll
-        for (int k = 0; k < 4; k++) w.q[k] = ld32_a2(b + 2 + 16 * s + 4 * k);
+        w.q.load(b + 2 + 16 * s);
         return w;
     }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
         // q + 128 = the byte with its top bit flipped, as unit<8>: d * q = 256d * unit - 384d.
         float a = 256.0f * half_bits(w.d), b = -1.5f * a;
 #pragma unroll
-        for (int i = 0; i < 16; i++) v[i] = fmaf(a, unit<8>(w.q[i / 4] ^ 0x80808080u, 8 * (i % 4)), b);
+        for (int i = 0; i < 16; i++) v[i] = fmaf(a, unit<8>(w.q.at(i / 4 * 4) ^ 0x80808080u, 8 * (i % 4)), b);
     }
 };
 
@@ -287,17 +309,15 @@ struct Q5_K {
 struct Q6_K {
     static const u32 BYTES = 210, VALUES = 256, SHARES = 16, RUNS = 2, RUN = 8;
     struct Raw {
-        u32 ql[2], qh[2], sc0, sc1, d;
+        Words<2> ql, qh;
+        u32 sc0, sc1, d;
     };
     static __device__ u32 col(u32 s, u32 r) { return 128 * (s >> 3) + 64 * r + 8 * (s & 7); }
     static __device__ Raw load(const u8* b, u32 s) {
         u32 h = s >> 3, m = 8 * (s & 7);
         Raw w;
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            w.ql[k] = ld32_a2(b + 64 * h + m + 4 * k);
-            w.qh[k] = ld32_a2(b + 128 + 32 * h + (m & 31) + 4 * k);
-        }
+        w.ql.load(b + 64 * h + m);
+        w.qh.load(b + 128 + 32 * h + (m & 31));
         w.sc0 = ld8(b + 192 + 8 * h + m / 16);
         w.sc1 = ld8(b + 192 + 8 * h + 4 + m / 16);
         w.d = ld16(b + 208);
@@ -309,7 +329,7 @@ struct Q6_K {
         u32 shift = 2 * ((s & 7) >> 2);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            u32 lo = byte_of(w.ql[k / 4], k % 4), hi = byte_of(w.qh[k / 4], k % 4);
+            u32 lo = byte_of(w.ql.at(k / 4 * 4), k % 4), hi = byte_of(w.qh.at(k / 4 * 4), k % 4);
             v[k] = d0 * qf((lo & 15) | (((hi >> shift) & 3) << 4), 32.0f);
             v[8 + k] = d1 * qf((lo >> 4) | (((hi >> (shift + 4)) & 3) << 4), 32.0f);
         }
@@ -360,19 +380,17 @@ __device__ __forceinline__ float scale_q3_k(u32 a, u32 b, u32 c, u32 i) {
 struct Q3_K {
     static const u32 BYTES = 110, VALUES = 256, SHARES = 8, RUNS = 4, RUN = 8;
     struct Raw {
-        u32 hm[2], q[2], sc[3], d;
+        Words<2> hm, q;
+        Words<3> sc;
+        u32 d;
     };
     static __device__ u32 col(u32 s, u32 r) { return Q2_K::col(s, r); }
     static __device__ Raw load(const u8* b, u32 s) {
         u32 g = s >> 2, l = 8 * (s & 3);
         Raw w;
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            w.hm[k] = ld32_a2(b + l + 4 * k);
-            w.q[k] = ld32_a2(b + 32 + 32 * g + l + 4 * k);
-        }
-#pragma unroll
-        for (int k = 0; k < 3; k++) w.sc[k] = ld32_a2(b + 96 + 4 * k);
+        w.hm.load(b + l);
+        w.q.load(b + 32 + 32 * g + l);
+        w.sc.load(b + 96);
         w.d = ld16(b + 108);
         return w;
     }
@@ -381,11 +399,11 @@ struct Q3_K {
         u32 g = s >> 2, half = (s & 3) >> 1;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            float dl = d * scale_q3_k(w.sc[0], w.sc[1], w.sc[2], 8 * g + 2 * k + half);
+            float dl = d * scale_q3_k(w.sc.at(0), w.sc.at(4), w.sc.at(8), 8 * g + 2 * k + half);
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                u32 low = (byte_of(w.q[j / 4], j % 4) >> (2 * k)) & 3;
-                u32 high = (byte_of(w.hm[j / 4], j % 4) >> (4 * g + k)) & 1;
+                u32 low = (byte_of(w.q.at(j / 4 * 4), j % 4) >> (2 * k)) & 3;
+                u32 high = (byte_of(w.hm.at(j / 4 * 4), j % 4) >> (4 * g + k)) & 1;
                 v[8 * k + j] = dl * qf(low | (high << 2), 4.0f);
             }
         }

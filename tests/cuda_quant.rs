@@ -104,7 +104,7 @@ fn gemma3_greedy_matches_cpu_in_f32() {
 }
 
 /// Every block format stays in its blocks on the device: a weight takes its file's bytes (plus
-/// the alignment of its segments), not f32 or the storage type's size.
+/// the alignment of its second segment and a 16-byte tail), not f32 or the storage type's size.
 #[test]
 fn block_formats_stay_quantized() {
     let Some(b) = cuda("block_formats_stay_quantized", CudaDtype::F16) else {
@@ -117,7 +117,7 @@ fn block_formats_stay_quantized() {
         let bytes = b.weight_bytes(&w);
         println!("{name}: {file_bytes} bytes in the file, {bytes} on the device");
         assert!(
-            bytes >= file_bytes && bytes <= file_bytes + 256,
+            bytes >= file_bytes && bytes <= file_bytes + 256 + 16,
             "{name}: {bytes} bytes on the device for {file_bytes} in the file"
         );
     }

@@ -102,6 +102,9 @@ pub enum Layout {
 /// Segments start at multiples of this many bytes, for the kernels' 16-byte loads.
 const SEGMENT_ALIGN: usize = 256;
 
+/// Bytes after the last block of a weight, for kernels/quant.cu's `Words`.
+pub const TAIL: usize = 16;
+
 /// The most bytes a prompt product dequantizes at once (a chunk of a segment's rows): an
 /// output matrix of 262144 x 640 would take 671 MB in f32.
 const DEQUANTIZED_BYTES: usize = 64 << 20;
@@ -146,6 +149,8 @@ impl CudaBackend {
             bytes.extend_from_slice(&p.bytes);
             first_row += p.rows;
         }
+        // The kernels' word loads of blocks of an even size read a few bytes past a block.
+        bytes.resize(bytes.len() + TAIL, 0);
         let data = self.stream.clone_htod(&bytes).map_err(cuda_err)?;
         Ok(Some(CudaWeight {
             data,
