@@ -10,6 +10,10 @@
 
 typedef unsigned char u8;
 
+// The device primitives: everything else up to the kernels also compiles as host C++, where a
+// test (tests/cuda_decode_host.rs, with QUANT_HOST defined) supplies its own primitives and checks
+// every format's load and decode against the CPU's dequantizers without a GPU.
+#ifndef QUANT_HOST
 // Weight loads through the read-only path; no kernel writes weights, so the compiler may hoist
 // them. Each helper needs the alignment its name says.
 __device__ __forceinline__ u32 ld8(const u8* p) {
@@ -37,6 +41,18 @@ __device__ __forceinline__ uint4 ld128(const u8* p) {
     asm("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
+// The low word of hi:lo shifted right by min(sh, 32).
+__device__ __forceinline__ u32 funnel_right(u32 lo, u32 hi, u32 sh) {
+    u32 r;
+    asm("shf.r.clamp.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(lo), "r"(hi), "r"(sh));
+    return r;
+}
+__device__ __forceinline__ float half_bits(u32 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)(h & 0xffff)));
+    return f;
+}
+#endif
 
 // Bytes from a 2-aligned address p as whole words, for blocks whose size is only even: N + 1
 // aligned 4-byte loads from p rounded down, then at(a) is the word at p + a (a even, at most
@@ -52,11 +68,7 @@ struct Words {
 #pragma unroll
         for (int k = 0; k <= N; k++) w[k] = ld32(base + 4 * k);
     }
-    __device__ __forceinline__ u32 at(int a) const {
-        u32 r;
-        asm("shf.r.clamp.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(w[a / 4]), "r"(w[a / 4 + 1]), "r"(sh + 8 * (a % 4)));
-        return r;
-    }
+    __device__ __forceinline__ u32 at(int a) const { return funnel_right(w[a / 4], w[a / 4 + 1], sh + 8 * (a % 4)); }
 };
 
 // Byte j of w.
@@ -67,11 +79,6 @@ __device__ __forceinline__ u32 byte_of3(u32 a, u32 b, u32 c, u32 k) {
     return byte_of(k < 4 ? a : (k < 8 ? b : c), k & 3);
 }
 
-__device__ __forceinline__ float half_bits(u32 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)(h & 0xffff)));
-    return f;
-}
 
 // q - offset for a small unsigned q, exactly, without an integer conversion: the float 2^23 + q
 // has q in its low mantissa bits.
@@ -427,6 +434,7 @@ struct IQ4_XS {
 };
 
 // ---- The kernels, the same for every format. ----
+#ifndef QUANT_HOST
 
 // acc[r] += the share's values . x[r] at their columns; x points at the block's first column.
 template <class F, int ROWS>
@@ -552,3 +560,4 @@ __device__ __forceinline__ void store_share(const typename F::Raw& raw, u32 i, P
 // The backend compiles this file once per format it meets, appending the format's
 // QUANT_KERNELS(<struct>, <name in lower case>) line (src/backend/cuda/quant.rs lists them): all
 // twelve formats in one module took half a minute of NVRTC.
+#endif
