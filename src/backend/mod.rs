@@ -10,6 +10,7 @@ use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, Positions};
+use crate::model::tensor::BlockMatrix;
 use crate::model::weights::Linear;
 
 /// A token id read back from a device sampling kernel: the kernels (kernels/sample.cu,
@@ -131,6 +132,14 @@ pub trait Backend {
 
     /// Moves host f32 weights to the device in the backend's storage type.
     fn upload_weight(&self, data: Vec<f32>) -> Result<Self::Weight>;
+    /// Moves a matrix kept in its file's block formats (Q4_K, Q8_0, ...) to the device. A
+    /// backend keeps the formats its kernels read (its format table) and the default
+    /// dequantizes to f32 for `upload_weight`. Products and `embed` take either kind of weight.
+    fn upload_blocks(&self, m: BlockMatrix) -> Result<Self::Weight> {
+        self.upload_weight(m.dequantize()?)
+    }
+    /// Bytes a weight takes on the device.
+    fn weight_bytes(&self, w: &Self::Weight) -> usize;
     /// Moves host f32 values into a new activation buffer.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     fn zeros(&self, len: usize) -> Result<Self::Buf>;

@@ -185,6 +185,17 @@ impl GgufFile {
         Ok(self.tensor(name)?.ne.iter().rev().copied().collect())
     }
 
+    /// The tensor's format and stored bytes, when its type is one this crate reads.
+    pub fn tensor_blocks(&self, name: &str) -> Result<Option<(&'static quant::Format, &[u8])>> {
+        let info = self.tensor(name)?;
+        Ok(match (quant::by_id(info.ggml_type), info.range) {
+            (Some(format), Some((start, end))) if format.can_dequantize() => {
+                Some((format, &self.mmap[start..end]))
+            }
+            _ => None,
+        })
+    }
+
     /// The tensor's values as f32, dequantized, in row-major order.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor(name)?;

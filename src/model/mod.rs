@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod quant;
 pub mod rope;
 pub mod source;
+pub mod tensor;
 pub mod tokenizer;
 pub mod weights;
 

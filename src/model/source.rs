@@ -12,11 +12,17 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::files;
 use crate::model::gguf::GgufFile;
+use crate::model::tensor::BlockRows;
 
 pub trait TensorSource {
     fn has(&self, name: &str) -> bool;
     /// The tensor converted to f32, after checking that its shape is `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// The matrix `name` of `shape` (rows, columns) as its file stores it, when that is a block
+    /// format (Q4_K, Q8_0, ...); `None` for plain floats, which `load` reads.
+    fn load_blocks(&self, _name: &str, _shape: [usize; 2]) -> Result<Option<BlockRows>> {
+        Ok(None)
+    }
 }
 
 fn check_shape(name: &str, expected: &[usize], actual: &[usize]) -> Result<()> {
@@ -167,6 +173,16 @@ impl TensorSource for GgufFile {
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         check_shape(name, shape, &self.tensor_shape(name)?)?;
         self.tensor_f32(name)
+    }
+
+    fn load_blocks(&self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<BlockRows>> {
+        check_shape(name, &[rows, cols], &self.tensor_shape(name)?)?;
+        match self.tensor_blocks(name)? {
+            Some((format, bytes)) if format.block_values > 1 => {
+                BlockRows::new(format, rows, cols, bytes.to_vec()).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::arch::{Layout, NormTensors, Proj, ProjTensors};
 use crate::model::config::ModelConfig;
 use crate::model::source::TensorSource;
+use crate::model::tensor::{BlockMatrix, BlockRows};
 
 pub struct Linear<T> {
     pub weight: T,
@@ -48,6 +49,55 @@ pub struct Weights<T> {
     pub embed_values: usize,
 }
 
+impl<T> Norm<T> {
+    fn each(&self) -> impl Iterator<Item = &T> {
+        std::iter::once(&self.weight).chain(&self.bias)
+    }
+}
+
+impl<T> Linear<T> {
+    fn each(&self) -> impl Iterator<Item = &T> {
+        std::iter::once(&self.weight).chain(&self.bias)
+    }
+}
+
+impl<T> Weights<T> {
+    /// Every weight, in no particular order.
+    pub fn each(&self) -> Vec<&T> {
+        let mut all: Vec<&T> = vec![&self.embed];
+        all.extend(&self.pos_embed);
+        for l in &self.layers {
+            all.extend(
+                l.attn_norm
+                    .each()
+                    .chain(l.qkv.each())
+                    .chain(l.attn_out.each()),
+            );
+            all.extend(l.mlp_in.each().chain(l.mlp_out.each()));
+            let norms = [&l.mlp_norm, &l.post_attn_norm, &l.post_mlp_norm];
+            all.extend(norms.into_iter().flatten().flat_map(Norm::each));
+            if let Some((q, k)) = &l.qk_norm {
+                all.extend(q.each().chain(k.each()));
+            }
+        }
+        all.extend(self.final_norm.each());
+        all.extend(self.lm_head.iter().flat_map(Linear::each));
+        all
+    }
+
+    /// Bytes of every weight (`bytes` tells one weight's, `Backend::weight_bytes`), and the
+    /// bytes a decode step reads: all of them but the embedding table, of which it reads one
+    /// row, unless the output projection is tied to it.
+    pub fn bytes(&self, bytes: impl Fn(&T) -> usize) -> (usize, usize) {
+        let all: usize = self.each().into_iter().map(&bytes).sum();
+        let per_token = match self.lm_head {
+            Some(_) => all - bytes(&self.embed),
+            None => all,
+        };
+        (all, per_token)
+    }
+}
+
 /// Reads tensors from a source, reshapes them to the common layout and uploads them.
 struct Loader<'a, B: Backend> {
     cfg: &'a ModelConfig,
@@ -69,9 +119,51 @@ impl<B: Backend> Loader<'_, B> {
         Ok(data)
     }
 
+    /// A matrix as its file stores it, when that is a block format (see `matrix`).
+    fn blocks(&mut self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<BlockRows>> {
+        let blocks = self.src.load_blocks(name, [rows, cols])?;
+        if blocks.is_some() {
+            self.loaded += 1;
+            self.values += rows * cols;
+            (self.progress)(self.loaded, self.total);
+        }
+        Ok(blocks)
+    }
+
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<B::Weight> {
+        if let &[rows, cols] = shape
+            && let Some(b) = self.blocks(name, [rows, cols])?
+        {
+            return self.backend.upload_blocks(BlockMatrix::stack(vec![b])?);
+        }
         let data = self.host(name, shape)?;
         self.backend.upload_weight(data)
+    }
+
+    /// The matrices `names` of `parts` rows each, stacked: kept in their files' block formats
+    /// when every one is stored in one, else as f32.
+    fn stacked(&mut self, names: &[String], parts: &[usize], n_in: usize) -> Result<B::Weight> {
+        let mut blocks = Vec::new();
+        for (name, &n) in names.iter().zip(parts) {
+            match self.src.load_blocks(&format!("{name}.weight"), [n, n_in])? {
+                Some(b) => blocks.push(b),
+                None => break,
+            }
+        }
+        if blocks.len() == names.len() {
+            for (_, &n) in names.iter().zip(parts) {
+                self.loaded += 1;
+                self.values += n * n_in;
+            }
+            (self.progress)(self.loaded, self.total);
+            return self.backend.upload_blocks(BlockMatrix::stack(blocks)?);
+        }
+        drop(blocks);
+        let mut w = Vec::new();
+        for (name, &n) in names.iter().zip(parts) {
+            w.extend(self.host(&format!("{name}.weight"), &[n, n_in])?);
+        }
+        self.backend.upload_weight(w)
     }
 
     fn norm(&mut self, t: &NormTensors, dim: usize) -> Result<Norm<B::Weight>> {
@@ -94,7 +186,7 @@ impl<B: Backend> Loader<'_, B> {
         let n_out = parts.iter().sum();
         let (weight, bias) = match &t.proj {
             Proj::One(name) => (
-                self.host(&format!("{name}.weight"), &[n_out, n_in])?,
+                self.stacked(std::slice::from_ref(name), &[n_out], n_in)?,
                 self.bias(t.bias, name, n_out)?,
             ),
             // GPT-2's Conv1D stores [n_in, n_out]: transpose to the common layout.
@@ -106,7 +198,10 @@ impl<B: Backend> Loader<'_, B> {
                         t_w[o * n_in + i] = w[i * n_out + o];
                     }
                 }
-                (t_w, self.bias(t.bias, name, n_out)?)
+                (
+                    self.backend.upload_weight(t_w)?,
+                    self.bias(t.bias, name, n_out)?,
+                )
             }
             Proj::Stack(names) => {
                 if names.len() != parts.len() {
@@ -116,20 +211,18 @@ impl<B: Backend> Loader<'_, B> {
                         parts.len()
                     )));
                 }
-                let mut w = Vec::new();
                 let mut b = t.bias.then(Vec::new);
                 for (name, &n) in names.iter().zip(parts) {
-                    w.extend(self.host(&format!("{name}.weight"), &[n, n_in])?);
                     if let (Some(b), Some(part)) = (&mut b, self.bias(t.bias, name, n)?) {
                         b.extend(part);
                     }
                 }
-                (w, b)
+                (self.stacked(names, parts, n_in)?, b)
             }
         };
         let bias = bias.map(|b| self.backend.upload_weight(b)).transpose()?;
         Ok(Linear {
-            weight: self.backend.upload_weight(weight)?,
+            weight,
             bias,
             n_out,
             n_in,

@@ -2,28 +2,39 @@
 //! it keeps every token's K and V for ever (f64 arithmetic) and masks out, per (layer, kv head),
 //! the tokens a policy evicted. Attention over a compacted cache must give the same logits.
 
+use keyformer::backend::cpu::CpuWeight;
 use keyformer::model::config::{Activation, ModelConfig, NormKind, Positions, RopePairs};
 use keyformer::model::weights::{Linear, Norm, Weights};
 
+/// A weight's values: the reference reads models stored in plain floats only.
+fn v(w: &CpuWeight) -> &[f32] {
+    w.as_values()
+        .expect("the reference reads plain float weights")
+}
+
 pub struct Reference<'a> {
     cfg: &'a ModelConfig,
-    w: &'a Weights<Vec<f32>>,
+    w: &'a Weights<CpuWeight>,
     /// [layer][token] -> (rotated k, v) of every kv head, concatenated.
     keys: Vec<Vec<Vec<f64>>>,
     values: Vec<Vec<Vec<f64>>>,
 }
 
-fn linear(x: &[f64], l: &Linear<Vec<f32>>) -> Vec<f64> {
-    (0..l.n_out)
+fn linear(x: &[f64], l: &Linear<CpuWeight>) -> Vec<f64> {
+    product(x, v(&l.weight), l.bias.as_ref().map(v), l.n_out, l.n_in)
+}
+
+fn product(x: &[f64], w: &[f32], bias: Option<&[f32]>, n_out: usize, n_in: usize) -> Vec<f64> {
+    (0..n_out)
         .map(|o| {
-            let row = &l.weight[o * l.n_in..(o + 1) * l.n_in];
-            let b = l.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+            let row = &w[o * n_in..(o + 1) * n_in];
+            let b = bias.map_or(0.0, |b| b[o] as f64);
             row.iter().zip(x).map(|(w, x)| *w as f64 * x).sum::<f64>() + b
         })
         .collect()
 }
 
-fn norm(x: &[f64], n: &Norm<Vec<f32>>, kind: NormKind, eps: f32) -> Vec<f64> {
+fn norm(x: &[f64], n: &Norm<CpuWeight>, kind: NormKind, eps: f32) -> Vec<f64> {
     let d = x.len() as f64;
     let mean = if kind == NormKind::LayerNorm {
         x.iter().sum::<f64>() / d
@@ -34,8 +45,9 @@ fn norm(x: &[f64], n: &Norm<Vec<f32>>, kind: NormKind, eps: f32) -> Vec<f64> {
     let inv = 1.0 / (var + eps as f64).sqrt();
     x.iter()
         .enumerate()
-        .map(|(i, v)| {
-            (v - mean) * inv * n.weight[i] as f64 + n.bias.as_ref().map_or(0.0, |b| b[i] as f64)
+        .map(|(i, x)| {
+            let bias = n.bias.as_ref().map_or(0.0, |b| v(b)[i] as f64);
+            (x - mean) * inv * v(&n.weight)[i] as f64 + bias
         })
         .collect()
 }
@@ -73,7 +85,7 @@ fn gelu(x: f64, act: Activation) -> f64 {
 }
 
 impl<'a> Reference<'a> {
-    pub fn new(cfg: &'a ModelConfig, w: &'a Weights<Vec<f32>>) -> Self {
+    pub fn new(cfg: &'a ModelConfig, w: &'a Weights<CpuWeight>) -> Self {
         Reference {
             cfg,
             w,
@@ -92,13 +104,13 @@ impl<'a> Reference<'a> {
     ) -> Vec<f64> {
         let (c, w) = (self.cfg, self.w);
         let (h, hd) = (c.hidden, c.head_dim);
-        let mut x: Vec<f64> = w.embed[id as usize * h..(id as usize + 1) * h]
+        let mut x: Vec<f64> = v(&w.embed)[id as usize * h..(id as usize + 1) * h]
             .iter()
             .map(|&v| v as f64)
             .collect();
         if let Some(table) = &w.pos_embed {
             x.iter_mut()
-                .zip(&table[pos * h..(pos + 1) * h])
+                .zip(&v(table)[pos * h..(pos + 1) * h])
                 .for_each(|(a, b)| *a += *b as f64);
         }
         for (l, layer) in w.layers.iter().enumerate() {
@@ -170,15 +182,7 @@ impl<'a> Reference<'a> {
         let normed = norm(&x, &w.final_norm, c.norm, c.norm_eps);
         match &w.lm_head {
             Some(head) => linear(&normed, head),
-            None => {
-                let tied = Linear {
-                    weight: w.embed.clone(),
-                    bias: None,
-                    n_out: c.vocab_size,
-                    n_in: h,
-                };
-                linear(&normed, &tied)
-            }
+            None => product(&normed, v(&w.embed), None, c.vocab_size, h),
         }
     }
 }

@@ -6,26 +6,54 @@
 
 use rayon::prelude::*;
 
+use crate::error::Result;
+use crate::model::tensor::BlockMatrix;
+
 /// Weight rows per block: 64 rows of up to a few thousand floats stay in L2.
 const BLOCK: usize = 64;
+
+/// A product's weight matrix: plain values, or rows in block formats that each block of rows
+/// dequantizes for itself (the whole matrix is never expanded).
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    Values(&'a [f32]),
+    Blocks(&'a BlockMatrix),
+}
 
 pub fn matmul(
     x: &[f32],
     rows: usize,
-    w: &[f32],
+    w: Rows,
     bias: Option<&[f32]>,
     n_out: usize,
     n_in: usize,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let x_row = |r: usize| &x[r * n_in..(r + 1) * n_in];
-    let w_row = |o: usize| &w[o * n_in..(o + 1) * n_in];
     // Each block's results as [rows][block width], gathered into `out` afterwards.
     let blocks: Vec<(usize, Vec<f32>)> = (0..n_out.div_ceil(BLOCK))
         .into_par_iter()
-        .map(|b| {
+        .map(|b| -> Result<(usize, Vec<f32>)> {
             let (o0, o1) = (b * BLOCK, ((b + 1) * BLOCK).min(n_out));
             let width = o1 - o0;
+            if let Rows::Blocks(m) = w
+                && rows <= FEW_ROWS
+            {
+                let mut tile = few_rows(m, (o0, o1), |r| x_row(r), rows)?;
+                add_bias(&mut tile, bias, o0, width);
+                return Ok((o0, tile));
+            }
+            let dequantized;
+            let wb: &[f32] = match w {
+                Rows::Values(v) => &v[o0 * n_in..o1 * n_in],
+                Rows::Blocks(m) => {
+                    let mut rows = vec![0f32; width * n_in];
+                    m.dequantize_rows(o0, &mut rows)?;
+                    dequantized = rows;
+                    &dequantized
+                }
+            };
+            let w_row = |o: usize| &wb[(o - o0) * n_in..(o - o0 + 1) * n_in];
             let mut tile = vec![0f32; rows * width];
             let mut r = 0;
             while r < rows {
@@ -54,19 +82,50 @@ pub fn matmul(
                 }
                 r += rs;
             }
-            if let Some(bias) = bias {
-                for row in tile.chunks_exact_mut(width) {
-                    row.iter_mut().zip(&bias[o0..o1]).for_each(|(y, b)| *y += b);
-                }
-            }
-            (o0, tile)
+            add_bias(&mut tile, bias, o0, width);
+            Ok((o0, tile))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for (o0, tile) in blocks {
         let width = tile.len() / rows.max(1);
         for r in 0..rows {
             out[r * n_out + o0..r * n_out + o0 + width]
                 .copy_from_slice(&tile[r * width..(r + 1) * width]);
+        }
+    }
+    Ok(())
+}
+
+/// Products of up to this many rows with a weight in block formats dequantize one weight row
+/// at a time into a buffer that stays in L1, and take its dot product with each input row;
+/// more rows dequantize a whole block of weight rows once for the tiled kernel.
+const FEW_ROWS: usize = 4;
+
+/// [rows][o1 - o0] results of `rows` input rows against weight rows o0..o1 of `m`.
+fn few_rows<'x>(
+    m: &BlockMatrix,
+    (o0, o1): (usize, usize),
+    x_row: impl Fn(usize) -> &'x [f32],
+    rows: usize,
+) -> Result<Vec<f32>> {
+    let width = o1 - o0;
+    let mut tile = vec![0f32; rows * width];
+    let mut w = vec![0f32; m.cols];
+    for o in o0..o1 {
+        m.dequantize_rows(o, &mut w)?;
+        for r in 0..rows {
+            tile[r * width + o - o0] = dot(x_row(r), &w);
+        }
+    }
+    Ok(tile)
+}
+
+fn add_bias(tile: &mut [f32], bias: Option<&[f32]>, o0: usize, width: usize) {
+    if let Some(bias) = bias {
+        for row in tile.chunks_exact_mut(width) {
+            row.iter_mut()
+                .zip(&bias[o0..o0 + width])
+                .for_each(|(y, b)| *y += b);
         }
     }
 }
@@ -209,7 +268,7 @@ mod tests {
             .collect();
         let b: Vec<f32> = (0..n_out).map(|i| i as f32 / 10.0).collect();
         let mut out = vec![0.0; rows * n_out];
-        matmul(&x, rows, &w, Some(&b), n_out, n_in, &mut out);
+        matmul(&x, rows, Rows::Values(&w), Some(&b), n_out, n_in, &mut out).unwrap();
         for r in 0..rows {
             for o in 0..n_out {
                 let want: f64 = (0..n_in)

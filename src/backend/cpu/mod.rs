@@ -15,8 +15,52 @@ use crate::backend::{AttentionSpec, Backend};
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind, RopePairs};
+use crate::model::tensor::BlockMatrix;
 
 pub struct CpuBackend;
+
+/// A CPU weight: f32 values, or a matrix kept in its file's block formats, which products and
+/// the embedding dequantize a block of rows at a time.
+pub enum CpuWeight {
+    Values(Vec<f32>),
+    Blocks(BlockMatrix),
+}
+
+impl CpuWeight {
+    fn rows(&self) -> matmul::Rows<'_> {
+        match self {
+            CpuWeight::Values(v) => matmul::Rows::Values(v),
+            CpuWeight::Blocks(m) => matmul::Rows::Blocks(m),
+        }
+    }
+
+    /// Values of a weight no source hands out in blocks (norms, biases, position tables).
+    fn values(&self, what: &str) -> Result<&[f32]> {
+        match self {
+            CpuWeight::Values(v) => Ok(v),
+            CpuWeight::Blocks(_) => Err(Error::Backend {
+                backend: "cpu",
+                reason: format!("the {what} is in a block format, which this op does not read"),
+            }),
+        }
+    }
+
+    /// The values, unless the weight is kept in block formats.
+    pub fn as_values(&self) -> Option<&[f32]> {
+        match self {
+            CpuWeight::Values(v) => Some(v),
+            CpuWeight::Blocks(_) => None,
+        }
+    }
+
+    /// Values in all.
+    fn len(&self) -> usize {
+        match self {
+            CpuWeight::Values(v) => v.len(),
+            CpuWeight::Blocks(m) => m.rows() * m.cols,
+        }
+    }
+}
 
 fn check_len(what: &str, buf: &[f32], needed: usize) -> Result<()> {
     if buf.len() < needed {
@@ -60,7 +104,7 @@ fn silu(x: f32) -> f32 {
 }
 
 impl Backend for CpuBackend {
-    type Weight = Vec<f32>;
+    type Weight = CpuWeight;
     type Buf = Vec<f32>;
     type Cache = CpuCache;
 
@@ -68,8 +112,20 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn upload_weight(&self, data: Vec<f32>) -> Result<Vec<f32>> {
-        Ok(data)
+    fn upload_weight(&self, data: Vec<f32>) -> Result<CpuWeight> {
+        Ok(CpuWeight::Values(data))
+    }
+
+    /// Every readable format is kept: rows are dequantized when a product reads them.
+    fn upload_blocks(&self, m: BlockMatrix) -> Result<CpuWeight> {
+        Ok(CpuWeight::Blocks(m))
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> usize {
+        match w {
+            CpuWeight::Values(v) => v.len() * 4,
+            CpuWeight::Blocks(m) => m.bytes(),
+        }
     }
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
@@ -85,7 +141,7 @@ impl Backend for CpuBackend {
         Ok(buf[..len].to_vec())
     }
 
-    fn embed(&self, table: &Vec<f32>, ids: &[u32], dim: usize, out: &mut Vec<f32>) -> Result<()> {
+    fn embed(&self, table: &CpuWeight, ids: &[u32], dim: usize, out: &mut Vec<f32>) -> Result<()> {
         check_len("embedding output", out, ids.len() * dim)?;
         let vocab = table.len() / dim;
         for (row, &id) in out.chunks_exact_mut(dim).zip(ids) {
@@ -95,7 +151,10 @@ impl Backend for CpuBackend {
                     "token id {id} is outside the vocabulary of {vocab}"
                 )));
             }
-            row.copy_from_slice(&table[id * dim..(id + 1) * dim]);
+            match table {
+                CpuWeight::Values(t) => row.copy_from_slice(&t[id * dim..(id + 1) * dim]),
+                CpuWeight::Blocks(m) => m.dequantize_rows(id, row)?,
+            }
         }
         Ok(())
     }
@@ -103,11 +162,12 @@ impl Backend for CpuBackend {
     fn add_positions(
         &self,
         x: &mut Vec<f32>,
-        table: &Vec<f32>,
+        table: &CpuWeight,
         first_row: usize,
         rows: usize,
         dim: usize,
     ) -> Result<()> {
+        let table = table.values("position table")?;
         let start = first_row * dim;
         check_len("position table", table, start + rows * dim)?;
         check_len("activations", x, rows * dim)?;
@@ -140,13 +200,15 @@ impl Backend for CpuBackend {
         &self,
         kind: NormKind,
         x: &Vec<f32>,
-        weight: &Vec<f32>,
-        bias: Option<&Vec<f32>>,
+        weight: &CpuWeight,
+        bias: Option<&CpuWeight>,
         eps: f32,
         rows: usize,
         dim: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let weight = weight.values("norm weight")?;
+        let bias = bias.map(|b| b.values("norm bias")).transpose()?;
         check_len("norm input", x, rows * dim)?;
         check_len("norm output", out, rows * dim)?;
         for (xr, yr) in x
@@ -171,17 +233,26 @@ impl Backend for CpuBackend {
         &self,
         x: &Vec<f32>,
         rows: usize,
-        w: &Vec<f32>,
-        bias: Option<&Vec<f32>>,
+        w: &CpuWeight,
+        bias: Option<&CpuWeight>,
         n_out: usize,
         n_in: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
         check_len("linear input", x, rows * n_in)?;
-        check_len("linear weight", w, n_out * n_in)?;
+        if w.len() < n_out * n_in {
+            return Err(Error::Backend {
+                backend: "cpu",
+                reason: format!(
+                    "linear weight holds {} values, op needs {}",
+                    w.len(),
+                    n_out * n_in
+                ),
+            });
+        }
         check_len("linear output", out, rows * n_out)?;
-        matmul::matmul(x, rows, w, bias.map(|b| b.as_slice()), n_out, n_in, out);
-        Ok(())
+        let bias = bias.map(|b| b.values("bias")).transpose()?;
+        matmul::matmul(x, rows, w.rows(), bias, n_out, n_in, out)
     }
 
     fn activation(

@@ -534,6 +534,10 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn weight_bytes(&self, w: &CudaWeight) -> usize {
+        w.data.len()
+    }
+
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream.clone_htod(data).map_err(cuda_err)
     }

@@ -522,6 +522,10 @@ impl Backend for WgpuBackend {
         })
     }
 
+    fn weight_bytes(&self, w: &WgpuWeight) -> usize {
+        w.buffer.size() as usize
+    }
+
     fn upload(&self, data: &[f32]) -> Result<WgpuBuf> {
         Ok(WgpuBuf {
             buffer: self

@@ -125,7 +125,7 @@ fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice)
     } else {
         w.values
     };
-    let weight_bytes = weight_values * value_bytes;
+    let (_, weight_bytes) = w.bytes(|w| model.backend.weight_bytes(w));
     let kv_bytes_per_token = 2 * c.layers * c.kv_heads * c.head_dim * value_bytes;
     let avg_kv_bytes = cached_sum as f64 / steps * kv_bytes_per_token as f64;
     let gb_per_s = (weight_bytes as f64 + avg_kv_bytes) / (ms_per_token / 1e3) / 1e9;
