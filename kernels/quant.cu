@@ -96,6 +96,9 @@ __device__ __forceinline__ float iq4_value(u32 q) {
 // 1 + q / 2^bits for the `bits`-bit field q at bit `at` of w, exactly: q lands in the top of the
 // mantissa of 1.0. A value a * q + b is then fmaf(a * 2^bits, unit(...), b - a * 2^bits): one
 // shift, one logic op and one FMA a value, where qf() needs an add more.
+// w with bit `from` moved to bit `to` (a shift either way; both known after unrolling).
+__device__ __forceinline__ u32 move_bits(u32 w, int from, int to) { return from <= to ? w << (to - from) : w >> (from - to); }
+
 template <int bits>
 __device__ __forceinline__ float unit(u32 w, int at) {
     const int top = 23 - bits;
@@ -331,14 +334,22 @@ struct Q6_K {
         return w;
     }
     static __device__ void decode(const Raw& w, u32 s, float* v) {
+        // d_r * (q - 32) = 64 d_r * (1 + q/64) - 96 d_r, with q's six bits put in the top of
+        // 1.0's mantissa: the low four at bits 17..20, the high two at 21..22.
         float d = half_bits(w.d);
-        float d0 = d * (float)(int)(signed char)w.sc0, d1 = d * (float)(int)(signed char)w.sc1;
+        float a0 = 64.0f * d * (float)(int)(signed char)w.sc0, b0 = -1.5f * a0;
+        float a1 = 64.0f * d * (float)(int)(signed char)w.sc1, b1 = -1.5f * a1;
         u32 shift = 2 * ((s & 7) >> 2);
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            u32 lo = byte_of(w.ql.at(k / 4 * 4), k % 4), hi = byte_of(w.qh.at(k / 4 * 4), k % 4);
-            v[k] = d0 * qf((lo & 15) | (((hi >> shift) & 3) << 4), 32.0f);
-            v[8 + k] = d1 * qf((lo >> 4) | (((hi >> (shift + 4)) & 3) << 4), 32.0f);
+        for (int h = 0; h < 2; h++) {
+            u32 lo = w.ql.at(4 * h), hi = w.qh.at(4 * h) >> shift;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                u32 f0 = (move_bits(lo, 8 * j, 17) & 0x1E0000u) | (move_bits(hi, 8 * j, 21) & 0x600000u);
+                u32 f1 = (move_bits(lo, 8 * j + 4, 17) & 0x1E0000u) | (move_bits(hi, 8 * j + 4, 21) & 0x600000u);
+                v[4 * h + j] = fmaf(a0, __uint_as_float(f0 | 0x3F800000u), b0);
+                v[8 + 4 * h + j] = fmaf(a1, __uint_as_float(f1 | 0x3F800000u), b1);
+            }
         }
     }
 };
