@@ -118,6 +118,21 @@ __device__ __forceinline__ void nibbles16_affine(const u32 (&q)[4], float* v, fl
     }
 }
 
+// Sixteen 5-bit values: the nibbles as nibbles16_affine's, the fifth bit of value i at bit 22 of
+// fifth(i) (other bits of it ignored); value a * q + b as there, with q in 1.0's top five bits.
+template <class Fifth>
+__device__ __forceinline__ void fives16_affine(const u32 (&q)[4], float* v, float a_lo, float b_lo, float a_hi,
+                                               float b_hi, Fifth fifth) {
+    float al = 32.0f * a_lo, bl = b_lo - al, ah = 32.0f * a_hi, bh = b_hi - ah;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        u32 lo = (move_bits(q[i / 4], 8 * (i % 4), 18) & 0x3C0000u) | (fifth(i) & 0x400000u);
+        u32 hi = (move_bits(q[i / 4], 8 * (i % 4) + 4, 18) & 0x3C0000u) | (fifth(16 + i) & 0x400000u);
+        v[i] = fmaf(al, __uint_as_float(lo | 0x3F800000u), bl);
+        v[16 + i] = fmaf(ah, __uint_as_float(hi | 0x3F800000u), bh);
+    }
+}
+
 // Sixteen 4-bit values from four words: low nibbles to v[0..16), high nibbles to v[16..32), each
 // through f(nibble, index).
 template <class Fn>
@@ -202,7 +217,7 @@ struct Q5_0 {
         u32 qh = w.at(2), q[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) q[k] = w.at(6 + 4 * k);
-        nibbles16(q, v, [&](u32 x, int i) { return d * qf(x | (((qh >> i) & 1) << 4), 16.0f); });
+        fives16_affine(q, v, d, -16.0f * d, d, -16.0f * d, [&](int i) { return move_bits(qh, i, 22); });
     }
 };
 
@@ -226,7 +241,7 @@ struct Q5_1 {
     static __device__ void decode(const Raw& w, u32 s, float* v) {
         float d = half_bits(w.dm), m = half_bits(w.dm >> 16);
         u32 qh = w.qh;
-        nibbles16(w.q, v, [&](u32 q, int i) { return fmaf(d, qf(q | (((qh >> i) & 1) << 4), 0.0f), m); });
+        fives16_affine(w.q, v, d, m, d, m, [&](int i) { return move_bits(qh, i, 22); });
     }
 };
 
@@ -305,11 +320,11 @@ struct Q5_K {
         scale_min_k4(w.h.y, w.h.z, w.h.w, 2 * g + 1, sc1, m1);
         float d0 = d * qf(sc0, 0.0f), n0 = -(dmin * qf(m0, 0.0f));
         float d1 = d * qf(sc1, 0.0f), n1 = -(dmin * qf(m1, 0.0f));
-        const u32 q[4] = {w.q.x, w.q.y, w.q.z, w.q.w}, hb[4] = {w.qh.x, w.qh.y, w.qh.z, w.qh.w};
-        nibbles16(q, v, [&](u32 x, int i) {
-            u32 high = (byte_of(hb[(i & 15) / 4], i & 3) >> (2 * g + (i >= 16))) & 1;
-            return i < 16 ? fmaf(d0, qf(x | (high << 4), 0.0f), n0) : fmaf(d1, qf(x | (high << 4), 0.0f), n1);
-        });
+        // Value i's fifth bit: bit 2g (low run) or 2g + 1 (high run) of its qh byte, i % 16.
+        const u32 q[4] = {w.q.x, w.q.y, w.q.z, w.q.w};
+        const u32 hb[4] = {w.qh.x >> (2 * g), w.qh.y >> (2 * g), w.qh.z >> (2 * g), w.qh.w >> (2 * g)};
+        fives16_affine(q, v, d0, n0, d1, n1,
+                       [&](int i) { return move_bits(hb[(i & 15) / 4], 8 * (i & 3) + (i >= 16), 22); });
     }
 };
 
