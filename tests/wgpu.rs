@@ -9,6 +9,7 @@ mod common;
 use std::time::Instant;
 
 use common::ops::{NEAR_TIE, op_table};
+use common::quant_ops::check_quant_products;
 use common::{fixture, greedy_matches_cpu, load_cpu, long_context_fixture, smollm2_path};
 use keyformer::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use keyformer::engine::sampling::argmax;
@@ -82,6 +83,45 @@ fn op_table_f16_without_subgroups() {
         false,
         2e-3,
         24,
+    );
+}
+
+/// Every quantized format's products and embedding rows against the CPU on the same blocks.
+/// The shaders decode blocks to the same f32 values as the CPU's dequantizers and accumulate in
+/// f32, so one tolerance fits every format: f32 rounding, or in f16 storage that of the bias
+/// and norm weights, which are stored in f16 (2^-11 relative).
+fn run_quant_products(test: &str, dtype: WgpuDtype, subgroups: bool, tolerance: f32, seed: u64) {
+    let Some(b) = wgpu(test, dtype, subgroups) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let rows = check_quant_products(&b, &|_| tolerance, seed);
+    let worst = rows
+        .iter()
+        .max_by(|a, b| a.error.total_cmp(&b.error))
+        .unwrap();
+    println!(
+        "{test}: {} cases, largest error {:.2e} ({}), {:.1} s",
+        rows.len(),
+        worst.error,
+        worst.case,
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn quant_products_f32() {
+    run_quant_products("quant_products_f32", WgpuDtype::F32, true, 1e-5, 41);
+}
+
+#[test]
+fn quant_products_f16_without_subgroups() {
+    run_quant_products(
+        "quant_products_f16_without_subgroups",
+        WgpuDtype::F16,
+        false,
+        1e-3,
+        42,
     );
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod quant_ops;
 pub mod reference;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,239 @@
+//! Weights kept in their file's block formats (Q4_K, Q8_0, ...): the format table, their
+//! upload as segments of whole rows, and the products and embedding rows that read the blocks
+//! directly (shaders/quant*.wgsl).
+
+use std::cell::RefCell;
+
+use super::device::{Kernel, backend_error};
+use super::kernels::{self, GELU};
+use super::{WgpuBackend, WgpuBuf, word};
+use crate::error::Result;
+use crate::model::quant::Format;
+use crate::model::tensor::BlockMatrix;
+
+const QUANT: &str = include_str!("../../../shaders/quant.wgsl");
+const BLOCKS32: &str = include_str!("../../../shaders/quant_blocks32.wgsl");
+const KQUANTS: &str = include_str!("../../../shaders/quant_kquants.wgsl");
+
+/// A format the shaders read: ggml's name, and the WGSL function (in `source`) that decodes
+/// eight values of a block.
+struct ShaderFormat {
+    name: &'static str,
+    function: &'static str,
+    source: &'static str,
+}
+
+const fn shader(name: &'static str, function: &'static str, source: &'static str) -> ShaderFormat {
+    ShaderFormat {
+        name,
+        function,
+        source,
+    }
+}
+
+/// Every block format the wgpu backend keeps; others are dequantized when they are uploaded.
+static SHADER_FORMATS: &[ShaderFormat] = &[
+    shader("Q4_K", "q4_k", KQUANTS),
+    shader("Q6_K", "q6_k", KQUANTS),
+    shader("Q8_0", "q8_0", BLOCKS32),
+    shader("Q5_K", "q5_k", KQUANTS),
+    shader("Q5_0", "q5_0", BLOCKS32),
+    shader("Q5_1", "q5_1", BLOCKS32),
+    shader("Q4_0", "q4_0", BLOCKS32),
+    shader("Q4_1", "q4_1", BLOCKS32),
+    shader("Q2_K", "q2_k", KQUANTS),
+    shader("Q3_K", "q3_k", KQUANTS),
+    shader("IQ4_NL", "iq4_nl", BLOCKS32),
+    shader("IQ4_XS", "iq4_xs", KQUANTS),
+];
+
+fn shader_format(f: &Format) -> Option<&'static ShaderFormat> {
+    SHADER_FORMATS.iter().find(|s| s.name == f.name)
+}
+
+/// One format's pipelines (entry points of shaders/quant.wgsl).
+pub(super) struct QuantKernels {
+    /// Products of up to GEMV_ROWS rows.
+    gemv: Kernel,
+    /// Products of more rows, tile by tile.
+    matmul: Kernel,
+    /// Embedding rows.
+    embed: Kernel,
+}
+
+/// Most input rows `quant_gemv` takes (GEMV_ROWS in shaders/quant.wgsl).
+const GEMV_ROWS: usize = 8;
+
+/// The pipelines of each format in use by GGUF type id, built when the first weight of the
+/// format is uploaded (while a model loads), so a model compiles only the formats it holds.
+#[derive(Default)]
+pub(super) struct QuantTable {
+    built: RefCell<Vec<(u32, QuantKernels)>>,
+}
+
+impl QuantTable {
+    /// Builds the pipelines of `f` unless they are built.
+    fn ensure(&self, be: &WgpuBackend, f: &Format, s: &ShaderFormat) -> Result<()> {
+        if self.built.borrow().iter().any(|(id, _)| *id == f.id) {
+            return Ok(());
+        }
+        let prelude = format!(
+            "const BLOCK_VALUES: u32 = {}u;\nconst BLOCK_BYTES: u32 = {}u;\n\
+             fn eight(base: u32, g: u32) -> Eight {{ return {}(base, g); }}\n",
+            f.block_values, f.block_bytes, s.function
+        );
+        let wt = if be.variant.f16 { "f16" } else { "f32" };
+        let name = format!("quant {}", f.name);
+        let parts = [prelude.as_str(), GELU, QUANT, s.source];
+        let module = kernels::module(&be.gpu, be.variant, &name, wt, &parts, false);
+        let k = QuantKernels {
+            gemv: kernels::kernel(&be.gpu, &module, "quant_gemv"),
+            matmul: kernels::kernel(&be.gpu, &module, "quant_matmul"),
+            embed: kernels::kernel(&be.gpu, &module, "quant_embed"),
+        };
+        be.gpu.check()?;
+        self.built.borrow_mut().push((f.id, k));
+        Ok(())
+    }
+
+    fn with<R>(&self, f: &Format, use_kernels: impl FnOnce(&QuantKernels) -> R) -> Result<R> {
+        let built = self.built.borrow();
+        let (_, k) = built
+            .iter()
+            .find(|(id, _)| *id == f.id)
+            .ok_or_else(|| backend_error(format!("no {} kernels were built", f.name)))?;
+        Ok(use_kernels(k))
+    }
+}
+
+/// Rows `first_row..first_row + rows` of a weight, in one format, in a buffer of their own.
+pub(super) struct Segment {
+    format: &'static Format,
+    first_row: usize,
+    rows: usize,
+    buffer: wgpu::Buffer,
+}
+
+impl Segment {
+    pub fn bytes(&self) -> usize {
+        self.buffer.size() as usize
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Bytes past a segment's last block, so that the shaders' unaligned 4-byte loads
+/// (u32_at in shaders/quant.wgsl) never read past the buffer.
+const PAD: usize = 8;
+
+/// The segments of `m`, or None where some part's format has no shader (the caller then
+/// dequantizes). Parts larger than one binding may hold are split by rows.
+pub(super) fn upload(be: &WgpuBackend, m: &BlockMatrix) -> Result<Option<Vec<Segment>>> {
+    let mut formats = Vec::new();
+    for part in &m.parts {
+        match shader_format(part.format) {
+            Some(s) if m.cols.is_multiple_of(8) => formats.push(s),
+            _ => return Ok(None),
+        }
+    }
+    let max_bytes = (be.gpu.max_binding() as usize).saturating_sub(PAD + 16);
+    let mut segments = Vec::new();
+    let mut first_row = 0;
+    for (part, s) in m.parts.iter().zip(formats) {
+        be.quant.ensure(be, part.format, s)?;
+        let row_bytes = part.row_bytes();
+        // At least one row a segment: a row larger than a binding fails in `buffer_with`.
+        let rows_each = (max_bytes / row_bytes.max(1)).max(1);
+        for start in (0..part.rows).step_by(rows_each) {
+            let rows = rows_each.min(part.rows - start);
+            let mut bytes = part.bytes[start * row_bytes..(start + rows) * row_bytes].to_vec();
+            bytes.resize(bytes.len() + PAD, 0);
+            let what = format!("{} weight", part.format.name);
+            segments.push(Segment {
+                format: part.format,
+                first_row: first_row + start,
+                rows,
+                buffer: be.gpu.buffer_with(&bytes, &what)?,
+            });
+        }
+        first_row += part.rows;
+    }
+    Ok(Some(segments))
+}
+
+/// What a product does with its sums (the flags of shaders/quant.wgsl's QuantParams).
+pub(super) struct Epilogue<'a> {
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub accumulate: bool,
+    /// GELU form: 0 none, 1 erf, 2 tanh.
+    pub gelu: u32,
+}
+
+/// out[rows, n_out] (=, +=) x[rows, n_in] . w^T (+ bias), through a GELU where asked, one
+/// dispatch per segment of `w`.
+pub(super) fn product(
+    be: &WgpuBackend,
+    x: &WgpuBuf,
+    rows: usize,
+    w: &[Segment],
+    (n_out, n_in): (usize, usize),
+    out: &WgpuBuf,
+    then: Epilogue,
+) -> Result<()> {
+    let flags = then.bias.is_some() as u32 | (then.accumulate as u32) << 1 | then.gelu << 2;
+    let bias = then.bias.unwrap_or(&be.unused);
+    for s in w {
+        let params = [
+            word(rows)?,
+            word(s.rows)?,
+            word(n_in)?,
+            flags,
+            word(n_out)?,
+            word(s.first_row)?,
+        ];
+        let buffers = [(1, &x.buffer), (2, &s.buffer), (3, bias), (4, &out.buffer)];
+        let (kernel, groups) = if rows <= GEMV_ROWS {
+            // 8 outputs per workgroup.
+            (
+                be.quant.with(s.format, |k| k.gemv.clone())?,
+                s.rows.div_ceil(8),
+            )
+        } else {
+            // 64 x 64 tiles.
+            let tiles = rows.div_ceil(64) * s.rows.div_ceil(64);
+            (be.quant.with(s.format, |k| k.matmul.clone())?, tiles)
+        };
+        be.gpu.dispatch(&kernel, &params, &buffers, groups)?;
+    }
+    Ok(())
+}
+
+/// out[r] = table[ids[r]] for rows of `dim`, whose ids the caller checked; `ids` already on
+/// the device.
+pub(super) fn embed(
+    be: &WgpuBackend,
+    table: &[Segment],
+    ids: (&wgpu::Buffer, usize),
+    dim: usize,
+    out: &WgpuBuf,
+) -> Result<()> {
+    let (ids, count) = ids;
+    for s in table {
+        let params = [
+            word(count)?,
+            word(s.rows)?,
+            word(dim)?,
+            0,
+            0,
+            word(s.first_row)?,
+        ];
+        let buffers = [(2, &s.buffer), (4, &out.buffer), (5, ids)];
+        let kernel = be.quant.with(s.format, |k| k.embed.clone())?;
+        // One invocation per eight values.
+        let groups = (count * dim / 8).div_ceil(256);
+        be.gpu.dispatch(&kernel, &params, &buffers, groups)?;
+    }
+    Ok(())
+}
