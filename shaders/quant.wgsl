@@ -6,8 +6,9 @@
 //
 // A weight is one or more segments, each its own buffer of whole rows in one format; a
 // dispatch covers one segment, whose outputs are columns out_col.. of rows out_stride wide.
-// `quant_gemv` serves a few rows and reads each weight once; `quant_matmul` tiles many rows,
-// decoding each 64 x 16 slice of weights into workgroup memory; `quant_embed` copies rows of an
+// `quant_gemv` serves a few rows and reads each weight once; `quant_matmul` tiles more rows,
+// decoding each 64 x 16 slice of weights into workgroup memory; `quant_dequantize` writes the
+// values out for a prompt's product on the plain kernels; `quant_embed` copies rows of an
 // embedding table.
 
 struct QuantParams {
@@ -260,4 +261,26 @@ fn signed8(v: vec4<u32>) -> vec4<i32> {
 // a | b << at, field by field.
 fn join(a: Fields, b: Fields, at: u32) -> Fields {
     return Fields(a.lo | (b.lo << vec4(at)), a.hi | (b.hi << vec4(at)));
+}
+
+// The segment's rows as values of the weight type into rows out_col.. of a [rows][n_in]
+// matrix, one invocation per eight values: a prompt's product then runs on the plain kernels
+// (cooperative matrices where the adapter has them).
+@group(0) @binding(6) var<storage, read_write> dequantized: array<wt>;
+
+@compute @workgroup_size(256)
+fn quant_dequantize(lane: Lane) {
+    let groups = p.n_in / 8u;
+    let i = item_index(lane);
+    if i >= p.n_out * groups {
+        return;
+    }
+    let r = i / groups;
+    let g = i % groups;
+    let v = row_eight(r, g);
+    let at = (p.out_col + r) * p.n_in + 8u * g;
+    for (var k = 0u; k < 4u; k++) {
+        dequantized[at + k] = wt(v.lo[k]);
+        dequantized[at + 4u + k] = wt(v.hi[k]);
+    }
 }

@@ -21,8 +21,9 @@ pub const QUANT_FORMATS: [&str; 12] = [
     "IQ4_XS",
 ];
 
-/// Input rows of the products: decode (one to a few sequences) and a prompt's part tile.
-pub const ROWS: [usize; 6] = [1, 2, 3, 4, 5, 37];
+/// Input rows of the products: decode (one to a few sequences), a part tile of rows, and a
+/// prompt past a whole 64-row tile.
+pub const ROWS: [usize; 7] = [1, 2, 3, 4, 5, 37, 70];
 
 pub fn format(name: &str) -> &'static Format {
     FORMATS

@@ -296,6 +296,16 @@ impl WgpuBackend {
                     "a norm is not folded into products of block-format weights",
                 ));
             }
+            let value_bytes = (n_out * n_in * self.kv_value_bytes()) as u64;
+            if rows >= quant::DEQUANTIZE_ROWS && value_bytes <= self.gpu.max_binding() {
+                let values = self.scratch("dequantized weight", value_bytes)?;
+                quant::dequantize(self, segments, n_in, &values)?;
+                let plain = WgpuWeight {
+                    store: Store::Values(values),
+                    len: n_out * n_in,
+                };
+                return self.product(x, rows, None, &plain, bias, (n_out, n_in), out, then);
+            }
             let bias = bias.map(|b| b.values("linear bias")).transpose()?;
             let then_q = quant::Epilogue {
                 bias,

@@ -57,12 +57,19 @@ pub(super) struct QuantKernels {
     gemv: Kernel,
     /// Products of more rows, tile by tile.
     matmul: Kernel,
+    /// A segment's values in the weight type, for a prompt's product on the plain kernels.
+    dequantize: Kernel,
     /// Embedding rows.
     embed: Kernel,
 }
 
 /// Most input rows `quant_gemv` takes (GEMV_ROWS in shaders/quant.wgsl).
 const GEMV_ROWS: usize = 8;
+
+/// Fewest input rows whose product dequantizes the weight into a scratch matrix and runs the
+/// plain kernels (cooperative matrices where the adapter has them): from a whole 64-row tile,
+/// decoding each weight once beats decoding it in every row tile.
+pub(super) const DEQUANTIZE_ROWS: usize = 65;
 
 /// The pipelines of each format in use by GGUF type id, built when the first weight of the
 /// format is uploaded (while a model loads), so a model compiles only the formats it holds.
@@ -89,6 +96,7 @@ impl QuantTable {
         let k = QuantKernels {
             gemv: kernels::kernel(&be.gpu, &module, "quant_gemv"),
             matmul: kernels::kernel(&be.gpu, &module, "quant_matmul"),
+            dequantize: kernels::kernel(&be.gpu, &module, "quant_dequantize"),
             embed: kernels::kernel(&be.gpu, &module, "quant_embed"),
         };
         be.gpu.check()?;
@@ -206,6 +214,24 @@ pub(super) fn product(
             (be.quant.with(s.format, |k| k.matmul.clone())?, tiles)
         };
         be.gpu.dispatch(&kernel, &params, &buffers, groups)?;
+    }
+    Ok(())
+}
+
+/// Every segment of `w` as values of the weight type into `dst`, a [n_out][n_in] matrix.
+pub(super) fn dequantize(
+    be: &WgpuBackend,
+    w: &[Segment],
+    n_in: usize,
+    dst: &wgpu::Buffer,
+) -> Result<()> {
+    for s in w {
+        let params = [0, word(s.rows)?, word(n_in)?, 0, 0, word(s.first_row)?];
+        let kernel = be.quant.with(s.format, |k| k.dequantize.clone())?;
+        // One invocation per eight values.
+        let groups = (s.rows * n_in / 8).div_ceil(256);
+        be.gpu
+            .dispatch(&kernel, &params, &[(2, &s.buffer), (6, dst)], groups)?;
     }
     Ok(())
 }
