@@ -258,6 +258,12 @@ typedef struct kf_cache_params {
      * Seed of keyformer's Gumbel noise. Default 0.
      */
     uint64_t seed;
+    /**
+     * Run the prompt this many tokens at a time, evicting down to the budget after each
+     * chunk, so the cache holds at most budget + chunk tokens per layer while prefilling; 0
+     * runs it in one pass (scored as a whole, as the paper does). Default 0.
+     */
+    size_t prefill_chunk;
 } kf_cache_params;
 
 /**

@@ -200,6 +200,10 @@ pub struct kf_cache_params {
     pub tau_end: f32,
     /// Seed of keyformer's Gumbel noise. Default 0.
     pub seed: u64,
+    /// Run the prompt this many tokens at a time, evicting down to the budget after each
+    /// chunk, so the cache holds at most budget + chunk tokens per layer while prefilling; 0
+    /// runs it in one pass (scored as a whole, as the paper does). Default 0.
+    pub prefill_chunk: usize,
 }
 
 /// How to generate; start from kf_generate_params_default().

@@ -296,3 +296,26 @@ fn window_layers<B: Backend>(b: &B, inputs: &[Vec<f32>]) -> keyformer::Result<Ve
     }
     Ok(outputs)
 }
+
+#[test]
+fn chunked_prefill_matches_cpu_in_f32() {
+    let test = "chunked_prefill_matches_cpu_in_f32";
+    let Some(b) = cuda(test, CudaDtype::F32) else {
+        return;
+    };
+    drop(b);
+    for arch in common::ARCHS {
+        let dir = long_context_fixture(arch, 96, "cuda_chunked_prefill");
+        let cpu = load_cpu(&dir);
+        let gpu = match Model::load(
+            &dir,
+            CudaBackend::new(0, CudaDtype::F32).unwrap(),
+            &mut |_, _| {},
+        ) {
+            Err(e) if common::lacks_feature(&format!("cuda {arch}"), &e) => continue,
+            loaded => loaded.unwrap(),
+        };
+        // A 40-token prompt in chunks of 7 against a budget of 16: evictions between chunks.
+        common::policies_match_cpu(arch, &cpu, &gpu, 8, Some(7));
+    }
+}

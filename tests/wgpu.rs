@@ -371,3 +371,26 @@ fn gemma3_270m_past_its_window_matches_cpu() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn chunked_prefill_matches_cpu() {
+    let test = "chunked_prefill_matches_cpu";
+    if wgpu(test, WgpuDtype::F32, true).is_none() {
+        return;
+    }
+    // Two architectures on lavapipe (a sliding-window one among them); the GPU machine's CUDA
+    // test runs all of them.
+    for arch in ["llama", "gemma3"] {
+        let dir = long_context_fixture(arch, 96, "wgpu_chunked_prefill");
+        let cpu = load_cpu(&dir);
+        let gpu = match Model::load(
+            &dir,
+            wgpu(test, WgpuDtype::F32, true).unwrap(),
+            &mut |_, _| {},
+        ) {
+            Err(e) if common::lacks_feature(&format!("{test} {arch}"), &e) => continue,
+            loaded => loaded.unwrap(),
+        };
+        common::policies_match_cpu(arch, &cpu, &gpu, 6, Some(7));
+    }
+}

@@ -175,6 +175,11 @@ struct CacheArgs {
     /// Score temperature at the last decode step (keyformer), > 0.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     tau_end: f32,
+    /// Run the prompt this many tokens at a time, evicting down to the budget after each
+    /// chunk: the cache then holds at most budget + chunk tokens per layer while prefilling.
+    /// Without it the prompt runs in one pass.
+    #[arg(long, allow_negative_numbers = true)]
+    prefill_chunk: Option<usize>,
 }
 
 impl PolicyChoice {
@@ -200,6 +205,7 @@ impl CacheArgs {
             tau_init: self.tau_init,
             tau_end: self.tau_end,
             seed,
+            prefill_chunk: self.prefill_chunk,
         }
     }
 }

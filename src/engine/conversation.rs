@@ -133,7 +133,7 @@ impl<B: Backend> Conversation<B> {
         session.step = 0;
         session.steps = params.max_new_tokens;
         let t0 = Instant::now();
-        let logits = match model.forward_logits(session, &tokens, false) {
+        let logits = match model.prefill(session, &tokens) {
             Ok(logits) => logits,
             Err(e) => {
                 self.broken = Some(format!("a forward pass failed: {e}"));

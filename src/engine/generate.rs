@@ -128,7 +128,7 @@ impl<B: Backend> Model<B> {
         let plan = self.plan_request(prompt, params)?;
         let mut session = self.new_session_for(plan, prompt.len(), params.max_new_tokens)?;
         let t0 = Instant::now();
-        let logits = self.forward_logits(&mut session, prompt, false)?;
+        let logits = self.prefill(&mut session, prompt)?;
         let mut sampler = Sampler::new(params.sampling.clone());
         // Sampling waits for the device, so the prefill time is the time to the first token.
         let first = self

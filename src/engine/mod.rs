@@ -32,6 +32,9 @@ pub struct Session<B: Backend> {
     pub step: usize,
     /// T, the number of steps tau rises over (max new tokens).
     pub steps: usize,
+    /// The most slots one layer has held at once (per kv head): the budget plus a prompt, or
+    /// plus a chunk of it, while a prefill runs.
+    pub peak_slots: usize,
     /// Activation buffers reused by every decode step.
     workspace: Option<Workspace<B>>,
 }
@@ -160,6 +163,7 @@ impl<B: Backend> Model<B> {
             sinks: 0,
             recent: 0,
             scoring: None,
+            prefill_chunk: None,
         };
         self.session_with(plan, capacity, 0)
     }
@@ -194,6 +198,7 @@ impl<B: Backend> Model<B> {
             evictions: 0,
             step: 0,
             steps,
+            peak_slots: capacity,
             workspace: None,
         })
     }
@@ -242,8 +247,32 @@ impl<B: Backend> Model<B> {
                 .plan
                 .scoring
                 .map_or(1.0, |sc| sc.tau(s.step.saturating_sub(1), s.steps)),
+            prefill_chunk: s.plan.prefill_chunk,
+            peak_slots: s.peak_slots,
             positions,
         })
+    }
+
+    /// Runs a prompt (or a chat turn's new tokens) through the model and returns the last
+    /// row's logits on the device: in one pass, or with the plan's `prefill_chunk` a chunk at a
+    /// time, each chunk attending to what the cache kept plus itself and the cache evicting
+    /// down to its budget after each one, so no layer holds more than budget + chunk tokens.
+    /// Every chunk is scored as part of the prefill step (tau at its prefill value).
+    pub fn prefill(&self, s: &mut Session<B>, tokens: &[u32]) -> Result<B::Buf> {
+        let chunk = match s.plan.prefill_chunk {
+            Some(chunk) if chunk < tokens.len() => chunk,
+            _ => return self.forward_logits(s, tokens, false),
+        };
+        let step = s.step;
+        let mut chunks = tokens.chunks(chunk).peekable();
+        loop {
+            s.step = step;
+            let part = chunks.next().unwrap_or_default();
+            let logits = self.forward_logits(s, part, false)?;
+            if chunks.peek().is_none() {
+                return Ok(logits);
+            }
+        }
     }
 
     /// Runs `tokens` through the model at the session's next positions and returns logits on
@@ -316,6 +345,7 @@ impl<B: Backend> Model<B> {
                 score.as_ref(),
                 attn,
             )?;
+            s.peak_slots = s.peak_slots.max(b.cache_capacity(&s.cache, layer));
             // Evict after each layer's attention, so a long prompt never sits in every layer
             // at once.
             if let Some(keep) = &keep {

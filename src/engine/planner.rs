@@ -77,11 +77,15 @@ impl Footprint {
         let row_values: usize = activation_widths(c).iter().sum();
         let f32_bytes = std::mem::size_of::<f32>();
         let one_layer = CacheShape { layers: 1, ..shape };
+        // A prefill runs the prompt (or a chunk) as activations, and the layer being run holds
+        // its kept tokens plus those rows until it evicts.
+        let rows = plan.prefill_chunk.map_or(prompt_len, |c| c.min(prompt_len));
+        let held = (slots + rows).min(prompt_len);
         Footprint {
             cache: shape.kv_bytes(slots, kv_value_bytes),
             decode: (row_values + 2 * c.vocab_size) * f32_bytes,
-            prefill: (prompt_len * row_values + c.vocab_size) * f32_bytes
-                + one_layer.kv_bytes(prompt_len.saturating_sub(slots), kv_value_bytes),
+            prefill: (rows * row_values + c.vocab_size) * f32_bytes
+                + one_layer.kv_bytes(held.saturating_sub(slots), kv_value_bytes),
         }
     }
 }
@@ -221,6 +225,25 @@ mod tests {
         assert_eq!(full.prefill, (1000 * row + 49152) * 4);
         let capped = Footprint::new(&c, 4, &plan(Policy::Full, 1), 8000, 1000);
         assert_eq!(capped.cache, 8192 * 30 * 2 * 3 * 64 * 4);
+    }
+
+    #[test]
+    fn a_chunked_prefill_needs_the_budget_plus_one_chunk() {
+        let c = config();
+        let row = 576 * 3 + 960 + 576 + 3072 + 1536;
+        let mut chunked = plan(Policy::Keyformer, 100);
+        chunked.prefill_chunk = Some(128);
+        let f = Footprint::new(&c, 2, &chunked, 1000, 64);
+        // 128 rows of activations, and the layer being run holds 101 + 128 slots at most.
+        assert_eq!(f.prefill, (128 * row + 49152) * 4 + 128 * 2 * 3 * 64 * 2);
+        let one_pass = Footprint::new(&c, 2, &plan(Policy::Keyformer, 100), 1000, 64);
+        assert!(f.peak() * 3 < one_pass.peak());
+        // A chunk longer than the prompt is the one-pass prefill.
+        chunked.prefill_chunk = Some(4096);
+        assert_eq!(
+            Footprint::new(&c, 2, &chunked, 1000, 64).prefill,
+            one_pass.prefill
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub fn cache_params_default() -> kf_cache_params {
         tau_init: d.tau_init,
         tau_end: d.tau_end,
         seed: d.seed,
+        prefill_chunk: d.prefill_chunk.unwrap_or(0),
     }
 }
 
@@ -166,6 +167,7 @@ pub fn cache_config(c: &kf_cache_params) -> Outcome<CacheConfig> {
         tau_init: c.tau_init,
         tau_end: c.tau_end,
         seed: c.seed,
+        prefill_chunk: (c.prefill_chunk > 0).then_some(c.prefill_chunk),
     };
     config.validate()?;
     Ok(config)

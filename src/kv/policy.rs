@@ -78,6 +78,10 @@ pub struct CacheConfig {
     pub tau_init: f32,
     pub tau_end: f32,
     pub seed: u64,
+    /// Prompt tokens run at a time, evicting down to the budget after each chunk, so a layer
+    /// holds at most budget + chunk tokens during the prefill; None runs the prompt in one
+    /// pass and scores it as a whole, as the paper does.
+    pub prefill_chunk: Option<usize>,
 }
 
 impl Default for CacheConfig {
@@ -90,6 +94,7 @@ impl Default for CacheConfig {
             tau_init: 1.0,
             tau_end: 2.0,
             seed: 0,
+            prefill_chunk: None,
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct CachePlan {
     pub recent: usize,
     /// None for policies that evict by position alone.
     pub scoring: Option<Scoring>,
+    /// CacheConfig::prefill_chunk.
+    pub prefill_chunk: Option<usize>,
 }
 
 impl CachePlan {
@@ -154,6 +161,9 @@ impl CacheConfig {
                 "recent ratio {} must be in [0, 1)",
                 self.recent_ratio
             ));
+        }
+        if self.prefill_chunk == Some(0) {
+            return bad("prefill chunk 0 must be at least 1 token".to_string());
         }
         if !(self.tau_init > 0.0
             && self.tau_end > 0.0
@@ -203,6 +213,7 @@ impl CacheConfig {
                 sinks: 0,
                 recent: 0,
                 scoring: None,
+                prefill_chunk: self.prefill_chunk,
             });
         }
         let min = self.min_budget();
@@ -239,6 +250,7 @@ impl CacheConfig {
             sinks,
             recent,
             scoring,
+            prefill_chunk: self.prefill_chunk,
         })
     }
 }

@@ -37,6 +37,12 @@ pub struct CacheStats {
     pub compression_ratio: f64,
     /// The score temperature of the latest step (1 when the policy does not score).
     pub tau: f32,
+    /// The prompt's chunk length when it was prefilled in chunks (None: in one pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk: Option<usize>,
+    /// The most slots per kv head one layer held at once: the high-water mark of the cache
+    /// during a prefill, the budget plus the prompt in one pass or plus a chunk.
+    pub peak_slots: usize,
     /// Kept original positions as [layer][kv head][slot], when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub positions: Option<Vec<Vec<Vec<u32>>>>,
@@ -70,7 +76,15 @@ impl std::fmt::Display for CacheStats {
             self.compression_ratio,
             self.evictions,
             self.tau
-        )
+        )?;
+        let steady = self.layers.iter().map(|l| l.capacity).max().unwrap_or(0);
+        if self.prefill_chunk.is_some() || self.peak_slots > steady {
+            write!(f, ", prefill peak {} slots in a layer", self.peak_slots)?;
+            if let Some(chunk) = self.prefill_chunk {
+                write!(f, " (chunks of {chunk})")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -14,8 +14,25 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Turns one block's bytes (`block_bytes` long) into its values (`block_values` long).
-pub type BlockFn = fn(block: &[u8], out: &mut [f32]);
+/// Turns whole blocks' bytes into their values (`block_values` per `block_bytes`).
+pub type BlockFn = fn(blocks: &[u8], out: &mut [f32]);
+
+/// The `BlockFn` that runs the one-block function `$f` over blocks of `$bytes` bytes and
+/// `$values` values: with the sizes constant the compiler drops the bounds checks and
+/// vectorises the block function inlined into the loop (products dequantize a row per call).
+macro_rules! blocks {
+    ($f:path, $bytes:literal, $values:literal) => {{
+        fn run(blocks: &[u8], out: &mut [f32]) {
+            let chunks = blocks
+                .chunks_exact($bytes)
+                .zip(out.chunks_exact_mut($values));
+            for (b, o) in chunks {
+                $f(b, o);
+            }
+        }
+        run as BlockFn
+    }};
+}
 
 /// One ggml element type.
 #[derive(Debug)]
@@ -50,21 +67,33 @@ const fn entry(
 
 /// Every ggml type GGUF files may name, readable ones first.
 pub static FORMATS: &[Format] = &[
-    entry(0, "F32", 1, 4, Some(floats::f32_block)),
-    entry(1, "F16", 1, 2, Some(floats::f16_block)),
-    entry(30, "BF16", 1, 2, Some(floats::bf16_block)),
-    entry(2, "Q4_0", 32, 18, Some(blocks32::q4_0)),
-    entry(3, "Q4_1", 32, 20, Some(blocks32::q4_1)),
-    entry(6, "Q5_0", 32, 22, Some(blocks32::q5_0)),
-    entry(7, "Q5_1", 32, 24, Some(blocks32::q5_1)),
-    entry(8, "Q8_0", 32, 34, Some(blocks32::q8_0)),
-    entry(20, "IQ4_NL", 32, 18, Some(blocks32::iq4_nl)),
-    entry(10, "Q2_K", 256, 84, Some(kquants::q2_k)),
-    entry(11, "Q3_K", 256, 110, Some(kquants::q3_k)),
-    entry(12, "Q4_K", 256, 144, Some(kquants::q4_k)),
-    entry(13, "Q5_K", 256, 176, Some(kquants::q5_k)),
-    entry(14, "Q6_K", 256, 210, Some(kquants::q6_k)),
-    entry(23, "IQ4_XS", 256, 136, Some(kquants::iq4_xs)),
+    entry(0, "F32", 1, 4, Some(blocks!(floats::f32_block, 4, 1))),
+    entry(1, "F16", 1, 2, Some(blocks!(floats::f16_block, 2, 1))),
+    entry(30, "BF16", 1, 2, Some(blocks!(floats::bf16_block, 2, 1))),
+    entry(2, "Q4_0", 32, 18, Some(blocks!(blocks32::q4_0, 18, 32))),
+    entry(3, "Q4_1", 32, 20, Some(blocks!(blocks32::q4_1, 20, 32))),
+    entry(6, "Q5_0", 32, 22, Some(blocks!(blocks32::q5_0, 22, 32))),
+    entry(7, "Q5_1", 32, 24, Some(blocks!(blocks32::q5_1, 24, 32))),
+    entry(8, "Q8_0", 32, 34, Some(blocks!(blocks32::q8_0, 34, 32))),
+    entry(
+        20,
+        "IQ4_NL",
+        32,
+        18,
+        Some(blocks!(blocks32::iq4_nl, 18, 32)),
+    ),
+    entry(10, "Q2_K", 256, 84, Some(blocks!(kquants::q2_k, 84, 256))),
+    entry(11, "Q3_K", 256, 110, Some(blocks!(kquants::q3_k, 110, 256))),
+    entry(12, "Q4_K", 256, 144, Some(blocks!(kquants::q4_k, 144, 256))),
+    entry(13, "Q5_K", 256, 176, Some(blocks!(kquants::q5_k, 176, 256))),
+    entry(14, "Q6_K", 256, 210, Some(blocks!(kquants::q6_k, 210, 256))),
+    entry(
+        23,
+        "IQ4_XS",
+        256,
+        136,
+        Some(blocks!(kquants::iq4_xs, 136, 256)),
+    ),
     // Known, sized, not read.
     entry(9, "Q8_1", 32, 40, None),
     entry(15, "Q8_K", 256, 292, None),
@@ -125,10 +154,7 @@ impl Format {
         let block = self.dequantize_block.ok_or_else(|| {
             Error::InvalidInput(format!("type {} cannot be dequantized", self.name))
         })?;
-        let blocks = bytes.chunks_exact(self.block_bytes);
-        for (b, o) in blocks.zip(out.chunks_exact_mut(self.block_values)) {
-            block(b, o);
-        }
+        block(bytes, out);
         Ok(())
     }
 
@@ -164,22 +190,50 @@ impl Format {
         bytes
             .par_chunks(self.block_bytes * BLOCKS_PER_TASK)
             .zip(out.par_chunks_mut(self.block_values * BLOCKS_PER_TASK))
-            .for_each(|(src, dst)| {
-                let blocks = src.chunks_exact(self.block_bytes);
-                for (b, o) in blocks.zip(dst.chunks_exact_mut(self.block_values)) {
-                    block(b, o);
-                }
-            });
+            .for_each(|(src, dst)| block(src, dst));
         Ok(out)
     }
 }
 
 /// The f16 stored little-endian at `b[i..i + 2]`, as f32.
+#[inline]
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
+}
+
+/// An f16 as f32, exactly, without branches: the exponent and mantissa bits moved into an f32
+/// and scaled by 2^112 (the difference of the exponent biases), which is exact for normal and
+/// subnormal values alike; infinities and NaNs get the f32's all-ones exponent. Block scales
+/// are read for every block of every product, where a library call per scale showed up.
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let rest = u32::from(h & 0x7fff);
+    let finite = f32::from_bits(rest << 13) * f32::from_bits(0x7780_0000);
+    // A NaN comes back quiet, as the half crate makes it.
+    let quiet = if rest > 0x7c00 {
+        0x7fc0_0000
+    } else {
+        0x7f80_0000
+    };
+    let special = f32::from_bits(quiet | (rest & 0x3ff) << 13);
+    let magnitude = if rest >= 0x7c00 { special } else { finite };
+    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 /// The non-linear 4-bit codebook of IQ4_NL and IQ4_XS (ggml's `kvalues_iq4nl`).
 const IQ4_VALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn f16_to_f32_matches_the_half_crate_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = super::f16_to_f32(h);
+            assert_eq!(got.to_bits(), want.to_bits(), "f16 bits {h:#06x}");
+        }
+    }
+}

@@ -218,6 +218,18 @@ pub fn every_policy_matches_cpu<B: keyformer::Backend>(
     gpu: &Model<B>,
     steps: usize,
 ) -> Vec<(keyformer::CacheStats, keyformer::CacheStats)> {
+    policies_match_cpu(arch, cpu, gpu, steps, None)
+}
+
+/// `every_policy_matches_cpu` with the prompt prefilled `chunk` tokens at a time (evicting
+/// between chunks), or in one pass.
+pub fn policies_match_cpu<B: keyformer::Backend>(
+    arch: &str,
+    cpu: &Model<CpuBackend>,
+    gpu: &Model<B>,
+    steps: usize,
+    chunk: Option<usize>,
+) -> Vec<(keyformer::CacheStats, keyformer::CacheStats)> {
     use keyformer::engine::sampling::argmax;
     use keyformer::{Budget, CacheConfig, Policy};
     let prompt: Vec<u32> = (0..40)
@@ -229,13 +241,17 @@ pub fn every_policy_matches_cpu<B: keyformer::Backend>(
             policy,
             budget: Budget::Tokens(16),
             seed: 3,
+            prefill_chunk: chunk,
             ..Default::default()
         };
         let plan = config.plan(40).unwrap();
         let mut sc = cpu.new_session_for(plan, 40, steps).unwrap();
         let mut sg = gpu.new_session_for(plan, 40, steps).unwrap();
-        let mut lc = cpu.forward(&mut sc, &prompt, false).unwrap();
-        let mut lg = gpu.forward(&mut sg, &prompt, false).unwrap();
+        let vocab = cpu.config.vocab_size;
+        let lc = cpu.prefill(&mut sc, &prompt).unwrap();
+        let mut lc = cpu.backend.download(&lc, vocab).unwrap();
+        let lg = gpu.prefill(&mut sg, &prompt).unwrap();
+        let mut lg = gpu.backend.download(&lg, vocab).unwrap();
         let mut worst = 0f32;
         for _ in 0..steps {
             worst = worst.max(max_rel_error(&lg, &lc));
@@ -248,8 +264,9 @@ pub fn every_policy_matches_cpu<B: keyformer::Backend>(
             gpu.cache_stats(&sg, true).unwrap(),
         );
         let name = policy.name();
+        let chunked = chunk.map_or(String::new(), |c| format!(" (prefill chunks of {c})"));
         println!(
-            "{arch} {name:>9}: max relative logit error {worst:.2e}, kept sets equal: {}",
+            "{arch} {name:>9}{chunked}: max relative logit error {worst:.2e}, kept sets equal: {}",
             kc.positions == kg.positions
         );
         assert!(worst <= 1e-4, "{arch} {name}: {worst}");

@@ -58,6 +58,7 @@ class CacheParams(Structure):
         ("tau_init", c_float),
         ("tau_end", c_float),
         ("seed", c_uint64),
+        ("prefill_chunk", c_size_t),
     ]
 
 

@@ -84,10 +84,11 @@ def _cache_params(
     tau_init=1.0,
     tau_end=2.0,
     noise_seed=0,
+    prefill_chunk=0,
 ):
     if policy not in n.POLICIES:
         raise ValueError(f"unknown policy {policy!r} (one of {', '.join(n.POLICIES)})")
-    _unsigned(kv_budget=kv_budget, noise_seed=noise_seed)
+    _unsigned(kv_budget=kv_budget, noise_seed=noise_seed, prefill_chunk=prefill_chunk)
     c = lib.kf_cache_params_default()
     c.policy = n.POLICIES.index(policy)
     c.kv_ratio = kv_ratio
@@ -97,6 +98,7 @@ def _cache_params(
     c.tau_init = tau_init
     c.tau_end = tau_end
     c.seed = noise_seed
+    c.prefill_chunk = prefill_chunk
     return c
 
 
@@ -285,7 +287,7 @@ class Model(_Handle):
     Generation keywords (generate, stream, Session.send): max_new_tokens, temperature,
     top_k, top_p, seed, stop (strings), stop_at_eos, and the cache keywords policy ("full",
     "window", "streaming", "h2o", "keyformer"), kv_ratio, kv_budget, recent_ratio, sinks,
-    tau_init, tau_end, noise_seed.
+    tau_init, tau_end, noise_seed, prefill_chunk (0: the prompt in one pass).
 
     close() frees it; its sessions keep it alive until they are closed."""
 

@@ -23,6 +23,19 @@ def test_defaults_cross_the_boundary_intact():
     assert (c.policy, c.kv_ratio, c.kv_budget, c.sinks, c.tau_init, c.tau_end) == (
         0, 0.5, 0, -1, 1.0, 2.0)
     assert abs(c.recent_ratio - 0.3) < 1e-6
+    assert c.prefill_chunk == 0
+
+
+def test_chunked_prefill_is_a_cache_keyword(model):
+    one_pass = model.generate(PROMPT, max_new_tokens=4, policy="h2o", kv_budget=4)
+    chunked = model.generate(PROMPT, max_new_tokens=4, policy="h2o", kv_budget=4,
+                             prefill_chunk=2)
+    whole = model.generate(PROMPT, max_new_tokens=4, policy="h2o", kv_budget=4,
+                           prefill_chunk=64)
+    assert whole.text == one_pass.text
+    assert chunked.generated_tokens == 4
+    with pytest.raises(ValueError):
+        model.generate(PROMPT, max_new_tokens=4, prefill_chunk=-1)
 
 
 def test_generate_is_greedy_and_reports_the_cache(model):

@@ -36,6 +36,13 @@ pub fn matmul(
         .map(|b| -> Result<(usize, Vec<f32>)> {
             let (o0, o1) = (b * BLOCK, ((b + 1) * BLOCK).min(n_out));
             let width = o1 - o0;
+            if let Rows::Blocks(m) = w
+                && rows <= FEW_ROWS
+            {
+                let mut tile = few_rows(m, (o0, o1), |r| x_row(r), rows)?;
+                add_bias(&mut tile, bias, o0, width);
+                return Ok((o0, tile));
+            }
             let dequantized;
             let wb: &[f32] = match w {
                 Rows::Values(v) => &v[o0 * n_in..o1 * n_in],
@@ -75,11 +82,7 @@ pub fn matmul(
                 }
                 r += rs;
             }
-            if let Some(bias) = bias {
-                for row in tile.chunks_exact_mut(width) {
-                    row.iter_mut().zip(&bias[o0..o1]).for_each(|(y, b)| *y += b);
-                }
-            }
+            add_bias(&mut tile, bias, o0, width);
             Ok((o0, tile))
         })
         .collect::<Result<_>>()?;
@@ -91,6 +94,40 @@ pub fn matmul(
         }
     }
     Ok(())
+}
+
+/// Products of up to this many rows with a weight in block formats dequantize one weight row
+/// at a time into a buffer that stays in L1, and take its dot product with each input row;
+/// more rows dequantize a whole block of weight rows once for the tiled kernel.
+const FEW_ROWS: usize = 4;
+
+/// [rows][o1 - o0] results of `rows` input rows against weight rows o0..o1 of `m`.
+fn few_rows<'x>(
+    m: &BlockMatrix,
+    (o0, o1): (usize, usize),
+    x_row: impl Fn(usize) -> &'x [f32],
+    rows: usize,
+) -> Result<Vec<f32>> {
+    let width = o1 - o0;
+    let mut tile = vec![0f32; rows * width];
+    let mut w = vec![0f32; m.cols];
+    for o in o0..o1 {
+        m.dequantize_rows(o, &mut w)?;
+        for r in 0..rows {
+            tile[r * width + o - o0] = dot(x_row(r), &w);
+        }
+    }
+    Ok(tile)
+}
+
+fn add_bias(tile: &mut [f32], bias: Option<&[f32]>, o0: usize, width: usize) {
+    if let Some(bias) = bias {
+        for row in tile.chunks_exact_mut(width) {
+            row.iter_mut()
+                .zip(&bias[o0..o0 + width])
+                .for_each(|(y, b)| *y += b);
+        }
+    }
 }
 
 /// One dot product, vectorised where the processor allows.

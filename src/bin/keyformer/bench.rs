@@ -92,7 +92,7 @@ fn measure<B: Backend>(model: &Model<B>, args: &BenchArgs, policy: PolicyChoice)
         let mut s = model.new_session_for(plan, prompt.len(), steps)?;
         let mut sampler = keyformer::engine::sampling::Sampler::new(Default::default());
         let t0 = Instant::now();
-        let logits = model.forward_logits(&mut s, prompt, false)?;
+        let logits = model.prefill(&mut s, prompt)?;
         let mut token = model.backend.sample(&logits, c.vocab_size, &mut sampler)?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let mut cached_sum = 0;
