@@ -19,6 +19,7 @@ struct QuantParams {
     // Values per weight row.
     n_in: u32,
     // Bit 0: add the bias. Bit 1: add the result into out. Bits 2-3: GELU form (gelu.wgsl).
+    // Bit 4: quant_gemv_gated's gate is GELU-tanh (GeGLU) rather than SiLU.
     flags: u32,
     // Values per row of out (the whole weight's outputs).
     out_stride: u32,
@@ -164,6 +165,48 @@ fn quant_gemv(lane: Lane) {
             let total = team_sum(acc[r], lane);
             if team_lane(lane) == 0u && o < p.n_out {
                 store(r, o, total);
+            }
+        }
+    }
+}
+
+// quant_gemv over a fused [gate | up] weight of one segment: each team computes gate o and up
+// o + n_out / 2, stores both as quant_gemv would, and writes act[row][o] = SwiGLU(gate, up),
+// or GeGLU with GATE_GELU, as activation.wgsl computes it: one dispatch for the MLP's first
+// product and its activation.
+const GATE_GELU: u32 = 16u;
+@group(0) @binding(7) var<storage, read_write> act: array<f32>;
+
+@compute @workgroup_size(256)
+fn quant_gemv_gated(lane: Lane) {
+    let width = p.n_out / 2u;
+    let groups = p.n_in / 8u;
+    for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
+        let o = group_index(lane) * GEMV_OUTPUTS + j;
+        var gate: array<f32, GEMV_ROWS>;
+        var up: array<f32, GEMV_ROWS>;
+        if o < width {
+            for (var g = team_lane(lane); g < groups; g += team_size(lane)) {
+                let vg = row_eight(o, g);
+                let vu = row_eight(o + width, g);
+                for (var r = 0u; r < p.rows; r++) {
+                    let at = (r * p.n_in + 8u * g) / 4u;
+                    let lo = x4[at];
+                    let hi = x4[at + 1u];
+                    gate[r] += dot(vg.lo, lo) + dot(vg.hi, hi);
+                    up[r] += dot(vu.lo, lo) + dot(vu.hi, hi);
+                }
+            }
+        }
+        for (var r = 0u; r < p.rows; r++) {
+            let gate_sum = team_sum(gate[r], lane);
+            let up_sum = team_sum(up[r], lane);
+            if team_lane(lane) == 0u && o < width {
+                store(r, o, gate_sum);
+                store(r, o + width, up_sum);
+                let at = r * p.out_stride + p.out_col + o;
+                let gelu_gate = (p.flags & GATE_GELU) != 0u;
+                act[r * width + o] = gate_act(out[at], gelu_gate) * out[at + width];
             }
         }
     }

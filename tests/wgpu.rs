@@ -125,6 +125,34 @@ fn quant_products_f16_without_subgroups() {
     );
 }
 
+/// A product or embedding whose shape is not the block-format weight's is an error naming
+/// both, not a wrong result.
+#[test]
+fn quant_shape_mismatch_is_an_error() {
+    let test = "quant_shape_mismatch_is_an_error";
+    let Some(b) = wgpu(test, WgpuDtype::F32, true) else {
+        return;
+    };
+    let weight = || {
+        let m = common::quant_ops::random_matrix(7, &[(common::quant_ops::format("Q4_K"), 8)], 512);
+        b.upload_blocks(m).unwrap()
+    };
+    let x = b.upload(&vec![0.5; 2 * 512]).unwrap();
+    let mut out = b.zeros(512).unwrap();
+    for (n_out, n_in) in [(16, 256), (4, 512), (8, 256)] {
+        let e = b
+            .linear(&x, 1, &weight(), None, n_out, n_in, &mut out)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("block-format weight of 8 rows x 512"),
+            "{e}"
+        );
+    }
+    let e = b.embed(&weight(), &[1], 256, &mut out).unwrap_err();
+    assert!(e.to_string().contains("read as rows of 256"), "{e}");
+}
+
 #[test]
 fn every_architecture_and_policy_matches_cpu() {
     let test = "every_architecture_and_policy_matches_cpu";
@@ -167,14 +195,29 @@ fn smollm2_greedy_matches_cpu() {
     let t0 = Instant::now();
     let gpu = Model::load(&path, b, &mut |_, _| {}).unwrap();
     let got = greedy_matches_cpu(&path, &gpu, 32);
+    let (held, kept) = assert_kept_in_blocks(&path, &gpu);
     println!(
-        "{}: {} tokens {:?}, {:.1} tokens/s, {:.1} s in all",
+        "{}: {} tokens {:?}, {:.1} tokens/s, {:.1} s in all; weights {held:.1} MB ({kept:.1} MB on the CPU)",
         gpu.backend.name(),
         got.tokens.len(),
         got.text,
         got.decode_tokens_per_s(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// That `gpu`'s weights take at most 1% more device memory than the CPU backend's, which keeps
+/// every block format of the file at `path`: the blocks stayed blocks. Returns the MB of each.
+fn assert_kept_in_blocks(path: &std::path::Path, gpu: &Model<WgpuBackend>) -> (f64, f64) {
+    let cpu = load_cpu(path);
+    let kept = cpu.weights.bytes(|w| cpu.backend.weight_bytes(w)).0;
+    let held = gpu.weights.bytes(|w| gpu.backend.weight_bytes(w)).0;
+    assert!(
+        held as f64 <= kept as f64 * 1.01,
+        "{}: {held} bytes of weights on wgpu, {kept} on the CPU",
+        path.display()
+    );
+    (held as f64 / 1e6, kept as f64 / 1e6)
 }
 
 /// Where two kept sets differ, the tokens in only one of them must have near-equal scores
@@ -304,8 +347,9 @@ fn gemma3_270m_greedy_matches_cpu() {
     let t0 = Instant::now();
     let gpu = Model::load(&path, b, &mut |_, _| {}).unwrap();
     let got = greedy_matches_cpu(&path, &gpu, 8);
+    let (held, kept) = assert_kept_in_blocks(&path, &gpu);
     println!(
-        "{}: {} tokens {:?}, {:.1} tokens/s, {:.1} s in all",
+        "{}: {} tokens {:?}, {:.1} tokens/s, {:.1} s in all; weights {held:.1} MB ({kept:.1} MB on the CPU)",
         gpu.backend.name(),
         got.tokens.len(),
         got.text,

@@ -194,6 +194,7 @@ pub fn check_quant_products<B: Backend>(
         Then::Activation(Activation::GeluTanh),
         Then::Activation(Activation::SwiGlu),
         Then::Norm,
+        Then::Activation(Activation::GeGluTanh),
     ];
     let mut case_seed = seed.wrapping_mul(1000);
     // Every format: a part tile of outputs narrower than a workgroup's 8 and 64, and one past
@@ -205,7 +206,7 @@ pub fn check_quant_products<B: Backend>(
         for (shape, (n_out, n_in)) in [(14, k.max(64)), (70, 5 * k)].into_iter().enumerate() {
             for (i, rows) in ROWS.into_iter().enumerate() {
                 // Each shape's 37 rows take a different epilogue.
-                let then = thens[(i + 2 * shape) % thens.len()];
+                let then = thens[(i + 3 * shape) % thens.len()];
                 let x = rng.values(rows * n_in, 1.0);
                 let bias = rng.values(n_out, 1.0);
                 let residual = rng.values(rows * n_out.max(n_in), 1.0);

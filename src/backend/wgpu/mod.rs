@@ -291,6 +291,15 @@ impl WgpuBackend {
             Product::Plain | Product::Gated(..) => (false, 0),
         };
         if let Some(segments) = w.segments() {
+            // The segments write every row of the weight into out: the shape must be exact.
+            let w_rows: usize = segments.iter().map(quant::Segment::rows).sum();
+            if w_rows != n_out || w_rows * n_in != w.len {
+                return Err(backend_error(format!(
+                    "a product of {n_out} outputs x {n_in} inputs over a block-format weight of \
+                     {w_rows} rows x {} values",
+                    w.len / w_rows.max(1)
+                )));
+            }
             if norm.is_some() {
                 return Err(backend_error(
                     "a norm is not folded into products of block-format weights",
@@ -307,6 +316,23 @@ impl WgpuBackend {
                 return self.product(x, rows, None, &plain, bias, (n_out, n_in), out, then);
             }
             let bias = bias.map(|b| b.values("linear bias")).transpose()?;
+            if let Product::Gated(act, act_out) = &then {
+                check_len("gated output", act_out.len, rows * n_out / 2)?;
+                let gelu_gate = *act == Activation::GeGluTanh;
+                let dims = (n_out, n_in);
+                if quant::gated(
+                    self,
+                    x,
+                    rows,
+                    segments,
+                    dims,
+                    (out, bias),
+                    act_out,
+                    gelu_gate,
+                )? {
+                    return Ok(());
+                }
+            }
             let then_q = quant::Epilogue {
                 bias,
                 accumulate,
@@ -537,9 +563,11 @@ impl WgpuBackend {
         let gelu = match act {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
-            // One row: the gemv writes the SwiGLU or GeGLU too.
-            Activation::SwiGlu | Activation::GeGluTanh if rows == 1 => {
-                check_len("gated output", out.len, n_out / 2)?;
+            // One row, or a few over block formats: the gemv writes the activation too.
+            Activation::SwiGlu | Activation::GeGluTanh
+                if rows == 1 || (w.segments().is_some() && rows <= quant::GEMV_ROWS) =>
+            {
+                check_len("gated output", out.len, rows * n_out / 2)?;
                 let then = Product::Gated(act, out);
                 return self.product(x, rows, norm, w, bias, dims, mid, then);
             }
@@ -569,7 +597,7 @@ enum Product<'a> {
     /// Through a GELU: form 1 erf, 2 tanh.
     Gelu(u32),
     /// Keeps the fused [gate | up] row and writes its SwiGLU or GeGLU (the activation says
-    /// which) into the buffer (one row only).
+    /// which) into the buffer (one row, or up to quant::GEMV_ROWS over block formats).
     Gated(Activation, &'a mut WgpuBuf),
 }
 

@@ -55,6 +55,8 @@ fn shader_format(f: &Format) -> Option<&'static ShaderFormat> {
 pub(super) struct QuantKernels {
     /// Products of up to GEMV_ROWS rows.
     gemv: Kernel,
+    /// The same over a fused [gate | up] weight, writing the gated unit's activation too.
+    gemv_gated: Kernel,
     /// Products of more rows, tile by tile.
     matmul: Kernel,
     /// A segment's values in the weight type, for a prompt's product on the plain kernels.
@@ -64,7 +66,7 @@ pub(super) struct QuantKernels {
 }
 
 /// Most input rows `quant_gemv` takes (GEMV_ROWS in shaders/quant.wgsl).
-const GEMV_ROWS: usize = 8;
+pub(super) const GEMV_ROWS: usize = 8;
 
 /// Fewest input rows whose product dequantizes the weight into a scratch matrix and runs the
 /// plain kernels (cooperative matrices where the adapter has them): from a whole 64-row tile,
@@ -95,6 +97,7 @@ impl QuantTable {
         let module = kernels::module(&be.gpu, be.variant, &name, wt, &parts, false);
         let k = QuantKernels {
             gemv: kernels::kernel(&be.gpu, &module, "quant_gemv"),
+            gemv_gated: kernels::kernel(&be.gpu, &module, "quant_gemv_gated"),
             matmul: kernels::kernel(&be.gpu, &module, "quant_matmul"),
             dequantize: kernels::kernel(&be.gpu, &module, "quant_dequantize"),
             embed: kernels::kernel(&be.gpu, &module, "quant_embed"),
@@ -216,6 +219,50 @@ pub(super) fn product(
         be.gpu.dispatch(&kernel, &params, &buffers, groups)?;
     }
     Ok(())
+}
+
+/// `product` of a fused [gate | up] weight that also writes act[rows, n_out / 2] = the gated
+/// unit of each (gate, up) pair (SiLU or, with `gelu_gate`, GELU-tanh gates), in one dispatch.
+/// Returns false, having done nothing, where the kernel does not take the product: more than
+/// GEMV_ROWS rows, or gate and up rows in different segments.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gated(
+    be: &WgpuBackend,
+    x: &WgpuBuf,
+    rows: usize,
+    w: &[Segment],
+    (n_out, n_in): (usize, usize),
+    (out, bias): (&WgpuBuf, Option<&wgpu::Buffer>),
+    act: &WgpuBuf,
+    gelu_gate: bool,
+) -> Result<bool> {
+    let [s] = w else {
+        return Ok(false);
+    };
+    if rows > GEMV_ROWS || !n_out.is_multiple_of(2) {
+        return Ok(false);
+    }
+    let flags = bias.is_some() as u32 | (gelu_gate as u32) << 4;
+    let params = [
+        word(rows)?,
+        word(n_out)?,
+        word(n_in)?,
+        flags,
+        word(n_out)?,
+        0,
+    ];
+    let buffers = [
+        (1, &x.buffer),
+        (2, &s.buffer),
+        (3, bias.unwrap_or(&be.unused)),
+        (4, &out.buffer),
+        (7, &act.buffer),
+    ];
+    let kernel = be.quant.with(s.format, |k| k.gemv_gated.clone())?;
+    // 8 (gate, up) pairs per workgroup.
+    let groups = (n_out / 2).div_ceil(8);
+    be.gpu.dispatch(&kernel, &params, &buffers, groups)?;
+    Ok(true)
 }
 
 /// Every segment of `w` as values of the weight type into `dst`, a [n_out][n_in] matrix.
