@@ -6,7 +6,8 @@
 //
 // A weight is one or more segments, each its own buffer of whole rows in one format; a
 // dispatch covers one segment, whose outputs are columns out_col.. of rows out_stride wide.
-// `quant_gemv` serves a few rows and reads each weight once; `quant_matmul` tiles more rows,
+// `quant_gemv` serves a few rows and reads each weight once (folding the norm of one row in,
+// as matmul.wgsl's gemvs do); `quant_matmul` tiles more rows,
 // decoding each 64 x 16 slice of weights into workgroup memory; `quant_dequantize` writes the
 // values out for a prompt's product on the plain kernels; `quant_embed` copies rows of an
 // embedding table.
@@ -19,14 +20,22 @@ struct QuantParams {
     // Values per weight row.
     n_in: u32,
     // Bit 0: add the bias. Bit 1: add the result into out. Bits 2-3: GELU form (gelu.wgsl).
-    // Bit 4: quant_gemv_gated's gate is GELU-tanh (GeGLU) rather than SiLU.
+    // Bits 4-6: the gemvs' folded norm of their one row (NORM_*). Bit 7: quant_gemv_gated's
+    // gate is GELU-tanh (GeGLU) rather than SiLU.
     flags: u32,
     // Values per row of out (the whole weight's outputs).
     out_stride: u32,
     // The segment's first row in the whole weight: its first output column, or the first
     // token id of its embedding rows.
     out_col: u32,
+    // The folded norm's epsilon.
+    eps: f32,
 }
+
+const NORM_FOLDED: u32 = 16u;
+const NORM_RMS: u32 = 32u;
+const NORM_BIAS: u32 = 64u;
+const GATE_GELU: u32 = 128u;
 
 var<immediate> p: QuantParams;
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
@@ -34,6 +43,38 @@ var<immediate> p: QuantParams;
 @group(0) @binding(3) var<storage, read> bias: array<wt>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> ids: array<u32>;
+// The folded norm's weight and bias, [n_in] each (norm_row.wgsl).
+@group(0) @binding(9) var<storage, read> norm_weight: array<wt>;
+@group(0) @binding(10) var<storage, read> norm_bias: array<wt>;
+
+fn x_at(i: u32) -> f32 {
+    return x4[i / 4u][i % 4u];
+}
+
+// The statistics of the gemv's one row where it folds a norm in: every workgroup takes them
+// itself (a few hundred to a thousand values).
+fn gemv_stats(lane: Lane) -> RowStats {
+    if (p.flags & NORM_FOLDED) == 0u {
+        return RowStats(0.0, 1.0);
+    }
+    return row_stats(0u, p.n_in, (p.flags & NORM_RMS) != 0u, p.eps, lane);
+}
+
+// Input values 4j..4j + 4 of row r: x, or its norm.
+fn input4(r: u32, j: u32, s: RowStats) -> vec4<f32> {
+    let q = x4[r * p.n_in / 4u + j];
+    if (p.flags & NORM_FOLDED) == 0u {
+        return q;
+    }
+    let k = 4u * j;
+    let b = (p.flags & NORM_BIAS) != 0u;
+    return vec4(
+        normed(s, q.x, k, b),
+        normed(s, q.y, k + 1u, b),
+        normed(s, q.z, k + 2u, b),
+        normed(s, q.w, k + 3u, b),
+    );
+}
 
 // Eight decoded weights.
 struct Eight {
@@ -147,6 +188,7 @@ const GEMV_ROWS: u32 = 8u;
 
 @compute @workgroup_size(256)
 fn quant_gemv(lane: Lane) {
+    let s = gemv_stats(lane);
     let groups = p.n_in / 8u;
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
         let o = group_index(lane) * GEMV_OUTPUTS + j;
@@ -155,8 +197,7 @@ fn quant_gemv(lane: Lane) {
             for (var g = team_lane(lane); g < groups; g += team_size(lane)) {
                 let v = row_eight(o, g);
                 for (var r = 0u; r < p.rows; r++) {
-                    let at = (r * p.n_in + 8u * g) / 4u;
-                    acc[r] += dot(v.lo, x4[at]) + dot(v.hi, x4[at + 1u]);
+                    acc[r] += dot(v.lo, input4(r, 2u * g, s)) + dot(v.hi, input4(r, 2u * g + 1u, s));
                 }
             }
         }
@@ -174,11 +215,11 @@ fn quant_gemv(lane: Lane) {
 // o + n_out / 2, stores both as quant_gemv would, and writes act[row][o] = SwiGLU(gate, up),
 // or GeGLU with GATE_GELU, as activation.wgsl computes it: one dispatch for the MLP's first
 // product and its activation.
-const GATE_GELU: u32 = 16u;
 @group(0) @binding(7) var<storage, read_write> act: array<f32>;
 
 @compute @workgroup_size(256)
 fn quant_gemv_gated(lane: Lane) {
+    let s = gemv_stats(lane);
     let width = p.n_out / 2u;
     let groups = p.n_in / 8u;
     for (var j = team(lane); j < GEMV_OUTPUTS; j += teams(lane)) {
@@ -190,9 +231,8 @@ fn quant_gemv_gated(lane: Lane) {
                 let vg = row_eight(o, g);
                 let vu = row_eight(o + width, g);
                 for (var r = 0u; r < p.rows; r++) {
-                    let at = (r * p.n_in + 8u * g) / 4u;
-                    let lo = x4[at];
-                    let hi = x4[at + 1u];
+                    let lo = input4(r, 2u * g, s);
+                    let hi = input4(r, 2u * g + 1u, s);
                     gate[r] += dot(vg.lo, lo) + dot(vg.hi, hi);
                     up[r] += dot(vu.lo, lo) + dot(vu.hi, hi);
                 }

@@ -89,7 +89,7 @@ fn op_table_f16_without_subgroups() {
 /// Every quantized format's products and embedding rows against the CPU on the same blocks.
 /// The shaders decode blocks to the same f32 values as the CPU's dequantizers and accumulate in
 /// f32, so one tolerance fits every format: f32 rounding, or in f16 storage that of the bias
-/// and norm weights, which are stored in f16 (2^-11 relative).
+/// and norm weights, which are stored in f16 (the op table's f16 tolerance).
 fn run_quant_products(test: &str, dtype: WgpuDtype, subgroups: bool, tolerance: f32, seed: u64) {
     let Some(b) = wgpu(test, dtype, subgroups) else {
         return;
@@ -120,7 +120,7 @@ fn quant_products_f16_without_subgroups() {
         "quant_products_f16_without_subgroups",
         WgpuDtype::F16,
         false,
-        1e-3,
+        2e-3,
         42,
     );
 }

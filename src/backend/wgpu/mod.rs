@@ -19,7 +19,7 @@ pub use cache::WgpuCache;
 const FOLD_NORM_MAX_WIDTH: usize = 1024;
 
 use crate::backend::{
-    AttentionSpec, Backend, NormInput, NormSpec, SeqStep, linear_residual_pair_in_turn, norm_input,
+    AttentionSpec, Backend, NormSpec, SeqStep, linear_residual_pair_in_turn, norm_input,
     norm_linear_pair_in_turn,
 };
 use crate::engine::sampling::Sampler;
@@ -300,11 +300,7 @@ impl WgpuBackend {
                     w.len / w_rows.max(1)
                 )));
             }
-            if norm.is_some() {
-                return Err(backend_error(
-                    "a norm is not folded into products of block-format weights",
-                ));
-            }
+            // Many rows: no folded norm (one-row products only, checked above).
             let value_bytes = (n_out * n_in * self.kv_value_bytes()) as u64;
             if rows >= quant::DEQUANTIZE_ROWS && value_bytes <= self.gpu.max_binding() {
                 let values = self.scratch("dequantized weight", value_bytes)?;
@@ -316,20 +312,12 @@ impl WgpuBackend {
                 return self.product(x, rows, None, &plain, bias, (n_out, n_in), out, then);
             }
             let bias = bias.map(|b| b.values("linear bias")).transpose()?;
+            let fold = self.folded_norm(norm, n_in)?;
+            let dims = (n_out, n_in);
             if let Product::Gated(act, act_out) = &then {
                 check_len("gated output", act_out.len, rows * n_out / 2)?;
-                let gelu_gate = *act == Activation::GeGluTanh;
-                let dims = (n_out, n_in);
-                if quant::gated(
-                    self,
-                    x,
-                    rows,
-                    segments,
-                    dims,
-                    (out, bias),
-                    act_out,
-                    gelu_gate,
-                )? {
+                let gate = (&**act_out, *act == Activation::GeGluTanh);
+                if quant::gated(self, x, rows, fold, segments, dims, (out, bias), gate)? {
                     return Ok(());
                 }
             }
@@ -338,7 +326,7 @@ impl WgpuBackend {
                 accumulate,
                 gelu,
             };
-            quant::product(self, x, rows, segments, (n_out, n_in), out, then_q)?;
+            quant::product(self, x, rows, fold, segments, dims, out, then_q)?;
             if let Product::Gated(act, act_out) = then {
                 return self.activation(act, out, rows, n_out / 2, act_out);
             }
@@ -523,26 +511,6 @@ impl WgpuBackend {
     fn pairs(&self, rows: usize, widths: &[usize]) -> bool {
         let unit = if self.variant.f16 { 8 } else { 4 };
         rows == 1 && widths.iter().all(|n| n % unit == 0)
-    }
-
-    /// The input of a product of `w` over norm(x), as `backend::norm_input`; the products of
-    /// block-format weights do not fold a norm, so for them the norm runs into `normed`.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_input<'a, 'n>(
-        &self,
-        w: &WgpuWeight,
-        norm: &'a NormSpec<'n, WgpuWeight>,
-        x: &'a WgpuBuf,
-        rows: usize,
-        width: usize,
-        normed: &'a mut WgpuBuf,
-    ) -> Result<NormInput<'a, 'n, WgpuBackend>> {
-        if w.segments().is_none() {
-            return norm_input(self, norm, x, rows, width, normed);
-        }
-        let (kind, eps) = (norm.kind, norm.eps);
-        self.norm(kind, x, norm.weight, norm.bias, eps, rows, width, normed)?;
-        Ok((normed, None))
     }
 
     /// `linear_activation` over norm(x) where `norm` is Some (one row only).
@@ -963,7 +931,7 @@ impl Backend for WgpuBackend {
         (n_out, n_in): (usize, usize),
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        let (input, fold) = self.norm_input(w, norm, x, rows, n_in, normed)?;
+        let (input, fold) = norm_input(self, norm, x, rows, n_in, normed)?;
         self.product(
             input,
             rows,
@@ -989,7 +957,7 @@ impl Backend for WgpuBackend {
         mid: &mut WgpuBuf,
         out: &mut WgpuBuf,
     ) -> Result<()> {
-        let (input, fold) = self.norm_input(w, norm, x, rows, n_in, normed)?;
+        let (input, fold) = norm_input(self, norm, x, rows, n_in, normed)?;
         let dims = (n_out, n_in);
         self.product_activation(input, rows, fold, w, bias, dims, act, mid, out)
     }

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use super::device::{Kernel, backend_error};
-use super::kernels::{self, GELU};
+use super::kernels::{self, GELU, NORM_ROW};
 use super::{WgpuBackend, WgpuBuf, word};
 use crate::error::Result;
 use crate::model::quant::Format;
@@ -93,7 +93,7 @@ impl QuantTable {
         );
         let wt = if be.variant.f16 { "f16" } else { "f32" };
         let name = format!("quant {}", f.name);
-        let parts = [prelude.as_str(), GELU, QUANT, s.source];
+        let parts = [prelude.as_str(), GELU, NORM_ROW, QUANT, s.source];
         let module = kernels::module(&be.gpu, be.variant, &name, wt, &parts, false);
         let k = QuantKernels {
             gemv: kernels::kernel(&be.gpu, &module, "quant_gemv"),
@@ -174,6 +174,10 @@ pub(super) fn upload(be: &WgpuBackend, m: &BlockMatrix) -> Result<Option<Vec<Seg
     Ok(Some(segments))
 }
 
+/// A norm folded into a one-row gemv: its flag bits (NORM_* in shaders/quant.wgsl; 0 for
+/// none), epsilon, and weight and bias bindings (9 and 10; placeholders without a norm).
+pub(super) type FoldedNorm<'a> = (u32, f32, [(u32, &'a wgpu::Buffer); 2]);
+
 /// What a product does with its sums (the flags of shaders/quant.wgsl's QuantParams).
 pub(super) struct Epilogue<'a> {
     pub bias: Option<&'a wgpu::Buffer>,
@@ -182,18 +186,24 @@ pub(super) struct Epilogue<'a> {
     pub gelu: u32,
 }
 
-/// out[rows, n_out] (=, +=) x[rows, n_in] . w^T (+ bias), through a GELU where asked, one
-/// dispatch per segment of `w`.
+/// out[rows, n_out] (=, +=) norm(x)[rows, n_in] . w^T (+ bias), through a GELU where asked,
+/// one dispatch per segment of `w`; a folded norm of one row only.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn product(
     be: &WgpuBackend,
     x: &WgpuBuf,
     rows: usize,
+    (norm_flags, eps, norm_buffers): FoldedNorm,
     w: &[Segment],
     (n_out, n_in): (usize, usize),
     out: &WgpuBuf,
     then: Epilogue,
 ) -> Result<()> {
-    let flags = then.bias.is_some() as u32 | (then.accumulate as u32) << 1 | then.gelu << 2;
+    if norm_flags != 0 && rows != 1 {
+        return Err(backend_error("a norm is folded into one-row products only"));
+    }
+    let flags =
+        then.bias.is_some() as u32 | (then.accumulate as u32) << 1 | then.gelu << 2 | norm_flags;
     let bias = then.bias.unwrap_or(&be.unused);
     for s in w {
         let params = [
@@ -203,14 +213,15 @@ pub(super) fn product(
             flags,
             word(n_out)?,
             word(s.first_row)?,
+            eps.to_bits(),
         ];
-        let buffers = [(1, &x.buffer), (2, &s.buffer), (3, bias), (4, &out.buffer)];
+        let mut buffers = vec![(1, &x.buffer), (2, &s.buffer), (3, bias), (4, &out.buffer)];
         let (kernel, groups) = if rows <= GEMV_ROWS {
+            // Only the gemv folds a norm (and so binds one).
+            buffers.extend(norm_buffers);
             // 8 outputs per workgroup.
-            (
-                be.quant.with(s.format, |k| k.gemv.clone())?,
-                s.rows.div_ceil(8),
-            )
+            let kernel = be.quant.with(s.format, |k| k.gemv.clone())?;
+            (kernel, s.rows.div_ceil(8))
         } else {
             // 64 x 64 tiles.
             let tiles = rows.div_ceil(64) * s.rows.div_ceil(64);
@@ -230,11 +241,11 @@ pub(super) fn gated(
     be: &WgpuBackend,
     x: &WgpuBuf,
     rows: usize,
+    (norm_flags, eps, norm_buffers): FoldedNorm,
     w: &[Segment],
     (n_out, n_in): (usize, usize),
     (out, bias): (&WgpuBuf, Option<&wgpu::Buffer>),
-    act: &WgpuBuf,
-    gelu_gate: bool,
+    (act, gelu_gate): (&WgpuBuf, bool),
 ) -> Result<bool> {
     let [s] = w else {
         return Ok(false);
@@ -242,7 +253,11 @@ pub(super) fn gated(
     if rows > GEMV_ROWS || !n_out.is_multiple_of(2) {
         return Ok(false);
     }
-    let flags = bias.is_some() as u32 | (gelu_gate as u32) << 4;
+    if norm_flags != 0 && rows != 1 {
+        return Err(backend_error("a norm is folded into one-row products only"));
+    }
+    // GATE_GELU is bit 7.
+    let flags = bias.is_some() as u32 | norm_flags | (gelu_gate as u32) << 7;
     let params = [
         word(rows)?,
         word(n_out)?,
@@ -250,13 +265,17 @@ pub(super) fn gated(
         flags,
         word(n_out)?,
         0,
+        eps.to_bits(),
     ];
+    let [norm_weight, norm_bias] = norm_buffers;
     let buffers = [
         (1, &x.buffer),
         (2, &s.buffer),
         (3, bias.unwrap_or(&be.unused)),
         (4, &out.buffer),
         (7, &act.buffer),
+        norm_weight,
+        norm_bias,
     ];
     let kernel = be.quant.with(s.format, |k| k.gemv_gated.clone())?;
     // 8 (gate, up) pairs per workgroup.
