@@ -8,6 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use keyformer::backend::cuda::CudaDtype;
 use keyformer::engine::select::{AnyModel, BackendChoice, BackendOptions};
+use keyformer::model::mix::WeightKind;
 use keyformer::{Backend, Budget, CacheConfig, GenerateParams, Policy, SamplingParams, with_model};
 
 #[path = "keyformer/bench.rs"]
@@ -41,6 +42,11 @@ enum Command {
     Eval(eval::EvalTask),
     /// Print the tokens a model's tokenizer makes of a text (pieces, or ids with --ids).
     Tokenize(tokenize::TokenizeArgs),
+}
+
+/// `--quantize` and `--weights` values, with the library's message for unknown ones.
+fn parse_weight_kind(s: &str) -> Result<WeightKind, String> {
+    WeightKind::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,6 +130,11 @@ struct GenerateArgs {
     backend: BackendArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    /// Quantize a Hugging Face folder's matrices while loading: q8_0, q6_k, q4_k, ... or a
+    /// llama.cpp mix (q4_k_m, q5_k_m); norms and biases stay f32. GGUF files keep their own
+    /// formats.
+    #[arg(long, value_parser = parse_weight_kind)]
+    quantize: Option<WeightKind>,
     /// Write the kept positions per (layer, kv head) as JSON.
     #[arg(long)]
     cache_json: Option<PathBuf>,
@@ -260,8 +271,9 @@ fn generate(args: GenerateArgs) -> keyformer::Result<()> {
     };
     params.validate()?;
     let outputs = Outputs::create(&args)?;
-    let (model, note) = AnyModel::load(
+    let (model, note) = AnyModel::load_with(
         &args.model,
+        args.quantize.unwrap_or(WeightKind::Float),
         &args.backend.options(),
         &mut progress_printer(),
     )?;

@@ -11,6 +11,7 @@ use crate::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model::config::ModelConfig;
+use crate::model::mix::WeightKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -102,23 +103,25 @@ trait Build {
 
 struct FromPath<'a> {
     path: &'a Path,
+    quantize: WeightKind,
     progress: &'a mut dyn FnMut(usize, usize),
 }
 
 impl Build for FromPath<'_> {
     fn build<B: Backend>(self, backend: B) -> Result<Model<B>> {
-        Model::load(self.path, backend, self.progress)
+        Model::load_with(self.path, self.quantize, backend, self.progress)
     }
 }
 
 struct Random {
     config: ModelConfig,
     seed: u64,
+    weights: WeightKind,
 }
 
 impl Build for Random {
     fn build<B: Backend>(self, backend: B) -> Result<Model<B>> {
-        Model::random(self.config, self.seed, backend)
+        Model::random_with(self.config, self.seed, self.weights, backend)
     }
 }
 
@@ -130,11 +133,27 @@ impl AnyModel {
         opts: &BackendOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(AnyModel, Option<String>)> {
+        Self::load_with(path, WeightKind::Float, opts, progress)
+    }
+
+    /// `load`, quantizing a Hugging Face folder's matrices while they load
+    /// (`Model::load_with`).
+    pub fn load_with(
+        path: &Path,
+        quantize: WeightKind,
+        opts: &BackendOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(AnyModel, Option<String>)> {
         // Before any device is opened: a missing file is the likeliest error.
         if !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
         }
-        Self::build(opts, FromPath { path, progress })
+        let what = FromPath {
+            path,
+            quantize,
+            progress,
+        };
+        Self::build(opts, what)
     }
 
     /// A model of `config` with random weights, for benchmarks.
@@ -143,7 +162,22 @@ impl AnyModel {
         seed: u64,
         opts: &BackendOptions,
     ) -> Result<(AnyModel, Option<String>)> {
-        Self::build(opts, Random { config, seed })
+        Self::random_with(config, seed, WeightKind::Float, opts)
+    }
+
+    /// Random weights with matrices in `weights`' block formats (`Model::random_with`).
+    pub fn random_with(
+        config: ModelConfig,
+        seed: u64,
+        weights: WeightKind,
+        opts: &BackendOptions,
+    ) -> Result<(AnyModel, Option<String>)> {
+        let what = Random {
+            config,
+            seed,
+            weights,
+        };
+        Self::build(opts, what)
     }
 
     fn build(opts: &BackendOptions, what: impl Build) -> Result<(AnyModel, Option<String>)> {

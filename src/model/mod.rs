@@ -4,6 +4,7 @@ pub mod arch;
 pub mod config;
 pub(crate) mod files;
 pub mod gguf;
+pub mod mix;
 pub mod quant;
 pub mod rope;
 pub mod source;
@@ -18,6 +19,7 @@ use crate::error::{Error, Result};
 use arch::Layout;
 use config::ModelConfig;
 use gguf::GgufFile;
+use mix::{WeightKind, WeightPlan};
 use source::{RandomSource, SafetensorsSource, TensorSource};
 use tokenizer::TextTokenizer;
 use weights::Weights;
@@ -39,6 +41,18 @@ impl<B: Backend> Model<B> {
         backend: B,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model<B>> {
+        Self::load_with(path, WeightKind::Float, backend, progress)
+    }
+
+    /// `load`, quantizing a Hugging Face folder's matrices to `quantize` while they load (see
+    /// `mix`: one block format, or a llama.cpp mix). A GGUF file keeps its tensors' own formats:
+    /// asking to quantize one is an error.
+    pub fn load_with(
+        path: &Path,
+        quantize: WeightKind,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model<B>> {
         if !path.exists() {
             return Err(Error::NotFound(path.to_path_buf()));
         }
@@ -50,6 +64,13 @@ impl<B: Backend> Model<B> {
         if let Some(gguf_path) = gguf_path {
             // Not a folder: it must be a regular file (not /dev/null, a FIFO or a device).
             files::open_regular(&gguf_path, "model")?;
+            if quantize != WeightKind::Float {
+                return Err(Error::InvalidInput(format!(
+                    "quantizing while loading applies to Hugging Face folders; {} is a GGUF \
+                     file, whose tensors keep their own formats",
+                    gguf_path.display()
+                )));
+            }
             let file = GgufFile::open(&gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
             backend.check_model(&config)?;
@@ -65,7 +86,8 @@ impl<B: Backend> Model<B> {
         }
         let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
         backend.check_model(&config)?;
-        let source = SafetensorsSource::open_dir(path)?;
+        let plan = WeightPlan::new(quantize, &config, Layout::Hf);
+        let source = SafetensorsSource::open_dir(path)?.with_plan(plan);
         let tokenizer = if path.join("tokenizer.json").exists() {
             Some(TextTokenizer::from_hf_dir(path)?)
         } else {
@@ -89,14 +111,26 @@ impl<B: Backend> Model<B> {
 
     /// A model of this config with random weights: real shapes for speed measurements.
     pub fn random(config: ModelConfig, seed: u64, backend: B) -> Result<Model<B>> {
+        Self::random_with(config, seed, WeightKind::Float, backend)
+    }
+
+    /// `random` with matrices in `weights`' block formats, laid out as llama.cpp's mixes are.
+    pub fn random_with(
+        config: ModelConfig,
+        seed: u64,
+        weights: WeightKind,
+        backend: B,
+    ) -> Result<Model<B>> {
         backend.check_model(&config)?;
         let head = (config.arch.globals)(Layout::Hf).head;
+        let plan = WeightPlan::new(weights, &config, Layout::Hf);
         let weights = weights::load_weights(
             &config,
-            &RandomSource {
+            &RandomSource::new(
                 seed,
-                head: (!config.tied_embeddings).then(|| format!("{head}.weight")),
-            },
+                (!config.tied_embeddings).then(|| format!("{head}.weight")),
+                plan,
+            ),
             Layout::Hf,
             &backend,
             &mut |_, _| {},

@@ -1,7 +1,9 @@
-//! GGML weight formats as one table: per GGUF type id its name, its block (values and bytes) and,
-//! where this crate reads it, a block dequantizer to f32.
+//! GGML weight formats as one table: per GGUF type id its name, its block (values and bytes),
+//! where this crate reads it a block dequantizer to f32, and where it writes it a block quantizer
+//! from f32 (`quantize.rs`: scale searches of our own, tests/quantize.rs holds their error to at
+//! most 1.10 times llama.cpp's reference quantizers').
 //!
-//! Adding a format is one entry in `FORMATS` (plus its block function). The block layouts follow
+//! Adding a format is one entry in `FORMATS` (plus its block functions). The block layouts follow
 //! ggml's reference dequantizers (`ggml-quants.c`); each function does its arithmetic in f32 in
 //! the same order as the reference, so results are bit-exact (tests/quant.rs checks this against
 //! the `gguf` Python package's dequantizer for every readable format).
@@ -9,10 +11,14 @@
 mod blocks32;
 mod floats;
 mod kquants;
+mod quantize;
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+
+pub use quantize::QuantizeFn;
+use quantize::{MAX_ABS, floats as write, kquants as kq, legacy};
 
 /// Turns whole blocks' bytes into their values (`block_values` per `block_bytes`).
 pub type BlockFn = fn(blocks: &[u8], out: &mut [f32]);
@@ -47,6 +53,8 @@ pub struct Format {
     pub block_bytes: usize,
     /// `None` for types this crate can size but not read.
     dequantize_block: Option<BlockFn>,
+    /// `None` for types this crate cannot write.
+    quantize_block: Option<QuantizeFn>,
 }
 
 const fn entry(
@@ -62,19 +70,30 @@ const fn entry(
         block_values,
         block_bytes,
         dequantize_block,
+        quantize_block: None,
+    }
+}
+
+impl Format {
+    /// The entry with a block quantizer.
+    const fn writes(self, quantize_block: QuantizeFn) -> Format {
+        Format {
+            quantize_block: Some(quantize_block),
+            ..self
+        }
     }
 }
 
 /// Every ggml type GGUF files may name, readable ones first.
 pub static FORMATS: &[Format] = &[
-    entry(0, "F32", 1, 4, Some(blocks!(floats::f32_block, 4, 1))),
-    entry(1, "F16", 1, 2, Some(blocks!(floats::f16_block, 2, 1))),
-    entry(30, "BF16", 1, 2, Some(blocks!(floats::bf16_block, 2, 1))),
-    entry(2, "Q4_0", 32, 18, Some(blocks!(blocks32::q4_0, 18, 32))),
-    entry(3, "Q4_1", 32, 20, Some(blocks!(blocks32::q4_1, 20, 32))),
-    entry(6, "Q5_0", 32, 22, Some(blocks!(blocks32::q5_0, 22, 32))),
-    entry(7, "Q5_1", 32, 24, Some(blocks!(blocks32::q5_1, 24, 32))),
-    entry(8, "Q8_0", 32, 34, Some(blocks!(blocks32::q8_0, 34, 32))),
+    entry(0, "F32", 1, 4, Some(blocks!(floats::f32_block, 4, 1))).writes(write::f32_block),
+    entry(1, "F16", 1, 2, Some(blocks!(floats::f16_block, 2, 1))).writes(write::f16_block),
+    entry(30, "BF16", 1, 2, Some(blocks!(floats::bf16_block, 2, 1))).writes(write::bf16_block),
+    entry(2, "Q4_0", 32, 18, Some(blocks!(blocks32::q4_0, 18, 32))).writes(legacy::q4_0),
+    entry(3, "Q4_1", 32, 20, Some(blocks!(blocks32::q4_1, 20, 32))).writes(legacy::q4_1),
+    entry(6, "Q5_0", 32, 22, Some(blocks!(blocks32::q5_0, 22, 32))).writes(legacy::q5_0),
+    entry(7, "Q5_1", 32, 24, Some(blocks!(blocks32::q5_1, 24, 32))).writes(legacy::q5_1),
+    entry(8, "Q8_0", 32, 34, Some(blocks!(blocks32::q8_0, 34, 32))).writes(legacy::q8_0),
     entry(
         20,
         "IQ4_NL",
@@ -82,11 +101,11 @@ pub static FORMATS: &[Format] = &[
         18,
         Some(blocks!(blocks32::iq4_nl, 18, 32)),
     ),
-    entry(10, "Q2_K", 256, 84, Some(blocks!(kquants::q2_k, 84, 256))),
-    entry(11, "Q3_K", 256, 110, Some(blocks!(kquants::q3_k, 110, 256))),
-    entry(12, "Q4_K", 256, 144, Some(blocks!(kquants::q4_k, 144, 256))),
-    entry(13, "Q5_K", 256, 176, Some(blocks!(kquants::q5_k, 176, 256))),
-    entry(14, "Q6_K", 256, 210, Some(blocks!(kquants::q6_k, 210, 256))),
+    entry(10, "Q2_K", 256, 84, Some(blocks!(kquants::q2_k, 84, 256))).writes(kq::q2_k),
+    entry(11, "Q3_K", 256, 110, Some(blocks!(kquants::q3_k, 110, 256))).writes(kq::q3_k),
+    entry(12, "Q4_K", 256, 144, Some(blocks!(kquants::q4_k, 144, 256))).writes(kq::q4_k),
+    entry(13, "Q5_K", 256, 176, Some(blocks!(kquants::q5_k, 176, 256))).writes(kq::q5_k),
+    entry(14, "Q6_K", 256, 210, Some(blocks!(kquants::q6_k, 210, 256))).writes(kq::q6_k),
     entry(
         23,
         "IQ4_XS",
@@ -124,6 +143,21 @@ pub fn type_name(id: u32) -> String {
     by_id(id).map_or_else(|| format!("ggml type {id}"), |f| f.name.to_string())
 }
 
+/// The names of the types `Format::quantize` writes, comma-separated, for messages.
+pub fn quantizable_names() -> String {
+    let names: Vec<&str> = FORMATS
+        .iter()
+        .filter(|f| f.can_quantize())
+        .map(|f| f.name)
+        .collect();
+    names.join(", ")
+}
+
+/// The table entry named `name` (ggml's name, any case): `q4_k` finds Q4_K.
+pub fn by_name(name: &str) -> Option<&'static Format> {
+    FORMATS.iter().find(|f| f.name.eq_ignore_ascii_case(name))
+}
+
 /// The names of the readable types, comma-separated, for messages.
 pub fn supported_names() -> String {
     let names: Vec<&str> = FORMATS
@@ -137,6 +171,10 @@ pub fn supported_names() -> String {
 impl Format {
     pub fn can_dequantize(&self) -> bool {
         self.dequantize_block.is_some()
+    }
+
+    pub fn can_quantize(&self) -> bool {
+        self.quantize_block.is_some()
     }
 
     /// Bytes that `values` values take, or `None` when `values` is not a whole number of blocks
@@ -191,6 +229,58 @@ impl Format {
             .par_chunks(self.block_bytes * BLOCKS_PER_TASK)
             .zip(out.par_chunks_mut(self.block_values * BLOCKS_PER_TASK))
             .for_each(|(src, dst)| block(src, dst));
+        Ok(out)
+    }
+}
+
+impl Format {
+    /// Quantizes whole blocks of f32 values to this format's bytes, blocks in parallel. Values
+    /// must be finite and within f16's range (every format here keeps f16 scales); `values` must
+    /// be a whole number of blocks.
+    pub fn quantize(&self, values: &[f32]) -> Result<Vec<u8>> {
+        let block = self.quantize_block.ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "cannot quantize to {} (supported: {})",
+                self.name,
+                quantizable_names()
+            ))
+        })?;
+        let Some(len) = self.bytes_for(values.len()) else {
+            return Err(Error::InvalidInput(format!(
+                "{} values are not a whole number of {} blocks ({} values each)",
+                values.len(),
+                self.name,
+                self.block_values
+            )));
+        };
+        if let Some(i) = values
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > MAX_ABS)
+        {
+            return Err(Error::InvalidInput(format!(
+                "cannot quantize value {i} ({}) to {}: values must be finite and within +-{MAX_ABS}",
+                values[i], self.name
+            )));
+        }
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).map_err(|_| {
+            Error::InvalidInput(format!(
+                "cannot allocate {len} bytes for a {} tensor",
+                self.name
+            ))
+        })?;
+        out.resize(len, 0);
+        // Quantizing searches scales: far slower than dequantizing, so smaller tasks.
+        const BLOCKS_PER_TASK: usize = 256;
+        values
+            .par_chunks(self.block_values * BLOCKS_PER_TASK)
+            .zip(out.par_chunks_mut(self.block_bytes * BLOCKS_PER_TASK))
+            .for_each(|(src, dst)| {
+                let blocks = src.chunks_exact(self.block_values);
+                for (x, o) in blocks.zip(dst.chunks_exact_mut(self.block_bytes)) {
+                    block(x, o);
+                }
+            });
         Ok(out)
     }
 }

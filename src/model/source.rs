@@ -12,7 +12,11 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::files;
 use crate::model::gguf::GgufFile;
+use crate::model::mix::WeightPlan;
 use crate::model::tensor::BlockRows;
+
+mod random;
+pub use random::RandomSource;
 
 pub trait TensorSource {
     fn has(&self, name: &str) -> bool;
@@ -51,10 +55,13 @@ struct Shard {
     metadata: Metadata,
 }
 
-/// One model.safetensors, or the shards listed in model.safetensors.index.json.
+/// One model.safetensors, or the shards listed in model.safetensors.index.json. With a plan
+/// (`with_plan`), the matrices it names are quantized to their block formats as they load, one
+/// at a time.
 pub struct SafetensorsSource {
     shards: Vec<Shard>,
     shard_of: HashMap<String, usize>,
+    plan: WeightPlan,
 }
 
 impl SafetensorsSource {
@@ -86,7 +93,16 @@ impl SafetensorsSource {
                 metadata,
             });
         }
-        Ok(SafetensorsSource { shards, shard_of })
+        Ok(SafetensorsSource {
+            shards,
+            shard_of,
+            plan: WeightPlan::default(),
+        })
+    }
+
+    /// Quantizes the matrices `plan` names while they load (norms and biases stay f32).
+    pub fn with_plan(self, plan: WeightPlan) -> SafetensorsSource {
+        SafetensorsSource { plan, ..self }
     }
 }
 
@@ -163,6 +179,20 @@ impl TensorSource for SafetensorsSource {
             }
         })
     }
+
+    fn load_blocks(&self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<BlockRows>> {
+        let Some(format) = self.plan.format_for(name, cols) else {
+            return Ok(None);
+        };
+        let values = self.load(name, &[rows, cols])?;
+        let bytes = format.quantize(&values).map_err(|e| {
+            Error::InvalidInput(format!(
+                "quantizing tensor '{name}' to {}: {e}",
+                format.name
+            ))
+        })?;
+        BlockRows::new(format, rows, cols, bytes).map(Some)
+    }
 }
 
 impl TensorSource for GgufFile {
@@ -186,47 +216,7 @@ impl TensorSource for GgufFile {
     }
 }
 
-/// Random weights at any shape, for measuring speed at real model sizes without the weights.
-/// Norm weights are near one and everything else is small, so activations stay finite.
-pub struct RandomSource {
-    pub seed: u64,
-    /// The output projection's weight name, present unless the embedding is tied.
-    pub head: Option<String>,
-}
-
-impl TensorSource for RandomSource {
-    /// The one optional tensor a loader asks about: the output matrix, present unless the
-    /// config ties it to the embedding.
-    fn has(&self, name: &str) -> bool {
-        self.head.as_deref() == Some(name)
-    }
-
-    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        use rayon::prelude::*;
-        let len: usize = shape.iter().product();
-        let seed = self.seed ^ fnv1a(name.as_bytes());
-        let is_norm_weight = shape.len() == 1 && (name.contains("norm") || name.contains("ln"));
-        let scale = 0.5 / (*shape.last().unwrap_or(&1) as f32).sqrt();
-        // Chunks with their own streams, so billions of values fill on every core.
-        let mut data = vec![0f32; len];
-        data.par_chunks_mut(1 << 16)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let mut state = seed ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                for v in chunk {
-                    let u = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-                    *v = if is_norm_weight {
-                        1.0 + 0.1 * u
-                    } else {
-                        scale * u
-                    };
-                }
-            });
-        Ok(data)
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use keyformer::engine::select::AnyModel;
 use keyformer::model::config::ModelConfig;
+use keyformer::model::mix::WeightKind;
 use keyformer::model::source::splitmix64;
 use keyformer::{
-    Backend, BatchLimits, CacheConfig, GenerateParams, Model, Planner, Result, Scheduler,
+    Backend, BatchLimits, CacheConfig, Error, GenerateParams, Model, Planner, Result, Scheduler,
     with_model,
 };
 
@@ -16,9 +17,20 @@ use super::{BackendArgs, CacheArgs, PolicyChoice};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// A Hugging Face config.json of any supported architecture.
+    /// A Hugging Face config.json of any supported architecture: random weights of its shape.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    config: Option<PathBuf>,
+    /// A .gguf file or a Hugging Face model folder to measure instead of random weights.
     #[arg(long)]
-    config: PathBuf,
+    model: Option<PathBuf>,
+    /// The random weights' storage (with --config): f16 (the backend's float type), q8_0,
+    /// q6_k, q4_k_m, q5_k_m (laid out as llama.cpp's mixes are), or any block format.
+    #[arg(long, default_value = "f16", value_parser = super::parse_weight_kind)]
+    weights: WeightKind,
+    /// Quantize a Hugging Face folder's matrices while loading (with --model), as generate's
+    /// --quantize.
+    #[arg(long, requires = "model", value_parser = super::parse_weight_kind)]
+    quantize: Option<WeightKind>,
     #[arg(long, default_value_t = 2048)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 64)]
@@ -47,19 +59,44 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let mut config = ModelConfig::from_hf_json(&args.config)?;
-    config.max_context = config
-        .max_context
-        .max(args.prompt_tokens + args.gen_tokens + 1);
     let t0 = Instant::now();
-    let (model, note) = AnyModel::random(config, args.seed, &args.backend.options())?;
+    let opts = args.backend.options();
+    let (model, note) = match (&args.model, &args.config) {
+        (Some(path), _) => {
+            if args.weights != WeightKind::Float {
+                return Err(Error::InvalidInput(
+                    "--weights sets random weights' storage (with --config); for --model use \
+                     --quantize"
+                        .into(),
+                ));
+            }
+            let quantize = args.quantize.unwrap_or(WeightKind::Float);
+            AnyModel::load_with(path, quantize, &opts, &mut |_, _| {})?
+        }
+        (None, Some(config)) => {
+            let mut config = ModelConfig::from_hf_json(config)?;
+            config.max_context = config
+                .max_context
+                .max(args.prompt_tokens + args.gen_tokens + 1);
+            AnyModel::random_with(config, args.seed, args.weights, &opts)?
+        }
+        (None, None) => unreachable!("clap requires --config or --model"),
+    };
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    eprintln!(
-        "built random weights in {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    let what = match &args.model {
+        Some(path) => format!("loaded {}", path.display()),
+        None => format!("built random {} weights", args.weights.name()),
+    };
+    eprintln!("{what} in {:.1} s", t0.elapsed().as_secs_f64());
+    let context = with_model!(&model, m => m.config.max_context);
+    if args.prompt_tokens + args.gen_tokens + 1 > context {
+        return Err(Error::InvalidInput(format!(
+            "--prompt-tokens {} + --gen-tokens {} exceed the model's context of {context}",
+            args.prompt_tokens, args.gen_tokens
+        )));
+    }
     let policies = if args.policies.is_empty() {
         vec![args.cache.policy]
     } else {
