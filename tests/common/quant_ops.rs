@@ -96,6 +96,9 @@ enum Then {
     Activation(Activation),
     /// norm_linear over an RMSNorm of the input.
     Norm,
+    /// norm_linear (act None) or norm_linear_activation over a LayerNorm with a bias: GPU
+    /// backends fold a norm of one narrow row into the product.
+    LayerNorm(Option<Activation>),
 }
 
 /// One product on backend `b` over the weight `m()` (a fresh copy per backend).
@@ -111,10 +114,11 @@ fn product<B: Backend>(
     let (bias, residual) = host;
     let w = b.upload_blocks(m)?;
     let x = b.upload(x)?;
-    let bias = b.upload_weight(bias[..n_out].to_vec())?;
+    let bias_w = b.upload_weight(bias[..n_out].to_vec())?;
+    let bias = &bias;
     let mut out = b.zeros(rows * n_out)?;
     match then {
-        Then::Bias => b.linear(&x, rows, &w, Some(&bias), n_out, n_in, &mut out)?,
+        Then::Bias => b.linear(&x, rows, &w, Some(&bias_w), n_out, n_in, &mut out)?,
         Then::Residual => {
             let mut scratch = b.zeros(rows * n_out)?;
             out = b.upload(&residual[..rows * n_out])?;
@@ -122,7 +126,7 @@ fn product<B: Backend>(
                 &x,
                 rows,
                 &w,
-                Some(&bias),
+                Some(&bias_w),
                 n_out,
                 n_in,
                 &mut scratch,
@@ -132,7 +136,7 @@ fn product<B: Backend>(
         Then::Activation(act) => {
             let mut gated = b.zeros(rows * n_out / 2)?;
             let dims = (n_out, n_in);
-            b.linear_activation(&x, rows, &w, Some(&bias), dims, act, &mut out, &mut gated)?;
+            b.linear_activation(&x, rows, &w, Some(&bias_w), dims, act, &mut out, &mut gated)?;
             if act.gated() {
                 return b.download(&gated, rows * n_out / 2);
             }
@@ -148,6 +152,38 @@ fn product<B: Backend>(
             let mut normed = b.zeros(rows * n_in)?;
             let dims = (n_out, n_in);
             b.norm_linear(&norm, &x, rows, &mut normed, &w, None, dims, &mut out)?;
+        }
+        Then::LayerNorm(act) => {
+            let weight = b.upload_weight(residual[..n_in].to_vec())?;
+            let shift = b.upload_weight(bias.iter().cycle().take(n_in).copied().collect())?;
+            let norm = NormSpec {
+                kind: NormKind::LayerNorm,
+                weight: &weight,
+                bias: Some(&shift),
+                eps: 1e-5,
+            };
+            let mut normed = b.zeros(rows * n_in)?;
+            let dims = (n_out, n_in);
+            let Some(act) = act else {
+                b.norm_linear(&norm, &x, rows, &mut normed, &w, None, dims, &mut out)?;
+                return b.download(&out, rows * n_out);
+            };
+            let mut gated = b.zeros(rows * n_out / 2)?;
+            b.norm_linear_activation(
+                &norm,
+                &x,
+                rows,
+                &mut normed,
+                &w,
+                Some(&bias_w),
+                dims,
+                act,
+                &mut out,
+                &mut gated,
+            )?;
+            if act.gated() {
+                return b.download(&gated, rows * n_out / 2);
+            }
         }
     }
     b.download(&out, rows * n_out)
@@ -194,6 +230,7 @@ pub fn check_quant_products<B: Backend>(
         Then::Activation(Activation::GeluTanh),
         Then::Activation(Activation::SwiGlu),
         Then::Norm,
+        Then::Activation(Activation::GeGluTanh),
     ];
     let mut case_seed = seed.wrapping_mul(1000);
     // Every format: a part tile of outputs narrower than a workgroup's 8 and 64, and one past
@@ -205,7 +242,7 @@ pub fn check_quant_products<B: Backend>(
         for (shape, (n_out, n_in)) in [(14, k.max(64)), (70, 5 * k)].into_iter().enumerate() {
             for (i, rows) in ROWS.into_iter().enumerate() {
                 // Each shape's 37 rows take a different epilogue.
-                let then = thens[(i + 2 * shape) % thens.len()];
+                let then = thens[(i + 3 * shape) % thens.len()];
                 let x = rng.values(rows * n_in, 1.0);
                 let bias = rng.values(n_out, 1.0);
                 let residual = rng.values(rows * n_out.max(n_in), 1.0);
@@ -220,6 +257,24 @@ pub fn check_quant_products<B: Backend>(
                     limit,
                 );
             }
+        }
+        // One row's norm, which GPU backends fold into the product where the row is narrow.
+        let n_in = k.max(64);
+        for act in [None, Some(Activation::GeluTanh), Some(Activation::SwiGlu)] {
+            let then = Then::LayerNorm(act);
+            let x = rng.values(n_in, 3.0);
+            let bias = rng.values(14, 1.0);
+            let residual = rng.values(n_in, 1.0);
+            case_seed += 1;
+            let m = || random_matrix(case_seed, &[(f, 14)], n_in);
+            let host = (&bias[..], &residual[..]);
+            let got = product(b, m(), &x, 1, host, then).unwrap();
+            let want = product(&cpu, m(), &x, 1, host, then).unwrap();
+            record(
+                format!("{name} {then:?} rows 1 out 14 in {n_in}"),
+                rel_error(&got, &want),
+                limit,
+            );
         }
         // Embedding rows, first and last included.
         let ids = [0, 36, 5, 5, 17];

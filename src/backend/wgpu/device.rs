@@ -231,11 +231,15 @@ impl Gpu {
         }
     }
 
-    fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
-        let max = self
-            .limits
+    /// The most bytes one buffer bound to a kernel may hold.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
             .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
+            .min(self.limits.max_buffer_size)
+    }
+
+    fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
+        let max = self.max_binding();
         if bytes > max {
             return Err(backend_error(format!(
                 "{what} needs {bytes} bytes, more than the {max} one buffer may hold on {}",

@@ -13,12 +13,12 @@ const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/reduce_subgroup.wgs
 const NOISE: &str = include_str!("../../../shaders/noise.wgsl");
 const EMBED: &str = include_str!("../../../shaders/embed.wgsl");
 const ADD: &str = include_str!("../../../shaders/add.wgsl");
-const NORM_ROW: &str = include_str!("../../../shaders/norm_row.wgsl");
+pub(super) const NORM_ROW: &str = include_str!("../../../shaders/norm_row.wgsl");
 const NORM: &str = include_str!("../../../shaders/norm.wgsl");
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/activation.wgsl");
-const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
+pub(super) const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
 const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 const EVICT: &str = include_str!("../../../shaders/evict.wgsl");
 const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
@@ -76,52 +76,10 @@ pub(super) struct Kernels {
 impl Kernels {
     pub fn build(gpu: &Gpu, v: Variant) -> Result<Kernels> {
         let wt = if v.f16 { "f16" } else { "f32" };
-        // `loop_bounds`: whether naga adds a counter to every loop, so that a runaway loop
-        // cannot hang the GPU.
         let module = |name: &str, weight: &str, parts: &[&str], loop_bounds: bool| {
-            let mut src = String::new();
-            if weight == "f16" {
-                src.push_str("enable f16;\n");
-            }
-            if parts.contains(&MATMUL_COOP) {
-                src.push_str("enable wgpu_cooperative_matrix;\n");
-            }
-            let bytes = if weight == "f16" { 2 } else { 4 };
-            // The KV cache is stored in the weights' type.
-            src.push_str(&format!(
-                "alias wt = {weight};\nalias kt = {weight};\nconst WT_BYTES: u32 = {bytes}u;\n"
-            ));
-            src.push_str(COMMON);
-            src.push_str(if v.subgroups { REDUCE_SUBGROUP } else { REDUCE });
-            parts.iter().for_each(|p| src.push_str(p));
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(Cow::Owned(src)),
-            };
-            // The counter cost SmolLM2's decode 12% on the H100, so most modules go without.
-            // Every loop here is bounded by its dispatch's parameters, which the host checks;
-            // bounds and division checks stay on.
-            let checks = wgpu::ShaderRuntimeChecks {
-                force_loop_bounding: loop_bounds,
-                ..wgpu::ShaderRuntimeChecks::checked()
-            };
-            // SAFETY: the loops terminate (above); every other runtime check is on.
-            unsafe { gpu.device.create_shader_module_trusted(desc, checks) }
+            module(gpu, v, name, weight, parts, loop_bounds)
         };
-        let kernel = |module: &wgpu::ShaderModule, entry: &str| {
-            let pipeline = gpu
-                .device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: None,
-                    module,
-                    entry_point: Some(entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-            let layout = pipeline.get_bind_group_layout(0);
-            Kernel { pipeline, layout }
-        };
+        let kernel = |module: &wgpu::ShaderModule, entry: &str| kernel(gpu, module, entry);
         let embed = module("embed", wt, &[EMBED], false);
         let add_weight = module("add", wt, &[ADD], false);
         let add = module("add f32", "f32", &[ADD], false);
@@ -177,4 +135,62 @@ impl Kernels {
         gpu.check()?;
         Ok(kernels)
     }
+}
+
+/// A shader module of `parts` for weights stored as `weight` ("f16" or "f32"), after the
+/// prelude every source shares (storage type aliases, common.wgsl, the reductions).
+/// `loop_bounds`: whether naga adds a counter to every loop, so that a runaway loop cannot hang
+/// the GPU.
+pub(super) fn module(
+    gpu: &Gpu,
+    v: Variant,
+    name: &str,
+    weight: &str,
+    parts: &[&str],
+    loop_bounds: bool,
+) -> wgpu::ShaderModule {
+    let mut src = String::new();
+    if weight == "f16" {
+        src.push_str("enable f16;\n");
+    }
+    if parts.contains(&MATMUL_COOP) {
+        src.push_str("enable wgpu_cooperative_matrix;\n");
+    }
+    let bytes = if weight == "f16" { 2 } else { 4 };
+    // The KV cache is stored in the weights' type.
+    src.push_str(&format!(
+        "alias wt = {weight};\nalias kt = {weight};\nconst WT_BYTES: u32 = {bytes}u;\n"
+    ));
+    src.push_str(COMMON);
+    src.push_str(if v.subgroups { REDUCE_SUBGROUP } else { REDUCE });
+    parts.iter().for_each(|p| src.push_str(p));
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(Cow::Owned(src)),
+    };
+    // The counter cost SmolLM2's decode 12% on the H100, so most modules go without. Every
+    // loop here is bounded by its dispatch's parameters, which the host checks; bounds and
+    // division checks stay on.
+    let checks = wgpu::ShaderRuntimeChecks {
+        force_loop_bounding: loop_bounds,
+        ..wgpu::ShaderRuntimeChecks::checked()
+    };
+    // SAFETY: the loops terminate (above); every other runtime check is on.
+    unsafe { gpu.device.create_shader_module_trusted(desc, checks) }
+}
+
+/// The compute pipeline of `entry` in `module`, its bind group layout derived from the shader.
+pub(super) fn kernel(gpu: &Gpu, module: &wgpu::ShaderModule, entry: &str) -> Kernel {
+    let pipeline = gpu
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let layout = pipeline.get_bind_group_layout(0);
+    Kernel { pipeline, layout }
 }

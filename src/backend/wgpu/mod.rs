@@ -6,6 +6,7 @@
 mod cache;
 mod device;
 mod kernels;
+mod quant;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::engine::sampling::Sampler;
 use crate::error::{Error, Result};
 use crate::kv::{CacheShape, Keep, StepScore};
 use crate::model::config::{Activation, NormKind};
+use crate::model::tensor::BlockMatrix;
 use crate::model::weights::Linear;
 use cache::SpanCombine;
 use device::{Gpu, backend_error};
@@ -60,10 +62,39 @@ impl Default for WgpuOptions {
     }
 }
 
-/// Device weights: f16 or f32 values, as the backend's dtype says.
+/// Device weights: f16 or f32 values, as the backend's dtype says, or a matrix kept in its
+/// file's block formats (src/backend/wgpu/quant.rs).
 pub struct WgpuWeight {
-    buffer: wgpu::Buffer,
+    store: Store,
+    /// Values in all.
     len: usize,
+}
+
+enum Store {
+    Values(wgpu::Buffer),
+    /// Segments of whole rows, top to bottom.
+    Blocks(Vec<quant::Segment>),
+}
+
+impl WgpuWeight {
+    /// The buffer of a weight stored as values; an error for one kept in block formats, which
+    /// only products and the embedding read.
+    fn values(&self, what: &str) -> Result<&wgpu::Buffer> {
+        match &self.store {
+            Store::Values(b) => Ok(b),
+            Store::Blocks(_) => Err(backend_error(format!(
+                "the {what} is in a block format, which this op does not read"
+            ))),
+        }
+    }
+
+    /// The segments of a weight kept in block formats.
+    fn segments(&self) -> Option<&[quant::Segment]> {
+        match &self.store {
+            Store::Values(_) => None,
+            Store::Blocks(s) => Some(s),
+        }
+    }
 }
 
 /// Device f32 activations.
@@ -85,6 +116,8 @@ pub struct WgpuBackend {
     /// Scratch buffers by use, grown as needed and reused: the command stream orders their
     /// uses, so a later op's writes wait for an earlier op's reads.
     scratch: RefCell<HashMap<&'static str, wgpu::Buffer>>,
+    /// The pipelines of the block formats in use.
+    quant: quant::QuantTable,
 }
 
 fn check_len(what: &str, len: usize, needed: usize) -> Result<()> {
@@ -200,6 +233,7 @@ impl WgpuBackend {
             unused,
             position_tables: RefCell::new(Vec::new()),
             scratch: RefCell::new(HashMap::new()),
+            quant: quant::QuantTable::default(),
         })
     }
 
@@ -251,12 +285,55 @@ impl WgpuBackend {
         if norm.is_some() && rows != 1 {
             return Err(backend_error("a norm is folded into one-row products only"));
         }
-        let (norm_flags, eps, norm_buffers) = self.folded_norm(norm, n_in)?;
         let (accumulate, gelu) = match then {
             Product::Accumulate => (true, 0),
             Product::Gelu(form) => (false, form),
             Product::Plain | Product::Gated(..) => (false, 0),
         };
+        if let Some(segments) = w.segments() {
+            // The segments write every row of the weight into out: the shape must be exact.
+            let w_rows: usize = segments.iter().map(quant::Segment::rows).sum();
+            if w_rows != n_out || w_rows * n_in != w.len {
+                return Err(backend_error(format!(
+                    "a product of {n_out} outputs x {n_in} inputs over a block-format weight of \
+                     {w_rows} rows x {} values",
+                    w.len / w_rows.max(1)
+                )));
+            }
+            // Many rows: no folded norm (one-row products only, checked above).
+            let value_bytes = (n_out * n_in * self.kv_value_bytes()) as u64;
+            if rows >= quant::DEQUANTIZE_ROWS && value_bytes <= self.gpu.max_binding() {
+                let values = self.scratch("dequantized weight", value_bytes)?;
+                quant::dequantize(self, segments, n_in, &values)?;
+                let plain = WgpuWeight {
+                    store: Store::Values(values),
+                    len: n_out * n_in,
+                };
+                return self.product(x, rows, None, &plain, bias, (n_out, n_in), out, then);
+            }
+            let bias = bias.map(|b| b.values("linear bias")).transpose()?;
+            let fold = self.folded_norm(norm, n_in)?;
+            let dims = (n_out, n_in);
+            if let Product::Gated(act, act_out) = &then {
+                check_len("gated output", act_out.len, rows * n_out / 2)?;
+                let gate = (&**act_out, *act == Activation::GeGluTanh);
+                if quant::gated(self, x, rows, fold, segments, dims, (out, bias), gate)? {
+                    return Ok(());
+                }
+            }
+            let then_q = quant::Epilogue {
+                bias,
+                accumulate,
+                gelu,
+            };
+            quant::product(self, x, rows, fold, segments, dims, out, then_q)?;
+            if let Product::Gated(act, act_out) = then {
+                return self.activation(act, out, rows, n_out / 2, act_out);
+            }
+            return Ok(());
+        }
+        let w_buf = w.values("linear weight")?;
+        let (norm_flags, eps, norm_buffers) = self.folded_norm(norm, n_in)?;
         // GATE_GELU in shaders/matmul.wgsl: the gated gemvs' gate is GELU-tanh (GeGLU).
         let gelu_gate = matches!(then, Product::Gated(Activation::GeGluTanh, _)) as u32;
         let params = [
@@ -270,14 +347,14 @@ impl WgpuBackend {
                 | gelu_gate << 7,
             eps.to_bits(),
         ];
-        let bias = self.or_unused(bias);
+        let bias = self.or_unused(bias)?;
         // x is bound as vec4 runs (and as scalars for the matmul); w as scalars, and as vec4
         // runs for the matmul or raw 16-byte units for the gemv.
-        let mut buffers = vec![(2, &w.buffer), (3, bias), (4, &out.buffer), (5, &x.buffer)];
+        let mut buffers = vec![(2, w_buf), (3, bias), (4, &out.buffer), (5, &x.buffer)];
         if rows == 1 {
             // The gemvs share their dot products with gemv_sum, which also reads binding 11's
             // weights and binding 14's inputs.
-            buffers.extend([(7, &w.buffer), (11, &self.unused), (14, &self.unused)]);
+            buffers.extend([(7, w_buf), (11, &self.unused), (14, &self.unused)]);
             buffers.extend(norm_buffers);
         }
         // The whole-unit gemvs take no norm or an RMSNorm without bias.
@@ -301,10 +378,10 @@ impl WgpuBackend {
             _ if rows == 1 => (&k.gemv, n_out.div_ceil(8)),
             _ => match &k.matmul_coop {
                 Some(coop) if n_in.is_multiple_of(32) && n_out.is_multiple_of(16) => {
-                    return self.matmul_coop(coop, &params, x, rows, w, n_out, n_in, bias, out);
+                    return self.matmul_coop(coop, &params, x, rows, w_buf, n_out, n_in, bias, out);
                 }
                 _ => {
-                    buffers.extend([(1, &x.buffer), (6, &w.buffer)]);
+                    buffers.extend([(1, &x.buffer), (6, w_buf)]);
                     // 64 x 64 tiles.
                     (&k.matmul, rows.div_ceil(64) * n_out.div_ceil(64))
                 }
@@ -314,7 +391,8 @@ impl WgpuBackend {
         let whole_units = [&k.gemv_units, &k.gemv_units_rms, &k.gemv_swiglu_units_rms];
         if whole_units.iter().any(|&u| std::ptr::eq(u, kernel)) {
             buffers.retain(|(binding, _)| [3, 4, 5, 7, 8].contains(binding));
-            buffers.push((17, norm.map_or(&self.unused, |n| &n.weight.buffer)));
+            let norm_weight = norm.map(|n| n.weight.values("norm weight")).transpose()?;
+            buffers.push((17, norm_weight.unwrap_or(&self.unused)));
         }
         self.gpu.dispatch(kernel, &params, &buffers, groups)
     }
@@ -328,7 +406,7 @@ impl WgpuBackend {
         params: &[u32],
         x: &WgpuBuf,
         rows: usize,
-        w: &WgpuWeight,
+        w: &wgpu::Buffer,
         n_out: usize,
         n_in: usize,
         bias: &wgpu::Buffer,
@@ -342,7 +420,7 @@ impl WgpuBackend {
             &[(5, &x.buffer), (19, &half)],
             groups_for(padded * n_in / 4),
         )?;
-        let buffers = [(2, &w.buffer), (3, bias), (4, &out.buffer), (18, &half)];
+        let buffers = [(2, w), (3, bias), (4, &out.buffer), (18, &half)];
         let groups = rows.div_ceil(COOP_TILE_ROWS) * n_out.div_ceil(COOP_TILE_OUTS);
         self.gpu.dispatch(&coop.matmul, params, &buffers, groups)
     }
@@ -385,9 +463,9 @@ impl WgpuBackend {
             word(spans.splits)?,
         ];
         let buffers = [
-            (3, self.or_unused(bias)),
+            (3, self.or_unused(bias)?),
             (4, &residual.buffer),
-            (7, &w.buffer),
+            (7, w.values("linear weight")?),
             (15, &spans.parts),
             (16, &x.buffer),
         ];
@@ -415,13 +493,17 @@ impl WgpuBackend {
         }
         let flags =
             1 << 4 | ((n.kind == NormKind::RmsNorm) as u32) << 5 | (n.bias.is_some() as u32) << 6;
-        let buffers = [(9, &n.weight.buffer), (10, self.or_unused(n.bias))];
+        let buffers = [
+            (9, n.weight.values("norm weight")?),
+            (10, self.or_unused(n.bias)?),
+        ];
         Ok((flags, n.eps, buffers))
     }
 
-    /// An optional weight's buffer, or the placeholder for a binding the kernel skips.
-    fn or_unused<'a>(&'a self, w: Option<&'a WgpuWeight>) -> &'a wgpu::Buffer {
-        w.map_or(&self.unused, |w| &w.buffer)
+    /// An optional weight's buffer (a bias, a norm's), or the placeholder for a binding the
+    /// kernel skips.
+    fn or_unused<'a>(&'a self, w: Option<&'a WgpuWeight>) -> Result<&'a wgpu::Buffer> {
+        w.map_or(Ok(&self.unused), |w| w.values("bias"))
     }
 
     /// Whether gemv_pair and gemv_sum take products of these widths: one row of whole 16-byte
@@ -449,9 +531,11 @@ impl WgpuBackend {
         let gelu = match act {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
-            // One row: the gemv writes the SwiGLU or GeGLU too.
-            Activation::SwiGlu | Activation::GeGluTanh if rows == 1 => {
-                check_len("gated output", out.len, n_out / 2)?;
+            // One row, or a few over block formats: the gemv writes the activation too.
+            Activation::SwiGlu | Activation::GeGluTanh
+                if rows == 1 || (w.segments().is_some() && rows <= quant::GEMV_ROWS) =>
+            {
+                check_len("gated output", out.len, rows * n_out / 2)?;
                 let then = Product::Gated(act, out);
                 return self.product(x, rows, norm, w, bias, dims, mid, then);
             }
@@ -462,6 +546,12 @@ impl WgpuBackend {
         };
         self.product(x, rows, norm, w, bias, dims, mid, Product::Gelu(gelu))
     }
+}
+
+/// Whether any of the products' weights is kept in block formats, which the pair kernels do not
+/// read: those run one product at a time.
+fn blocks(products: &[&Linear<WgpuWeight>]) -> bool {
+    products.iter().any(|l| l.weight.segments().is_some())
 }
 
 /// Buffers at their binding numbers.
@@ -475,7 +565,7 @@ enum Product<'a> {
     /// Through a GELU: form 1 erf, 2 tanh.
     Gelu(u32),
     /// Keeps the fused [gate | up] row and writes its SwiGLU or GeGLU (the activation says
-    /// which) into the buffer (one row only).
+    /// which) into the buffer (one row, or up to quant::GEMV_ROWS over block formats).
     Gated(Activation, &'a mut WgpuBuf),
 }
 
@@ -517,13 +607,27 @@ impl Backend for WgpuBackend {
                 .buffer_with(bytemuck::cast_slice(&data), "weight")?
         };
         Ok(WgpuWeight {
-            buffer,
+            store: Store::Values(buffer),
             len: data.len(),
         })
     }
 
+    /// Keeps the formats quant.rs has shaders for; a matrix with any other part is dequantized.
+    fn upload_blocks(&self, m: BlockMatrix) -> Result<WgpuWeight> {
+        match quant::upload(self, &m)? {
+            Some(segments) => Ok(WgpuWeight {
+                store: Store::Blocks(segments),
+                len: m.rows() * m.cols,
+            }),
+            None => self.upload_weight(m.dequantize()?),
+        }
+    }
+
     fn weight_bytes(&self, w: &WgpuWeight) -> usize {
-        w.buffer.size() as usize
+        match &w.store {
+            Store::Values(b) => b.size() as usize,
+            Store::Blocks(segments) => segments.iter().map(quant::Segment::bytes).sum(),
+        }
     }
 
     fn upload(&self, data: &[f32]) -> Result<WgpuBuf> {
@@ -559,10 +663,23 @@ impl Backend for WgpuBackend {
         // A scratch buffer rather than a new one per step, so the bind group is reused.
         let ids_buf = self.scratch("token ids", 4 * ids.len() as u64)?;
         self.gpu.write(&ids_buf, bytemuck::cast_slice(ids))?;
+        if let Some(segments) = table.segments() {
+            let rows: usize = segments.iter().map(quant::Segment::rows).sum();
+            if rows * dim != table.len {
+                return Err(backend_error(format!(
+                    "an embedding of {rows} block-format rows read as rows of {dim}"
+                )));
+            }
+            return quant::embed(self, segments, (&ids_buf, ids.len()), dim, out);
+        }
         self.elementwise(
             &self.kernels.embed,
             &[word(ids.len())?, word(dim)?],
-            &[(1, &table.buffer), (2, &ids_buf), (3, &out.buffer)],
+            &[
+                (1, table.values("embedding")?),
+                (2, &ids_buf),
+                (3, &out.buffer),
+            ],
             ids.len() * dim,
         )
     }
@@ -580,7 +697,7 @@ impl Backend for WgpuBackend {
         self.elementwise(
             &self.kernels.add_weight,
             &[word(rows * dim)?, word(first_row * dim)?],
-            &[(1, &x.buffer), (2, &table.buffer)],
+            &[(1, &x.buffer), (2, table.values("position table")?)],
             rows * dim,
         )
     }
@@ -630,13 +747,13 @@ impl Backend for WgpuBackend {
             (kind == NormKind::RmsNorm) as u32,
             bias.is_some() as u32,
         ];
-        let bias = bias.map_or(&self.unused, |b| &b.buffer);
+        let bias = self.or_unused(bias)?;
         self.gpu.dispatch(
             &self.kernels.norm,
             &params,
             &[
                 (1, &x.buffer),
-                (2, &weight.buffer),
+                (2, weight.values("norm weight")?),
                 (3, bias),
                 (4, &out.buffer),
             ],
@@ -668,7 +785,7 @@ impl Backend for WgpuBackend {
         _scratch: &mut WgpuBuf,
         residual: &mut WgpuBuf,
     ) -> Result<()> {
-        if rows == 1 {
+        if rows == 1 && w.segments().is_none() {
             check_product(x, rows, w, bias, (n_out, n_in), residual)?;
             let fits = |s: &SpanCombine| self.gemv_spans_fits(s, n_in);
             if let Some(spans) = self.gpu.take_deferred(&x.buffer, fits) {
@@ -712,7 +829,7 @@ impl Backend for WgpuBackend {
             Activation::SwiGlu | Activation::GeGluTanh => 0,
         };
         let n_in = a.n_in;
-        if gelu == 0 || b.n_in != n_in || !self.pairs(rows, &[n_in]) {
+        if gelu == 0 || b.n_in != n_in || !self.pairs(rows, &[n_in]) || blocks(&[a, b]) {
             let a = (a, a_out);
             return norm_linear_pair_in_turn(self, norm, x, rows, normed, a, b, act, mid, out);
         }
@@ -730,14 +847,15 @@ impl Backend for WgpuBackend {
             word(b.n_out)?,
             b.bias.is_some() as u32 | gelu << 2,
         ];
+        let (wa, wb) = (a.weight.values("weight")?, b.weight.values("weight")?);
         let mut buffers = vec![
-            (2, &a.weight.buffer),
-            (3, self.or_unused(a.bias.as_ref())),
+            (2, wa),
+            (3, self.or_unused(a.bias.as_ref())?),
             (4, &a_out.buffer),
             (5, &input.buffer),
-            (7, &a.weight.buffer),
-            (11, &b.weight.buffer),
-            (12, self.or_unused(b.bias.as_ref())),
+            (7, wa),
+            (11, wb),
+            (12, self.or_unused(b.bias.as_ref())?),
             (13, &mid.buffer),
             (14, &self.unused),
         ];
@@ -756,7 +874,7 @@ impl Backend for WgpuBackend {
         scratch: &mut WgpuBuf,
         residual: &mut WgpuBuf,
     ) -> Result<()> {
-        if a.n_out != b.n_out || !self.pairs(rows, &[a.n_in, b.n_in]) {
+        if a.n_out != b.n_out || !self.pairs(rows, &[a.n_in, b.n_in]) || blocks(&[a, b]) {
             return linear_residual_pair_in_turn(self, rows, (x_a, a), (x_b, b), scratch, residual);
         }
         for (x, l) in [(x_a, a), (x_b, b)] {
@@ -778,14 +896,15 @@ impl Backend for WgpuBackend {
             word(b.n_in)?,
             b.bias.is_some() as u32,
         ];
+        let (wa, wb) = (a.weight.values("weight")?, b.weight.values("weight")?);
         let buffers = [
-            (2, &a.weight.buffer),
-            (3, self.or_unused(a.bias.as_ref())),
+            (2, wa),
+            (3, self.or_unused(a.bias.as_ref())?),
             (4, &residual.buffer),
             (5, &x_a.buffer),
-            (7, &a.weight.buffer),
-            (11, &b.weight.buffer),
-            (12, self.or_unused(b.bias.as_ref())),
+            (7, wa),
+            (11, wb),
+            (12, self.or_unused(b.bias.as_ref())?),
             (14, &x_b.buffer),
             // No norm, but the dot products gemv_sum shares with the gemvs name its bindings.
             (9, &self.unused),
