@@ -20,7 +20,7 @@
 # one ran out of time (the build and models live under WORK, default /tmp/llamacpp). Other
 # settings: TGZ (the archive, default .dev/llama.cpp-0.3.36.tgz), CONFIG, LAYERS (fewer layers
 # for a quick check), TYPES (default "F16 Q8_0 Q4_K_M"), REPS (llama-bench repetitions, 3), JOBS,
-# KF_BACKEND (keyformer's --backend, default cuda).
+# KF_BACKEND (keyformer's --backend, default cuda), KF_RANDOM=0 (skip the --config --weights runs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -116,7 +116,9 @@ if [ -n "$kf" ] && [ -x "$kf" ]; then
             [ -s "$file" ] && step "keyformer_model_$t" 150 "$kf" bench --model "$file" "${common[@]}"
         done
     fi
-    if grep -q -- '--weights' <<<"$help"; then
+    if [ "${KF_RANDOM:-1}" = 0 ]; then
+        :
+    elif grep -q -- '--weights' <<<"$help"; then
         for t in $types; do
             w=$(tr 'A-Z' 'a-z' <<<"$t")
             step "keyformer_weights_$t" 150 "$kf" bench --config "$config" --weights "$w" "${common[@]}"
