@@ -220,6 +220,13 @@ typedef struct kf_model_params {
      * A kf_dtype value, for GPU backends. Default KF_DTYPE_F16.
      */
     int32_t dtype;
+    /**
+     * NULL (the default) or "" keeps a Hugging Face folder's matrices as floats; otherwise
+     * they are quantized while loading to this block format ("q8_0", "q6_k", "q4_k", ...) or
+     * llama.cpp mix ("q4_k_m", "q5_k_m"), norms and biases staying f32. GGUF files keep their
+     * own formats (asking to quantize one is KF_ERR_INVALID_ARGUMENT).
+     */
+    const char *quantize;
 } kf_model_params;
 
 /**
