@@ -213,3 +213,35 @@ fn hugging_face_folders_quantize_while_loading() {
         assert!(err.contains("keep their own formats"), "{err}");
     }
 }
+
+/// The CLI's weight options: a one-line error for each misuse.
+#[test]
+fn bench_weight_options_are_checked() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/configs/smollm2-135m.json");
+    let tiny = common::fixture("tiny-llama3");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--config", config.to_str().unwrap(), "--weights", "q9"],
+            "unknown weight type 'q9'",
+        ),
+        (
+            &["--config", config.to_str().unwrap(), "--quantize", "q8_0"],
+            "--quantize applies to --model",
+        ),
+        (
+            &["--model", tiny.to_str().unwrap(), "--weights", "q8_0"],
+            "--weights sets random weights' storage",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyformer"))
+            .arg("bench")
+            .args(args)
+            .args(["--backend", "cpu"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

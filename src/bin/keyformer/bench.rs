@@ -29,7 +29,7 @@ pub struct BenchArgs {
     weights: WeightKind,
     /// Quantize a Hugging Face folder's matrices while loading (with --model), as generate's
     /// --quantize.
-    #[arg(long, requires = "model", value_parser = super::parse_weight_kind)]
+    #[arg(long, value_parser = super::parse_weight_kind)]
     quantize: Option<WeightKind>,
     #[arg(long, default_value_t = 2048)]
     prompt_tokens: usize,
@@ -72,6 +72,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             let quantize = args.quantize.unwrap_or(WeightKind::Float);
             AnyModel::load_with(path, quantize, &opts, &mut |_, _| {})?
+        }
+        (None, Some(_)) if args.quantize.is_some() => {
+            return Err(Error::InvalidInput(
+                "--quantize applies to --model (a Hugging Face folder); random weights take \
+                 --weights"
+                    .into(),
+            ));
         }
         (None, Some(config)) => {
             let mut config = ModelConfig::from_hf_json(config)?;
