@@ -20,7 +20,7 @@
 # one ran out of time (the build and models live under WORK, default /tmp/llamacpp; on a cold
 # machine expect the first call to build and write the models, the second to measure). llama.cpp's
 # results are kept too (delete $OUT/llama-bench-*.json to measure again); keyformer runs every
-# call. Carry the archive and the keyformer binary (and its .so if dynamically linked). Other
+# call. Carry the archive and the keyformer binary. Other
 # settings: TGZ (the archive, default .dev/llama.cpp-0.3.36.tgz), CONFIG, LAYERS (fewer layers
 # for a quick check), TYPES (default "F16 Q8_0 Q4_K_M"), REPS (llama-bench repetitions, 3), JOBS,
 # KF_BACKEND (keyformer's --backend, default cuda).
