@@ -176,10 +176,10 @@ pub struct kf_model_params {
     pub device: u32,
     /// A kf_dtype value, for GPU backends. Default KF_DTYPE_F16.
     pub dtype: i32,
-    /// NULL (the default) or "" keeps a Hugging Face folder's matrices as floats; otherwise
-    /// they are quantized while loading to this block format ("q8_0", "q6_k", "q4_k", ...) or
-    /// llama.cpp mix ("q4_k_m", "q5_k_m"), norms and biases staying f32. GGUF files keep their
-    /// own formats (asking to quantize one is KF_ERR_INVALID_ARGUMENT).
+    /// NULL (the default) or "" keeps float matrices as floats; otherwise they are quantized
+    /// while loading to this block format ("q8_0", "q6_k", "q4_k", ...) or llama.cpp mix
+    /// ("q4_k_m", "q5_k_m"): a Hugging Face folder's, and a GGUF file's F32/F16/BF16 ones (its
+    /// block-format tensors keep their formats). Norms and biases stay f32.
     pub quantize: *const c_char,
 }
 

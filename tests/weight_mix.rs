@@ -203,15 +203,22 @@ fn hugging_face_folders_quantize_while_loading() {
         assert!(bytes < float_bytes / 2, "{kind}: {bytes} bytes");
         assert!(err < tolerance, "{kind}: {err}");
     }
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.exists() {
-        let q8 = WeightKind::parse("q8_0").unwrap();
-        let err = Model::load_with(&gguf, q8, CpuBackend, &mut |_, _| {})
-            .err()
-            .expect("a GGUF file is not quantized again")
-            .to_string();
-        assert!(err.contains("keep their own formats"), "{err}");
-    }
+}
+
+/// A GGUF file's block-format tensors keep their formats under --quantize (only float matrices
+/// would be quantized): SmolLM2's Q4_1 file loads to the same bytes and logits.
+#[test]
+fn gguf_block_tensors_keep_their_formats_when_quantizing() {
+    let Some(gguf) = common::smollm2_path("gguf_block_tensors_keep_their_formats") else {
+        return;
+    };
+    let plain = common::load_cpu(&gguf);
+    let q8 = WeightKind::parse("q8_0").unwrap();
+    let m = Model::load_with(&gguf, q8, CpuBackend, &mut |_, _| {}).unwrap();
+    let bytes = |m: &Model<CpuBackend>| m.weights.bytes(|w| m.backend.weight_bytes(w)).0;
+    assert_eq!(bytes(&m), bytes(&plain));
+    let tokens = [1u32, 504, 3575, 282];
+    assert_eq!(logits(&m, &tokens), logits(&plain, &tokens));
 }
 
 /// The CLI's weight options: a one-line error for each misuse.

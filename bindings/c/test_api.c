@@ -75,9 +75,6 @@ static void test_load_errors(void) {
     p.quantize = "q9";
     expect_status(kf_model_load(model_path, &p, &m), KF_ERR_INVALID_ARGUMENT,
                   "load: unknown quantize type");
-    p.quantize = "q8_0";
-    expect_status(kf_model_load(model_path, &p, &m), KF_ERR_INVALID_ARGUMENT,
-                  "load: quantize a GGUF file");
     p = kf_model_params_default();
     p.backend = KF_BACKEND_CUDA;
     kf_status cuda = kf_model_load(model_path, &p, &m);

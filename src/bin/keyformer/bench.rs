@@ -27,8 +27,7 @@ pub struct BenchArgs {
     /// q6_k, q4_k_m, q5_k_m (laid out as llama.cpp's mixes are), or any block format.
     #[arg(long, default_value = "f16", value_parser = super::parse_weight_kind)]
     weights: WeightKind,
-    /// Quantize a Hugging Face folder's matrices while loading (with --model), as generate's
-    /// --quantize.
+    /// Quantize the float matrices of --model while loading, as generate's --quantize.
     #[arg(long, value_parser = super::parse_weight_kind)]
     quantize: Option<WeightKind>,
     #[arg(long, default_value_t = 2048)]
@@ -75,9 +74,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         (None, Some(_)) if args.quantize.is_some() => {
             return Err(Error::InvalidInput(
-                "--quantize applies to --model (a Hugging Face folder); random weights take \
-                 --weights"
-                    .into(),
+                "--quantize applies to --model; random weights take --weights".into(),
             ));
         }
         (None, Some(config)) => {
