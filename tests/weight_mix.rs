@@ -252,3 +252,34 @@ fn bench_weight_options_are_checked() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// tests/fixtures/quant/mix_reference.json (made by make_mix_reference.py): what llama.cpp's
+/// llama-quantize gives every matrix of random 16-layer Llama files, one with rows that are not
+/// whole 256-value blocks. The plans name the same type for each.
+#[test]
+fn plans_match_llama_quantize_on_random_files() {
+    let text = std::fs::read_to_string(common::fixture("quant/mix_reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let mix = case["mix"].as_str().unwrap();
+        let dir = std::env::temp_dir().join(format!("keyformer-mix-{mix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.json");
+        std::fs::write(&config, case["config"].to_string()).unwrap();
+        let cfg = ModelConfig::from_hf_json(&config).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let plan = WeightPlan::new(WeightKind::parse(mix).unwrap(), &cfg, Layout::Gguf);
+        let tensors = case["tensors"].as_object().unwrap();
+        let mut differ = Vec::new();
+        for (name, v) in tensors {
+            let (expected, cols) = (v[0].as_str().unwrap(), v[1].as_u64().unwrap() as usize);
+            let ours = plan.format_for(name, cols).map_or("F16", |f| f.name);
+            if ours != expected {
+                differ.push(format!("{name}: llama-quantize {expected}, plan {ours}"));
+            }
+        }
+        println!("{mix}: {} matrices agree", tensors.len() - differ.len());
+        assert!(tensors.len() > 100, "{mix}");
+        assert!(differ.is_empty(), "{mix}: {differ:?}");
+    }
+}
