@@ -220,6 +220,13 @@ typedef struct kf_model_params {
      * A kf_dtype value, for GPU backends. Default KF_DTYPE_F16.
      */
     int32_t dtype;
+    /**
+     * NULL (the default) or "" keeps float matrices as floats; otherwise they are quantized
+     * while loading to this block format ("q8_0", "q6_k", "q4_k", ...) or llama.cpp mix
+     * ("q4_k_m", "q5_k_m"): a Hugging Face folder's, and a GGUF file's F32/F16/BF16 ones (its
+     * block-format tensors keep their formats). Norms and biases stay f32.
+     */
+    const char *quantize;
 } kf_model_params;
 
 /**

@@ -176,6 +176,11 @@ pub struct kf_model_params {
     pub device: u32,
     /// A kf_dtype value, for GPU backends. Default KF_DTYPE_F16.
     pub dtype: i32,
+    /// NULL (the default) or "" keeps float matrices as floats; otherwise they are quantized
+    /// while loading to this block format ("q8_0", "q6_k", "q4_k", ...) or llama.cpp mix
+    /// ("q4_k_m", "q5_k_m"): a Hugging Face folder's, and a GGUF file's F32/F16/BF16 ones (its
+    /// block-format tensors keep their formats). Norms and biases stay f32.
+    pub quantize: *const c_char,
 }
 
 /// The KV-cache policy and its budget; start from kf_cache_params_default().
@@ -394,7 +399,9 @@ pub unsafe extern "C" fn kf_model_load(
         // SAFETY: as above.
         let params = unsafe { params.as_ref() }.unwrap_or(&defaults);
         let options = convert::backend_options(params)?;
-        let (any, _note) = AnyModel::load(path.as_ref(), &options, &mut |_, _| {})?;
+        // SAFETY: as above (quantize is NULL or a NUL-terminated string).
+        let quantize = unsafe { convert::weight_kind(params.quantize) }?;
+        let (any, _note) = AnyModel::load_with(path.as_ref(), quantize, &options, &mut |_, _| {})?;
         let c = any.config();
         let handle = ModelHandle {
             backend: CString::new(any.backend_name()).unwrap_or_default(),

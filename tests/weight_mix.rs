@@ -203,13 +203,83 @@ fn hugging_face_folders_quantize_while_loading() {
         assert!(bytes < float_bytes / 2, "{kind}: {bytes} bytes");
         assert!(err < tolerance, "{kind}: {err}");
     }
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.exists() {
-        let q8 = WeightKind::parse("q8_0").unwrap();
-        let err = Model::load_with(&gguf, q8, CpuBackend, &mut |_, _| {})
-            .err()
-            .expect("a GGUF file is not quantized again")
-            .to_string();
-        assert!(err.contains("keep their own formats"), "{err}");
+}
+
+/// A GGUF file's block-format tensors keep their formats under --quantize (only float matrices
+/// would be quantized): SmolLM2's Q4_1 file loads to the same bytes and logits.
+#[test]
+fn gguf_block_tensors_keep_their_formats_when_quantizing() {
+    let Some(gguf) = common::smollm2_path("gguf_block_tensors_keep_their_formats") else {
+        return;
+    };
+    let plain = common::load_cpu(&gguf);
+    let q8 = WeightKind::parse("q8_0").unwrap();
+    let m = Model::load_with(&gguf, q8, CpuBackend, &mut |_, _| {}).unwrap();
+    let bytes = |m: &Model<CpuBackend>| m.weights.bytes(|w| m.backend.weight_bytes(w)).0;
+    assert_eq!(bytes(&m), bytes(&plain));
+    let tokens = [1u32, 504, 3575, 282];
+    assert_eq!(logits(&m, &tokens), logits(&plain, &tokens));
+}
+
+/// The CLI's weight options: a one-line error for each misuse.
+#[test]
+fn bench_weight_options_are_checked() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/configs/smollm2-135m.json");
+    let tiny = common::fixture("tiny-llama3");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--config", config.to_str().unwrap(), "--weights", "q9"],
+            "unknown weight type 'q9'",
+        ),
+        (
+            &["--config", config.to_str().unwrap(), "--quantize", "q8_0"],
+            "--quantize applies to --model",
+        ),
+        (
+            &["--model", tiny.to_str().unwrap(), "--weights", "q8_0"],
+            "--weights sets random weights' storage",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyformer"))
+            .arg("bench")
+            .args(args)
+            .args(["--backend", "cpu"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// tests/fixtures/quant/mix_reference.json (made by make_mix_reference.py): what llama.cpp's
+/// llama-quantize gives every matrix of random 16-layer Llama files, one with rows that are not
+/// whole 256-value blocks. The plans name the same type for each.
+#[test]
+fn plans_match_llama_quantize_on_random_files() {
+    let text = std::fs::read_to_string(common::fixture("quant/mix_reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let mix = case["mix"].as_str().unwrap();
+        let dir = std::env::temp_dir().join(format!("keyformer-mix-{mix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.json");
+        std::fs::write(&config, case["config"].to_string()).unwrap();
+        let cfg = ModelConfig::from_hf_json(&config).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let plan = WeightPlan::new(WeightKind::parse(mix).unwrap(), &cfg, Layout::Gguf);
+        let tensors = case["tensors"].as_object().unwrap();
+        let mut differ = Vec::new();
+        for (name, v) in tensors {
+            let (expected, cols) = (v[0].as_str().unwrap(), v[1].as_u64().unwrap() as usize);
+            let ours = plan.format_for(name, cols).map_or("F16", |f| f.name);
+            if ours != expected {
+                differ.push(format!("{name}: llama-quantize {expected}, plan {ours}"));
+            }
+        }
+        println!("{mix}: {} matrices agree", tensors.len() - differ.len());
+        assert!(tensors.len() > 100, "{mix}");
+        assert!(differ.is_empty(), "{mix}: {differ:?}");
     }
 }

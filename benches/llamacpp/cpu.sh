@@ -47,6 +47,9 @@ has_model_flag() { "$kf" bench --help 2>/dev/null | grep -q -- '--model'; }
 
 table=$out/results.md
 {
+    # Other work on the machine skews both programs: say how busy it was.
+    echo "$(date -u '+%F %H:%M') UTC, $threads threads, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
     echo "| model | program | prompt 512 (tokens/s) | decode 64 (tokens/s) |"
     echo "| --- | --- | --- | --- |"
 } >"$table"

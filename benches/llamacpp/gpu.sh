@@ -5,7 +5,7 @@
 #      for sm_90 (CUDA at /usr/local/cuda, -j16);
 #   2. writes a random f16 GGUF of benches/configs/llama-3.1-8b.json's shape (random_gguf.py,
 #      with the archive's own gguf-py) and llama-quantizes it to Q8_0 and Q4_K_M;
-#   3. runs `llama-bench -fa 1 -p 2048 -n 64 -d 0,2048` on f16, Q8_0 and Q4_K_M: prompt
+#   3. runs `llama-bench -ngl 99 -fa 1 -p 2048 -n 64 -d 0,2048` on f16, Q8_0 and Q4_K_M: prompt
 #      processing of 2048 tokens, and generation of 64 tokens both from an empty context and after
 #      a 2048-token one (-d 2048);
 #   4. runs the keyformer binary given as the argument: `keyformer bench --model FILE` on the same
@@ -17,7 +17,10 @@
 #
 # Every step is time-boxed against a total budget (BUDGET seconds, default 570) and skipped when
 # its output is already there, so a second call on a still-warm machine picks up where a first
-# one ran out of time (the build and models live under WORK, default /tmp/llamacpp). Other
+# one ran out of time (the build and models live under WORK, default /tmp/llamacpp; on a cold
+# machine expect the first call to build and write the models, the second to measure). llama.cpp's
+# results are kept too (delete $OUT/llama-bench-*.json to measure again); keyformer runs every
+# call. Carry the archive and the keyformer binary. Other
 # settings: TGZ (the archive, default .dev/llama.cpp-0.3.36.tgz), CONFIG, LAYERS (fewer layers
 # for a quick check), TYPES (default "F16 Q8_0 Q4_K_M"), REPS (llama-bench repetitions, 3), JOBS,
 # KF_BACKEND (keyformer's --backend, default cuda), KF_RANDOM=0 (skip the --config --weights runs).
@@ -102,7 +105,7 @@ for t in $types; do
     json=$out/llama-bench-$t.json
     [ -s "$file" ] && [ ! -s "$json" ] || continue
     # The JSON on stdout, the loader's messages in the log.
-    step "llama_bench_$t" 150 bash -c '"$0" -m "$1" -fa 1 -p 2048 -n 64 -d 0,2048 -r "$2" -o json >"$3"' \
+    step "llama_bench_$t" 150 bash -c '"$0" -m "$1" -ngl 99 -fa 1 -p 2048 -n 64 -d 0,2048 -r "$2" -o json >"$3"' \
         "$build/bin/llama-bench" "$file" "$reps" "$json.part" && mv "$json.part" "$json"
 done
 

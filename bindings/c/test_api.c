@@ -71,6 +71,11 @@ static void test_load_errors(void) {
     expect_status(kf_model_load(model_path, &p, &m), KF_ERR_INVALID_ARGUMENT,
                   "load: dtype out of range");
     p = kf_model_params_default();
+    p.backend = KF_BACKEND_CPU;
+    p.quantize = "q9";
+    expect_status(kf_model_load(model_path, &p, &m), KF_ERR_INVALID_ARGUMENT,
+                  "load: unknown quantize type");
+    p = kf_model_params_default();
     p.backend = KF_BACKEND_CUDA;
     kf_status cuda = kf_model_load(model_path, &p, &m);
     expect(cuda == KF_ERR_BACKEND || cuda == KF_OK,

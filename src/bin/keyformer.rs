@@ -130,9 +130,9 @@ struct GenerateArgs {
     backend: BackendArgs,
     #[command(flatten)]
     cache: CacheArgs,
-    /// Quantize a Hugging Face folder's matrices while loading: q8_0, q6_k, q4_k, ... or a
-    /// llama.cpp mix (q4_k_m, q5_k_m); norms and biases stay f32. GGUF files keep their own
-    /// formats.
+    /// Quantize float matrices while loading: q8_0, q6_k, q4_k, ... or a llama.cpp mix
+    /// (q4_k_m, q5_k_m). Norms and biases stay f32; a GGUF file's block-format tensors keep
+    /// their formats.
     #[arg(long, value_parser = parse_weight_kind)]
     quantize: Option<WeightKind>,
     /// Write the kept positions per (layer, kv head) as JSON.

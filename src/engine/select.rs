@@ -136,7 +136,7 @@ impl AnyModel {
         Self::load_with(path, WeightKind::Float, opts, progress)
     }
 
-    /// `load`, quantizing a Hugging Face folder's matrices while they load
+    /// `load`, quantizing float matrices while they load
     /// (`Model::load_with`).
     pub fn load_with(
         path: &Path,

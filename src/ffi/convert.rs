@@ -17,6 +17,7 @@ use crate::engine::sampling::SamplingParams;
 use crate::engine::select::{BackendChoice, BackendOptions};
 use crate::kv::policy::{Budget, CacheConfig, Policy};
 use crate::kv::stats::CacheStats;
+use crate::model::mix::WeightKind;
 
 pub fn status_name(status: i32) -> &'static CStr {
     use kf_status::*;
@@ -45,7 +46,24 @@ pub fn model_params_default() -> kf_model_params {
         backend: super::kf_backend::KF_BACKEND_AUTO as i32,
         device: 0,
         dtype: super::kf_dtype::KF_DTYPE_F16 as i32,
+        quantize: std::ptr::null(),
     }
+}
+
+/// kf_model_params.quantize: NULL or "" for floats, else a `WeightKind` name.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+pub unsafe fn weight_kind(p: *const std::ffi::c_char) -> Outcome<WeightKind> {
+    if p.is_null() {
+        return Ok(WeightKind::Float);
+    }
+    // SAFETY: the caller's promise above.
+    let name = unsafe { str_arg(p, "quantize") }?;
+    if name.is_empty() {
+        return Ok(WeightKind::Float);
+    }
+    Ok(WeightKind::parse(name)?)
 }
 
 pub fn cache_params_default() -> kf_cache_params {

@@ -1,6 +1,6 @@
 //! Which block format each matrix of a model is kept in when its source holds floats: random
-//! weights for `keyformer bench --weights q4_k_m`, and Hugging Face folders quantized while they
-//! load (`--quantize q8_0`).
+//! weights for `keyformer bench --weights q4_k_m`, and float matrices quantized while they load
+//! (`--quantize q8_0`: Hugging Face folders, F16/F32 GGUF files).
 //!
 //! A plan is either one format for every matrix or one of llama.cpp's mixes, which give a few
 //! matrices more bits (our reading of llama.cpp's `llama_tensor_get_type`, for dense models):

@@ -20,7 +20,7 @@ use arch::Layout;
 use config::ModelConfig;
 use gguf::GgufFile;
 use mix::{WeightKind, WeightPlan};
-use source::{RandomSource, SafetensorsSource, TensorSource};
+use source::{QuantizingSource, RandomSource, SafetensorsSource, TensorSource};
 use tokenizer::TextTokenizer;
 use weights::Weights;
 
@@ -44,9 +44,9 @@ impl<B: Backend> Model<B> {
         Self::load_with(path, WeightKind::Float, backend, progress)
     }
 
-    /// `load`, quantizing a Hugging Face folder's matrices to `quantize` while they load (see
-    /// `mix`: one block format, or a llama.cpp mix). A GGUF file keeps its tensors' own formats:
-    /// asking to quantize one is an error.
+    /// `load`, quantizing float matrices to `quantize` while they load (see `mix`: one block
+    /// format, or a llama.cpp mix): a Hugging Face folder's, or a GGUF file's F32/F16/BF16 ones
+    /// (its block-format tensors keep their formats).
     pub fn load_with(
         path: &Path,
         quantize: WeightKind,
@@ -64,18 +64,16 @@ impl<B: Backend> Model<B> {
         if let Some(gguf_path) = gguf_path {
             // Not a folder: it must be a regular file (not /dev/null, a FIFO or a device).
             files::open_regular(&gguf_path, "model")?;
-            if quantize != WeightKind::Float {
-                return Err(Error::InvalidInput(format!(
-                    "quantizing while loading applies to Hugging Face folders; {} is a GGUF \
-                     file, whose tensors keep their own formats",
-                    gguf_path.display()
-                )));
-            }
             let file = GgufFile::open(&gguf_path)?;
             let config = ModelConfig::from_gguf(&file)?;
             backend.check_model(&config)?;
             let tokenizer = Some(TextTokenizer::from_gguf(&file)?);
-            let weights = weights::load_weights(&config, &file, Layout::Gguf, &backend, progress)?;
+            let source = QuantizingSource {
+                inner: &file,
+                plan: WeightPlan::new(quantize, &config, Layout::Gguf),
+            };
+            let weights =
+                weights::load_weights(&config, &source, Layout::Gguf, &backend, progress)?;
             return Ok(Model {
                 config,
                 weights,
@@ -86,8 +84,10 @@ impl<B: Backend> Model<B> {
         }
         let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
         backend.check_model(&config)?;
-        let plan = WeightPlan::new(quantize, &config, Layout::Hf);
-        let source = SafetensorsSource::open_dir(path)?.with_plan(plan);
+        let source = QuantizingSource {
+            inner: &SafetensorsSource::open_dir(path)?,
+            plan: WeightPlan::new(quantize, &config, Layout::Hf),
+        };
         let tokenizer = if path.join("tokenizer.json").exists() {
             Some(TextTokenizer::from_hf_dir(path)?)
         } else {

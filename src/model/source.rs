@@ -55,13 +55,10 @@ struct Shard {
     metadata: Metadata,
 }
 
-/// One model.safetensors, or the shards listed in model.safetensors.index.json. With a plan
-/// (`with_plan`), the matrices it names are quantized to their block formats as they load, one
-/// at a time.
+/// One model.safetensors, or the shards listed in model.safetensors.index.json.
 pub struct SafetensorsSource {
     shards: Vec<Shard>,
     shard_of: HashMap<String, usize>,
-    plan: WeightPlan,
 }
 
 impl SafetensorsSource {
@@ -93,16 +90,7 @@ impl SafetensorsSource {
                 metadata,
             });
         }
-        Ok(SafetensorsSource {
-            shards,
-            shard_of,
-            plan: WeightPlan::default(),
-        })
-    }
-
-    /// Quantizes the matrices `plan` names while they load (norms and biases stay f32).
-    pub fn with_plan(self, plan: WeightPlan) -> SafetensorsSource {
-        SafetensorsSource { plan, ..self }
+        Ok(SafetensorsSource { shards, shard_of })
     }
 }
 
@@ -179,12 +167,33 @@ impl TensorSource for SafetensorsSource {
             }
         })
     }
+}
+
+/// A source whose float matrices are quantized while they load, one at a time, to the formats a
+/// plan gives them; matrices the inner source already stores in a block format keep it, and
+/// norms and biases (which loaders read with `load`) stay f32.
+pub struct QuantizingSource<'a> {
+    pub inner: &'a dyn TensorSource,
+    pub plan: WeightPlan,
+}
+
+impl TensorSource for QuantizingSource<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.inner.has(name)
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.inner.load(name, shape)
+    }
 
     fn load_blocks(&self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<BlockRows>> {
+        if let Some(blocks) = self.inner.load_blocks(name, [rows, cols])? {
+            return Ok(Some(blocks));
+        }
         let Some(format) = self.plan.format_for(name, cols) else {
             return Ok(None);
         };
-        let values = self.load(name, &[rows, cols])?;
+        let values = self.inner.load(name, &[rows, cols])?;
         let bytes = format.quantize(&values).map_err(|e| {
             Error::InvalidInput(format!(
                 "quantizing tensor '{name}' to {}: {e}",

@@ -45,7 +45,8 @@ class KeyformerError(Exception):
 
 
 class ModelParams(Structure):
-    _fields_ = [("backend", c_int32), ("device", c_uint32), ("dtype", c_int32)]
+    _fields_ = [("backend", c_int32), ("device", c_uint32), ("dtype", c_int32),
+                ("quantize", c_char_p)]
 
 
 class CacheParams(Structure):

@@ -293,11 +293,13 @@ class Model(_Handle):
 
     _free_name = "kf_model_free"
 
-    def __init__(self, path, backend="auto", device=0, dtype="f16"):
+    def __init__(self, path, backend="auto", device=0, dtype="f16", quantize=None):
         p = lib.kf_model_params_default()
         p.backend = n.BACKENDS[backend]
         p.device = device
         p.dtype = n.DTYPES[dtype]
+        # A Hugging Face folder's matrices quantized while loading: "q8_0", "q4_k", "q4_k_m"...
+        p.quantize = quantize.encode() if quantize else None
         handle = ctypes.c_void_p()
         check(lib.kf_model_load(str(path).encode(), ctypes.byref(p), ctypes.byref(handle)))
         self._handle = handle

@@ -24,6 +24,7 @@ def test_defaults_cross_the_boundary_intact():
         0, 0.5, 0, -1, 1.0, 2.0)
     assert abs(c.recent_ratio - 0.3) < 1e-6
     assert c.prefill_chunk == 0
+    assert keyformer.lib.kf_model_params_default().quantize is None
 
 
 def test_chunked_prefill_is_a_cache_keyword(model):
@@ -102,6 +103,9 @@ def test_errors_carry_status_and_message(model):
         model.generate("")
     with pytest.raises(keyformer.KeyformerError, match="KF_ERR_BACKEND"):
         keyformer.Model(MODEL, backend="wgpu", dtype="bf16")  # bf16 is CUDA only
+    with pytest.raises(keyformer.KeyformerError) as e:
+        keyformer.Model(MODEL, backend="cpu", quantize="q9")
+    assert e.value.status == "KF_ERR_INVALID_ARGUMENT" and "q9" in e.value.message
     with pytest.raises(ValueError):
         model.generate(PROMPT, policy="lru")
 

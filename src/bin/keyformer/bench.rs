@@ -27,9 +27,8 @@ pub struct BenchArgs {
     /// q6_k, q4_k_m, q5_k_m (laid out as llama.cpp's mixes are), or any block format.
     #[arg(long, default_value = "f16", value_parser = super::parse_weight_kind)]
     weights: WeightKind,
-    /// Quantize a Hugging Face folder's matrices while loading (with --model), as generate's
-    /// --quantize.
-    #[arg(long, requires = "model", value_parser = super::parse_weight_kind)]
+    /// Quantize the float matrices of --model while loading, as generate's --quantize.
+    #[arg(long, value_parser = super::parse_weight_kind)]
     quantize: Option<WeightKind>,
     #[arg(long, default_value_t = 2048)]
     prompt_tokens: usize,
@@ -72,6 +71,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             let quantize = args.quantize.unwrap_or(WeightKind::Float);
             AnyModel::load_with(path, quantize, &opts, &mut |_, _| {})?
+        }
+        (None, Some(_)) if args.quantize.is_some() => {
+            return Err(Error::InvalidInput(
+                "--quantize applies to --model; random weights take --weights".into(),
+            ));
         }
         (None, Some(config)) => {
             let mut config = ModelConfig::from_hf_json(config)?;
