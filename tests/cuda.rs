@@ -4,7 +4,7 @@
 mod common;
 
 use common::ops::{Rng, op_table, rel_error};
-use common::{fixture, greedy_matches_cpu, load_cpu, long_context_fixture, smollm2_path};
+use common::{fixture, greedy_matches_cpu, load_cpu, smollm2_path};
 use keyformer::backend::cuda::{CudaBackend, CudaDtype};
 use keyformer::backend::{AttentionSpec, Backend, SeqStep};
 use keyformer::engine::sampling::argmax;
@@ -47,19 +47,15 @@ fn every_architecture_and_policy_matches_cpu_in_f32() {
         return;
     };
     drop(b);
-    for arch in common::ARCHS {
-        let dir = long_context_fixture(arch, 96, "cuda_every_architecture");
-        let cpu = load_cpu(&dir);
-        let gpu = match Model::load(
-            &dir,
-            CudaBackend::new(0, CudaDtype::F32).unwrap(),
-            &mut |_, _| {},
-        ) {
-            Err(e) if common::lacks_feature(&format!("cuda {arch}"), &e) => continue,
-            loaded => loaded.unwrap(),
-        };
-        common::every_policy_matches_cpu(arch, &cpu, &gpu, 32);
-    }
+    common::each_architecture(
+        &common::ARCHS,
+        "cuda",
+        "cuda_every_architecture",
+        || CudaBackend::new(0, CudaDtype::F32).unwrap(),
+        |arch, cpu, gpu| {
+            common::every_policy_matches_cpu(arch, cpu, gpu, 32);
+        },
+    );
 }
 
 #[test]
@@ -304,18 +300,14 @@ fn chunked_prefill_matches_cpu_in_f32() {
         return;
     };
     drop(b);
-    for arch in common::ARCHS {
-        let dir = long_context_fixture(arch, 96, "cuda_chunked_prefill");
-        let cpu = load_cpu(&dir);
-        let gpu = match Model::load(
-            &dir,
-            CudaBackend::new(0, CudaDtype::F32).unwrap(),
-            &mut |_, _| {},
-        ) {
-            Err(e) if common::lacks_feature(&format!("cuda {arch}"), &e) => continue,
-            loaded => loaded.unwrap(),
-        };
-        // A 40-token prompt in chunks of 7 against a budget of 16: evictions between chunks.
-        common::policies_match_cpu(arch, &cpu, &gpu, 8, Some(7));
-    }
+    common::each_architecture(
+        &common::ARCHS,
+        "cuda",
+        "cuda_chunked_prefill",
+        || CudaBackend::new(0, CudaDtype::F32).unwrap(),
+        |arch, cpu, gpu| {
+            // A 40-token prompt in chunks of 7 against a budget of 16: evictions between chunks.
+            common::policies_match_cpu(arch, cpu, gpu, 8, Some(7));
+        },
+    );
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::ops::{NEAR_TIE, op_table};
 use common::quant_ops::check_quant_products;
-use common::{fixture, greedy_matches_cpu, load_cpu, long_context_fixture, smollm2_path};
+use common::{fixture, greedy_matches_cpu, load_cpu, smollm2_path};
 use keyformer::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use keyformer::engine::sampling::argmax;
 use keyformer::{Backend, Budget, CacheConfig, Error, Model, Policy};
@@ -160,26 +160,22 @@ fn every_architecture_and_policy_matches_cpu() {
         return;
     }
     let t0 = Instant::now();
-    for arch in common::ARCHS {
-        let dir = long_context_fixture(arch, 96, "wgpu_every_architecture");
-        let cpu = load_cpu(&dir);
-        let gpu = match Model::load(
-            &dir,
-            wgpu(test, WgpuDtype::F32, true).unwrap(),
-            &mut |_, _| {},
-        ) {
-            Err(e) if common::lacks_feature(&format!("{test} {arch}"), &e) => continue,
-            loaded => loaded.unwrap(),
-        };
-        for (kc, kg) in common::every_policy_matches_cpu(arch, &cpu, &gpu, 24) {
-            assert_eq!(
-                kc.kv_bytes_held,
-                kg.kv_bytes_held,
-                "{arch} {}",
-                kc.policy.name()
-            );
-        }
-    }
+    common::each_architecture(
+        &common::ARCHS,
+        test,
+        "wgpu_every_architecture",
+        || wgpu(test, WgpuDtype::F32, true).unwrap(),
+        |arch, cpu, gpu| {
+            for (kc, kg) in common::every_policy_matches_cpu(arch, cpu, gpu, 24) {
+                assert_eq!(
+                    kc.kv_bytes_held,
+                    kg.kv_bytes_held,
+                    "{arch} {}",
+                    kc.policy.name()
+                );
+            }
+        },
+    );
     println!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -424,17 +420,13 @@ fn chunked_prefill_matches_cpu() {
     }
     // Two architectures on lavapipe (a sliding-window one among them); the GPU machine's CUDA
     // test runs all of them.
-    for arch in ["llama", "gemma3"] {
-        let dir = long_context_fixture(arch, 96, "wgpu_chunked_prefill");
-        let cpu = load_cpu(&dir);
-        let gpu = match Model::load(
-            &dir,
-            wgpu(test, WgpuDtype::F32, true).unwrap(),
-            &mut |_, _| {},
-        ) {
-            Err(e) if common::lacks_feature(&format!("{test} {arch}"), &e) => continue,
-            loaded => loaded.unwrap(),
-        };
-        common::policies_match_cpu(arch, &cpu, &gpu, 6, Some(7));
-    }
+    common::each_architecture(
+        &["llama", "gemma3"],
+        test,
+        "wgpu_chunked_prefill",
+        || wgpu(test, WgpuDtype::F32, true).unwrap(),
+        |arch, cpu, gpu| {
+            common::policies_match_cpu(arch, cpu, gpu, 6, Some(7));
+        },
+    );
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::arch::{Layout, NormTensors, Proj, ProjTensors};
 use crate::model::config::ModelConfig;
 use crate::model::source::TensorSource;
-use crate::model::tensor::{BlockMatrix, BlockRows};
+use crate::model::tensor::BlockMatrix;
 
 pub struct Linear<T> {
     pub weight: T,
@@ -111,30 +111,22 @@ struct Loader<'a, B: Backend> {
 }
 
 impl<B: Backend> Loader<'_, B> {
+    /// Counts one tensor of `values` values as loaded and reports the progress.
+    fn count(&mut self, values: usize) {
+        self.loaded += 1;
+        self.values += values;
+        (self.progress)(self.loaded, self.total);
+    }
+
     fn host(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let data = self.src.load(name, shape)?;
-        self.loaded += 1;
-        self.values += data.len();
-        (self.progress)(self.loaded, self.total);
+        self.count(data.len());
         Ok(data)
     }
 
-    /// A matrix as its file stores it, when that is a block format (see `matrix`).
-    fn blocks(&mut self, name: &str, [rows, cols]: [usize; 2]) -> Result<Option<BlockRows>> {
-        let blocks = self.src.load_blocks(name, [rows, cols])?;
-        if blocks.is_some() {
-            self.loaded += 1;
-            self.values += rows * cols;
-            (self.progress)(self.loaded, self.total);
-        }
-        Ok(blocks)
-    }
-
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<B::Weight> {
-        if let &[rows, cols] = shape
-            && let Some(b) = self.blocks(name, [rows, cols])?
-        {
-            return self.backend.upload_blocks(BlockMatrix::stack(vec![b])?);
+        if let &[rows, cols] = shape {
+            return self.stacked(&[name.to_string()], &[rows], cols);
         }
         let data = self.host(name, shape)?;
         self.backend.upload_weight(data)
@@ -145,23 +137,19 @@ impl<B: Backend> Loader<'_, B> {
     fn stacked(&mut self, names: &[String], parts: &[usize], n_in: usize) -> Result<B::Weight> {
         let mut blocks = Vec::new();
         for (name, &n) in names.iter().zip(parts) {
-            match self.src.load_blocks(&format!("{name}.weight"), [n, n_in])? {
+            match self.src.load_blocks(name, [n, n_in])? {
                 Some(b) => blocks.push(b),
                 None => break,
             }
         }
         if blocks.len() == names.len() {
-            for (_, &n) in names.iter().zip(parts) {
-                self.loaded += 1;
-                self.values += n * n_in;
-            }
-            (self.progress)(self.loaded, self.total);
+            parts.iter().for_each(|&n| self.count(n * n_in));
             return self.backend.upload_blocks(BlockMatrix::stack(blocks)?);
         }
         drop(blocks);
         let mut w = Vec::new();
         for (name, &n) in names.iter().zip(parts) {
-            w.extend(self.host(&format!("{name}.weight"), &[n, n_in])?);
+            w.extend(self.host(name, &[n, n_in])?);
         }
         self.backend.upload_weight(w)
     }
@@ -186,7 +174,7 @@ impl<B: Backend> Loader<'_, B> {
         let n_out = parts.iter().sum();
         let (weight, bias) = match &t.proj {
             Proj::One(name) => (
-                self.stacked(std::slice::from_ref(name), &[n_out], n_in)?,
+                self.stacked(&[format!("{name}.weight")], &[n_out], n_in)?,
                 self.bias(t.bias, name, n_out)?,
             ),
             // GPT-2's Conv1D stores [n_in, n_out]: transpose to the common layout.
@@ -217,7 +205,8 @@ impl<B: Backend> Loader<'_, B> {
                         b.extend(part);
                     }
                 }
-                (self.stacked(names, parts, n_in)?, b)
+                let weights: Vec<String> = names.iter().map(|n| format!("{n}.weight")).collect();
+                (self.stacked(&weights, parts, n_in)?, b)
             }
         };
         let bias = bias.map(|b| self.backend.upload_weight(b)).transpose()?;

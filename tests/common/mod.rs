@@ -222,6 +222,27 @@ pub fn long_context_fixture(arch: &str, context: usize, test: &str) -> PathBuf {
     dir
 }
 
+/// For each of `archs`: its tiny fixture (context raised to 96, in scratch folders named by
+/// `scratch`) loaded on the CPU and on a backend from `backend`, handed to `run`; an
+/// architecture the backend refuses is skipped with a SKIP line naming `test`.
+pub fn each_architecture<B: Backend>(
+    archs: &[&str],
+    test: &str,
+    scratch: &str,
+    backend: impl Fn() -> B,
+    mut run: impl FnMut(&str, &Model<CpuBackend>, &Model<B>),
+) {
+    for &arch in archs {
+        let dir = long_context_fixture(arch, 96, scratch);
+        let cpu = load_cpu(&dir);
+        let gpu = match Model::load(&dir, backend(), &mut |_, _| {}) {
+            Err(e) if lacks_feature(&format!("{test} {arch}"), &e) => continue,
+            loaded => loaded.unwrap(),
+        };
+        run(arch, &cpu, &gpu);
+    }
+}
+
 /// Runs every policy on `gpu` and on the CPU over the same 40-token prompt and the CPU's greedy
 /// tokens for `steps` steps; asserts logits within 1e-4 and identical kept sets, and returns
 /// each policy's final statistics (CPU, GPU).
