@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::OnceLock;
 
 use common::{fixture, load_cpu};
@@ -27,14 +26,7 @@ fn ids(v: &Value) -> Vec<u32> {
 /// The model, shared by the tests of this file; None (and a printed SKIP) when absent.
 fn model(test: &str) -> Option<&'static Model<CpuBackend>> {
     static MODEL: OnceLock<Option<Model<CpuBackend>>> = OnceLock::new();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
-    if !path.exists() {
-        println!(
-            "SKIP {test}: {} not found (run scripts/fetch.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = common::gemma3_path(test)?;
     MODEL.get_or_init(|| Some(load_cpu(&path))).as_ref()
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keyformer::model::arch::Layout;
 use keyformer::model::config::ModelConfig;
@@ -29,20 +29,6 @@ impl TensorSource for Dequantized<'_> {
     fn load_blocks(&self, _: &str, _: [usize; 2]) -> Result<Option<BlockRows>> {
         Ok(None)
     }
-}
-
-fn path(file: &str, test: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(file);
-    if !path.exists() {
-        println!(
-            "SKIP {test}: {} not found (run scripts/fetch.sh)",
-            path.display()
-        );
-        return None;
-    }
-    Some(path)
 }
 
 fn both(path: &Path) -> (Model<CpuBackend>, Model<CpuBackend>) {
@@ -69,7 +55,7 @@ fn both(path: &Path) -> (Model<CpuBackend>, Model<CpuBackend>) {
 }
 
 fn compare(file: &str, test: &str) {
-    let Some(path) = path(file, test) else {
+    let Some(path) = common::model_path(test, file) else {
         return;
     };
     let (kept, plain) = both(&path);

@@ -116,11 +116,9 @@ fn rows_that_are_not_whole_blocks_fall_back_as_llama_cpp_does() {
 /// matrix the type the file has.
 #[test]
 fn plan_matches_gemma_3_270m_q4_k_m_file() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
-    if !path.exists() {
-        println!("SKIP: {} not found (run scripts/fetch.sh)", path.display());
+    let Some(path) = common::gemma3_path("plan_matches_gemma_3_270m_q4_k_m_file") else {
         return;
-    }
+    };
     let file = GgufFile::open(&path).unwrap();
     let cfg = ModelConfig::from_gguf(&file).unwrap();
     let plan = WeightPlan::new(WeightKind::parse("q4_k_m").unwrap(), &cfg, Layout::Gguf);

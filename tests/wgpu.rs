@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::ops::{NEAR_TIE, op_table};
 use common::quant_ops::check_quant_products;
-use common::{fixture, greedy_matches_cpu, load_cpu, smollm2_path};
+use common::{fixture, gemma3_path, greedy_matches_cpu, load_cpu, smollm2_path};
 use keyformer::backend::wgpu::{WgpuBackend, WgpuDtype, WgpuOptions};
 use keyformer::engine::sampling::argmax;
 use keyformer::{Backend, Budget, CacheConfig, Error, Model, Policy};
@@ -312,20 +312,6 @@ fn smollm2_keyformer_kept_sets_match_cpu() {
         (steps + 1) * layers,
         t0.elapsed().as_secs_f64()
     );
-}
-
-/// Gemma-3-270M's file (fetched by scripts/fetch.sh), or None with a SKIP line.
-fn gemma3_path(test: &str) -> Option<std::path::PathBuf> {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
-    if !path.exists() {
-        println!(
-            "SKIP {test}: {} not found (run scripts/fetch.sh)",
-            path.display()
-        );
-        return None;
-    }
-    Some(path)
 }
 
 /// Gemma-3-270M from its own Q4_K_M file, its weights kept in their blocks (Q4_K, Q5_0, Q6_K,

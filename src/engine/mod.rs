@@ -264,15 +264,12 @@ impl<B: Backend> Model<B> {
             _ => return self.forward_logits(s, tokens, false),
         };
         let step = s.step;
-        let mut chunks = tokens.chunks(chunk).peekable();
-        loop {
+        let (head, last) = tokens.split_at((tokens.len() - 1) / chunk * chunk);
+        for part in head.chunks(chunk) {
+            self.forward_logits(s, part, false)?;
             s.step = step;
-            let part = chunks.next().unwrap_or_default();
-            let logits = self.forward_logits(s, part, false)?;
-            if chunks.peek().is_none() {
-                return Ok(logits);
-            }
         }
+        self.forward_logits(s, last, false)
     }
 
     /// Runs `tokens` through the model at the session's next positions and returns logits on
